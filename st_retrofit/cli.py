@@ -1,0 +1,92 @@
+"""``st-retrofit``: run a recipe, or one stage of it, from the command line.
+
+    st-retrofit run recipes/quickstart.yaml [--stages synth,mine] [--set mining.num_negatives=5] [--force]
+    st-retrofit synth|mine|train|eval|publish recipes/quickstart.yaml [--set key.path=value ...]
+    st-retrofit validate recipes/quickstart.yaml
+
+Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe`, :func:`st_retrofit.run_pipeline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from st_retrofit.pipeline import STAGES, StageError, run_pipeline, run_stage
+from st_retrofit.publish import PublishError
+from st_retrofit.recipe import RecipeError, load_recipe
+
+STAGE_HELP = {
+    "synth": "render the training and held-out pairs",
+    "mine": "mine hard negatives with the teacher model",
+    "train": "train (LoRA or full) and save the merged model",
+    "eval": "evaluate base and retrofitted model on the held-out split",
+    "publish": "write the release folder and push it unless publish.dry_run",
+}
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.args.num_train_epochs=2 (repeatable)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="st-retrofit", description="Retrofit small multilingual embedding models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the whole pipeline (or --stages) of a recipe")
+    _add_recipe_arguments(run)
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument("--force", action="store_true", help="re-run stages even when they are up to date")
+
+    for name, help_text in STAGE_HELP.items():
+        stage = commands.add_parser(name, help=help_text)
+        _add_recipe_arguments(stage)
+        stage.add_argument("--force", action="store_true", help="re-run even when up to date")
+
+    validate = commands.add_parser("validate", help="check a recipe and print it resolved, touching nothing")
+    _add_recipe_arguments(validate)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("st_retrofit").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "validate":
+            print(json.dumps(recipe.to_dict(), indent=2))
+            print(f"recipe OK; run folder: {recipe.run_dir}")
+            return 0
+        if args.command == "run":
+            stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+            outputs = run_pipeline(recipe, stages=stages, force=args.force)
+        else:
+            outputs = {args.command: run_stage(recipe, args.command, force=args.force)}
+    except (RecipeError, StageError, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    table = recipe.run_dir / "eval" / "results.md"
+    if "eval" in outputs and table.is_file():
+        print(f"\nHeld-out retrieval (k={recipe.eval.k}):\n")
+        print(table.read_text())
+    for name, path in outputs.items():
+        print(f"{name:>8}: {Path(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The ``mine`` stage: hard negatives for (query, document) pairs, scored by a teacher model.
+
+This first version delegates retrieval and filtering to ``sentence_transformers.util.mine_hard_negatives`` and adds
+what a retrofitting run needs around it:
+
+- the teacher is its own model, named in the recipe and recorded in the report;
+- negatives are drawn within groups (``group_by: language``), so a query never gets a translation of its own
+  document as a negative;
+- the run is seeded (``mine_hard_negatives`` samples with the global ``random`` module);
+- embeddings are cached per teacher (the built-in cache key ignores which model made them when the model was
+  loaded from a path).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from st_retrofit.recipe import MiningConfig
+
+logger = logging.getLogger(__name__)
+
+QUERY_COLUMN, DOCUMENT_COLUMN = "query", "document"
+
+
+def negative_columns(num_negatives: int) -> list[str]:
+    return [f"negative_{i}" for i in range(1, num_negatives + 1)]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+
+
+def mine_negatives(
+    pairs: Dataset,
+    teacher: SentenceTransformer,
+    config: MiningConfig,
+    seed: int,
+    cache_folder: str | Path | None = None,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Add ``config.num_negatives`` hard negatives to every (query, document) pair.
+
+    Args:
+        pairs: a dataset with ``query`` and ``document`` columns, plus the ``config.group_by`` column if set.
+        teacher: the model whose scores rank the candidates.
+        config: the recipe's mining section.
+        seed: seeds the sampling of negatives.
+        cache_folder: where query and corpus embeddings are cached; use one folder per teacher.
+
+    Returns:
+        The dataset with columns ``query``, ``document``, ``negative_1`` ... ``negative_n`` (rows short of
+        negatives are dropped) and a report with per-group counts and score statistics.
+    """
+    from datasets import concatenate_datasets
+    from sentence_transformers.util import mine_hard_negatives
+
+    for column in (QUERY_COLUMN, DOCUMENT_COLUMN) + ((config.group_by,) if config.group_by else ()):
+        if column not in pairs.column_names:
+            raise ValueError(f"mining: the pairs have no column {column!r} (columns: {pairs.column_names})")
+
+    groups = sorted(set(pairs[config.group_by])) if config.group_by else [None]
+    mined_parts, report_groups = [], {}
+    for group in groups:
+        subset = (
+            pairs if group is None else pairs.filter(lambda g, group=group: g == group, input_columns=config.group_by)
+        )
+        subset = subset.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])
+        corpus = sorted(set(subset[DOCUMENT_COLUMN]))
+        random.seed(seed)
+        mined = mine_hard_negatives(
+            subset,
+            teacher,
+            anchor_column_name=QUERY_COLUMN,
+            positive_column_name=DOCUMENT_COLUMN,
+            corpus=corpus,
+            num_negatives=config.num_negatives,
+            range_min=config.range_min,
+            range_max=config.range_max,
+            relative_margin=config.relative_margin,
+            sampling_strategy="top",
+            output_format="n-tuple",
+            output_scores=True,
+            batch_size=config.batch_size,
+            use_faiss=True,
+            verbose=False,
+            cache_folder=str(cache_folder) if cache_folder else None,
+        )
+        scores = np.asarray(mined["scores"], dtype=np.float32).reshape(len(mined), -1) if len(mined) else None
+        report_groups[str(group) if group is not None else "all"] = {
+            "pairs": len(subset),
+            "corpus": len(corpus),
+            "kept": len(mined),
+            "dropped_short_of_negatives": len(subset) - len(mined),
+            "mean_positive_score": float(scores[:, 0].mean()) if scores is not None else None,
+            "mean_negative_score": float(scores[:, 1:].mean()) if scores is not None else None,
+        }
+        mined_parts.append(mined.remove_columns("scores"))
+
+    mined = concatenate_datasets(mined_parts).shuffle(seed=seed).flatten_indices()
+    report = {
+        "rows_in": len(pairs),
+        "rows_out": len(mined),
+        "num_negatives": config.num_negatives,
+        "group_by": config.group_by,
+        "groups": report_groups,
+    }
+    logger.info("Mined %d of %d rows with %d negatives each", len(mined), len(pairs), config.num_negatives)
+    return mined, report
+
+
+def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, output_dir: str | Path) -> Path:
+    """Run mining on the train split written by the synth stage; saves ``dataset`` and ``report.json``."""
+    import json
+
+    from datasets import load_from_disk
+
+    from st_retrofit.models import load_model
+
+    output_dir = Path(output_dir)
+    pairs = load_from_disk(str(synth_dataset))["train"]
+    if not config.enabled:
+        dataset, report = pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN]), {"enabled": False}
+    else:
+        teacher = load_model(config.teacher)
+        cache = output_dir / "embedding_cache" / _slug(config.teacher)
+        dataset, report = mine_negatives(pairs, teacher, config, seed, cache_folder=cache)
+        report["teacher"] = config.teacher
+    path = output_dir / "dataset"
+    dataset.save_to_disk(str(path))
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return path

@@ -1,0 +1,98 @@
+"""Model card rendering: Hub metadata (with the evaluation as ``model-index``) plus a Jinja2 body."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from st_retrofit.recipe import Recipe
+
+DEFAULT_TEMPLATE = Path(__file__).with_name("model_card_template.md")
+PAPER_URL = "https://arxiv.org/abs/2510.14274"
+
+
+def eval_results(results: dict[str, Any], dataset_name: str) -> list:
+    """``huggingface_hub.EvalResult`` entries for the retrofitted model's per-language and mean scores."""
+    from huggingface_hub import EvalResult
+
+    k = results["k"]
+    entries = []
+    for language, scores in results["retrofitted"].items():
+        for metric in ("ndcg", "recall"):
+            entries.append(
+                EvalResult(
+                    task_type="retrieval",
+                    task_name="Retrieval",
+                    dataset_type=dataset_name,
+                    dataset_name=f"{dataset_name} ({language})",
+                    dataset_config=language,
+                    dataset_split="eval",
+                    metric_type=f"{metric}_at_{k}",
+                    metric_name=f"{metric.upper() if metric == 'ndcg' else metric.capitalize()}@{k}",
+                    metric_value=round(scores[metric], 4),
+                )
+            )
+    return entries
+
+
+def render_model_card(
+    recipe: Recipe,
+    model: SentenceTransformer,
+    results: dict[str, Any] | None,
+    results_table: str | None,
+    template_path: str | Path | None = None,
+) -> str:
+    """The README.md text for the published model."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from st_retrofit.models import base_model_id
+
+    base = base_model_id(recipe.model.base) or recipe.model.base
+    repo_id = recipe.publish.repo_id or f"<org>/{recipe.name}"
+    model_name = repo_id.split("/")[-1]
+    card_data = ModelCardData(
+        language=list(recipe.synth.languages),
+        library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity",
+        tags=["sentence-transformers", "feature-extraction", "retrieval", "st-retrofit", "retrofitting"]
+        + (["lora"] if recipe.model.lora else []),
+        base_model=base,
+        model_name=model_name,
+        eval_results=eval_results(results, f"{recipe.name}-heldout") if results else None,
+    )
+    lora = recipe.model.lora
+    mining = recipe.mining
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path or DEFAULT_TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base,
+        base_model_url=f"https://huggingface.co/{base}" if "/" in base else PAPER_URL,
+        dimension=model.get_embedding_dimension(),
+        prompts={k: v for k, v in model.prompts.items() if v},
+        example_query="How many people live in Mikaro?",
+        example_document="Mikaro is a town on the Sadu river with 12,400 inhabitants.",
+        results_table=results_table or "No evaluation results were published with this model.",
+        data_description=(
+            f"{recipe.synth.source} pairs in {len(recipe.synth.languages)} languages "
+            f"({', '.join(recipe.synth.languages)}), {recipe.synth.train_entities} training entities"
+        ),
+        mining_description=(
+            f"{mining.num_negatives} per query mined with `{mining.teacher}` "
+            f"(relative margin {mining.relative_margin}, scoped by {mining.group_by or 'nothing'})"
+            if mining.enabled
+            else "none (in-batch negatives only)"
+        ),
+        loss=recipe.train.loss,
+        adapter_description=(
+            f"LoRA r={lora.r}, alpha={lora.alpha} on {', '.join(lora.target_modules)}, merged into the weights"
+            if lora
+            else "none (full fine-tuning)"
+        ),
+        seed=recipe.seed,
+    )
+    return str(card)

@@ -1,0 +1,82 @@
+"""The ``publish`` stage: assemble the release folder and, unless it is a dry run, push it to the Hub.
+
+The release folder is exactly what gets uploaded: the merged model (safetensors, tokenizer, sentence-transformers
+configuration with prompts), ``README.md`` (the model card), ``eval_results.json`` and ``recipe.yaml``. The Hub
+token comes from ``HF_TOKEN`` or the ``huggingface-cli login`` store; it is passed to the client and never
+printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from st_retrofit.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """Publishing cannot go ahead as configured."""
+
+
+def build_release_folder(
+    recipe: Recipe, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path
+) -> Path:
+    """Write the folder that would be pushed into ``output_dir`` (replacing what was there)."""
+    from sentence_transformers import SentenceTransformer
+
+    from st_retrofit.publish.card import render_model_card
+    from st_retrofit.recipe import save_recipe
+
+    results_path = Path(eval_dir) / "results.json" if eval_dir else None
+    results = json.loads(results_path.read_text()) if results_path and results_path.is_file() else None
+    if results is None and recipe.publish.require_eval:
+        raise PublishError(
+            "no evaluation results; run the eval stage first, or set publish.require_eval: false to publish without"
+        )
+    table_path = Path(eval_dir) / "results.md" if eval_dir else None
+    table = table_path.read_text() if table_path and table_path.is_file() else None
+
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(model_dir, output_dir)
+    model = SentenceTransformer(str(output_dir), device="cpu")
+    card = render_model_card(recipe, model, results, table, recipe.publish.card_template)
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    if results is not None:
+        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    save_recipe(recipe, output_dir / "recipe.yaml")
+    return output_dir
+
+
+def push_release(folder: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
+    """Upload ``folder`` to ``repo_id`` in one commit and return the commit URL."""
+    from huggingface_hub import HfApi, get_token
+
+    token = token or get_token()
+    if not token:
+        raise PublishError("no Hub token: set HF_TOKEN or run `hf auth login` (the token is never printed)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message="Publish with st-retrofit", repo_type="model"
+    )
+    logger.info("Pushed %s to %s", folder, repo_id)
+    return commit.commit_url
+
+
+def publish_stage(recipe: Recipe, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path) -> Path:
+    """Build the release folder; push it unless ``publish.dry_run``."""
+    folder = build_release_folder(recipe, model_dir, eval_dir, Path(output_dir) / "release")
+    if recipe.publish.dry_run:
+        logger.info("Dry run: the release folder is %s", folder)
+    else:
+        url = push_release(folder, recipe.publish.repo_id, private=recipe.publish.private)
+        (Path(output_dir) / "pushed.json").write_text(json.dumps({"repo_id": recipe.publish.repo_id, "commit": url}))
+    return folder

@@ -1,0 +1,413 @@
+"""Recipes: typed dataclasses that a YAML file maps onto one to one.
+
+Each top-level YAML section is one dataclass (``model``, ``synth``, ``mining``, ``train``, ``eval``, ``publish``)
+and its keys are exactly the field names. :func:`load_recipe` rejects unknown keys (with a close match), wrong
+types, impossible values, missing files and unknown models before any heavy work, with one line naming the key:
+
+    mining.relative_margn: unknown key (did you mean relative_margin?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from st_retrofit.synth.demo import LANGUAGES
+
+
+class RecipeError(ValueError):
+    """A recipe problem, reported as ``<key path>: <what is wrong and how to fix it>``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> RecipeError:
+        return RecipeError(f"{prefix}.{self.key}" if self.key else prefix, self.message)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise RecipeError(key, message)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (recipe section ``model.lora``); the adapter is merged into the weights at export.
+
+    Args:
+        r: adapter rank.
+        alpha: LoRA scaling numerator (``lora_alpha``).
+        dropout: dropout on the adapter input.
+        target_modules: names of the linear layers that get adapters (``query``/``key``/``value`` in BERT-style encoders).
+    """
+
+    r: int = field(default=16, metadata={"help": "Adapter rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input, in [0, 1)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query", "key", "value"], metadata={"help": "Linear layers that get adapters."}
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "r", f"expected a rank >= 1, got {self.r}")
+        _require(self.alpha >= 1, "alpha", f"expected alpha >= 1, got {self.alpha}")
+        _require(0 <= self.dropout < 1, "dropout", f"expected a float in [0, 1), got {self.dropout}")
+        _require(bool(self.target_modules), "target_modules", "expected at least one module name")
+
+
+@dataclass
+class ModelConfig:
+    """The model being retrofitted (recipe section ``model``).
+
+    Args:
+        base: ``offline:<name>``, a local folder or a Hub id.
+        lora: LoRA settings; ``null`` trains every weight instead.
+        max_seq_length: truncation length for training and evaluation; ``null`` keeps the model's own.
+    """
+
+    base: str = field(default="offline:multilingual-e5-small", metadata={"help": "Model to retrofit."})
+    lora: LoraSettings | None = field(default_factory=LoraSettings, metadata={"help": "null = full fine-tuning."})
+    max_seq_length: int | None = field(default=128, metadata={"help": "Token limit; null keeps the model's."})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.max_seq_length is None or self.max_seq_length >= 8,
+            "max_seq_length",
+            f"expected an integer >= 8 or null, got {self.max_seq_length}",
+        )
+
+
+@dataclass
+class SynthConfig:
+    """Training data synthesis (recipe section ``synth``).
+
+    Args:
+        source: ``demo`` renders the embedded multilingual fact templates (no LLM, no download).
+        languages: language codes to generate.
+        train_entities: entities (documents per language) in the train split.
+        eval_entities: entities in the held-out split, disjoint from train.
+        queries_per_document: query templates drawn per document.
+    """
+
+    source: Literal["demo"] = field(default="demo", metadata={"help": "Where pairs come from."})
+    languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Language codes."})
+    train_entities: int = field(default=120, metadata={"help": "Entities in the train split."})
+    eval_entities: int = field(default=40, metadata={"help": "Entities in the held-out split."})
+    queries_per_document: int = field(default=1, metadata={"help": "Queries per document, 1 to 4."})
+
+    def __post_init__(self) -> None:
+        unknown = [lang for lang in self.languages if lang not in LANGUAGES]
+        _require(not unknown, "languages", f"unknown language(s) {unknown}; the demo source has {list(LANGUAGES)}")
+        _require(bool(self.languages), "languages", "expected at least one language")
+        _require(self.train_entities >= 2, "train_entities", f"expected >= 2, got {self.train_entities}")
+        _require(self.eval_entities >= 2, "eval_entities", f"expected >= 2, got {self.eval_entities}")
+        _require(
+            1 <= self.queries_per_document <= 4,
+            "queries_per_document",
+            f"expected 1 to 4, got {self.queries_per_document}",
+        )
+
+
+@dataclass
+class MiningConfig:
+    """Hard-negative mining with a teacher model (recipe section ``mining``).
+
+    Args:
+        enabled: ``false`` trains on (query, document) pairs with in-batch negatives only.
+        teacher: the model that scores candidates; ideally stronger than the student.
+        num_negatives: negatives kept per query; rows with fewer are dropped.
+        range_min: skip the ``range_min`` best-scoring candidates (likely unlabeled positives).
+        range_max: consider only the ``range_max`` best candidates; ``null`` picks a size from the other settings.
+        relative_margin: drop a candidate scoring above ``positive - |positive| * relative_margin``.
+        group_by: draw negatives only from documents sharing this column's value (``language``); ``null`` = any.
+        batch_size: encoding batch size.
+    """
+
+    enabled: bool = field(default=True, metadata={"help": "Mine hard negatives."})
+    teacher: str = field(default="offline:multilingual-e5-small", metadata={"help": "Scoring model."})
+    num_negatives: int = field(default=3, metadata={"help": "Negatives per query."})
+    range_min: int = field(default=0, metadata={"help": "Skip this many top candidates."})
+    range_max: int | None = field(default=None, metadata={"help": "Candidates considered per query."})
+    relative_margin: float | None = field(default=0.05, metadata={"help": "False-negative margin in [0, 1)."})
+    group_by: str | None = field(default="language", metadata={"help": "Scope negatives to a column's groups."})
+    batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+
+    def __post_init__(self) -> None:
+        _require(self.num_negatives >= 1, "num_negatives", f"expected >= 1, got {self.num_negatives}")
+        _require(self.range_min >= 0, "range_min", f"expected >= 0, got {self.range_min}")
+        _require(
+            self.range_max is None or self.range_max >= self.range_min + self.num_negatives,
+            "range_max",
+            f"expected >= range_min + num_negatives = {self.range_min + self.num_negatives}, got {self.range_max}",
+        )
+        _require(
+            self.relative_margin is None or 0 <= self.relative_margin < 1,
+            "relative_margin",
+            f"expected a float in [0, 1) or null, got {self.relative_margin}",
+        )
+        _require(self.batch_size >= 1, "batch_size", f"expected >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainConfig:
+    """Contrastive training through the stock ``SentenceTransformerTrainer`` (recipe section ``train``).
+
+    Args:
+        loss: a loss class name from ``sentence_transformers.sentence_transformer.losses``.
+        loss_kwargs: keyword arguments for the loss (besides the model).
+        args: keyword arguments for ``SentenceTransformerTrainingArguments`` (``output_dir`` is set by the run).
+    """
+
+    loss: str = field(default="MultipleNegativesRankingLoss", metadata={"help": "Loss class name."})
+    loss_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Loss keyword arguments."})
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "SentenceTransformerTrainingArguments."})
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation of base and retrofitted model on the held-out split (recipe section ``eval``).
+
+    Args:
+        k: cut-off for nDCG@k and Recall@k.
+        batch_size: encoding batch size.
+    """
+
+    k: int = field(default=10, metadata={"help": "Cut-off for nDCG@k and Recall@k."})
+    batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 1, "k", f"expected >= 1, got {self.k}")
+        _require(self.batch_size >= 1, "batch_size", f"expected >= 1, got {self.batch_size}")
+
+
+@dataclass
+class PublishConfig:
+    """Export and Hub upload (recipe section ``publish``).
+
+    Args:
+        repo_id: ``org/name`` on the Hub; needed unless ``dry_run``.
+        dry_run: write the folder that would be pushed and stop there.
+        private: create the Hub repository as private.
+        card_template: a Jinja2 model card template; ``null`` uses the packaged one.
+        require_eval: refuse to publish without evaluation results.
+    """
+
+    repo_id: str | None = field(default=None, metadata={"help": "Hub repository, org/name."})
+    dry_run: bool = field(default=True, metadata={"help": "Only write the folder that would be pushed."})
+    private: bool = field(default=True, metadata={"help": "Create the repository as private."})
+    card_template: str | None = field(default=None, metadata={"help": "Model card template path."})
+    require_eval: bool = field(default=True, metadata={"help": "Refuse to publish without eval results."})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.dry_run or bool(self.repo_id),
+            "repo_id",
+            "required when dry_run is false (e.g. repo_id: my-org/retrofit-small)",
+        )
+        if self.repo_id is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.repo_id)
+            except HFValidationError:
+                raise RecipeError("repo_id", f"expected org/name, got {self.repo_id!r}") from None
+
+
+@dataclass
+class Recipe:
+    """A whole run: synthesize -> mine -> train -> evaluate -> publish.
+
+    Args:
+        name: run name; the run folder is ``<output_dir>/<name>``.
+        seed: seed for data, mining, sampling and training.
+        output_dir: parent folder of run folders.
+    """
+
+    name: str = field(default="retrofit", metadata={"help": "Run name."})
+    seed: int = field(default=42, metadata={"help": "Global seed."})
+    output_dir: str = field(default="runs", metadata={"help": "Parent folder of run folders."})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "name", f"expected a folder name, got {self.name!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short content hash of the named sections plus the seed (used to skip unchanged stages)."""
+        payload = {s: getattr(self, s) for s in sections}
+        payload["seed"] = self.seed
+        text = json.dumps(payload, default=dataclasses.asdict, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except RecipeError as exc:
+                # The value had the right shape and failed inside (model.lora.rank): that error is the useful one.
+                if exc.key != key or dataclasses.is_dataclass(option):
+                    raise
+        raise RecipeError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise RecipeError(key, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(key, f"expected {_type_name(tp)}, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(key, f"expected a mapping of {[f.name for f in dataclasses.fields(tp)]}, got {value!r}")
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any:
+        return value
+    # bool is an int subclass; `num_negatives: true` must not pass as 1.
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+        raise RecipeError(key, f"expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; valid keys: {', '.join(names)}"
+            raise RecipeError(path, f"unknown key{hint}")
+        kwargs[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except RecipeError as exc:
+        raise exc.under(prefix) if prefix else exc from None
+
+
+def _set_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise RecipeError("--set", f"expected key.path=value, got {assignment!r}")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(key, f"cannot set a key inside {part}, which is not a mapping")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _check_environment(recipe: Recipe) -> None:
+    """Checks that need the file system, the model resolver or the trainer's argument class."""
+    from st_retrofit.models import ModelNotFoundError, check_model_name
+
+    for key, name in (("model.base", recipe.model.base), ("mining.teacher", recipe.mining.teacher)):
+        if key == "mining.teacher" and not recipe.mining.enabled:
+            continue
+        try:
+            check_model_name(name)
+        except ModelNotFoundError as exc:
+            raise RecipeError(key, str(exc)) from None
+
+    if recipe.publish.card_template is not None and not Path(recipe.publish.card_template).is_file():
+        raise RecipeError("publish.card_template", f"file {recipe.publish.card_template} does not exist")
+
+    from st_retrofit.train import resolve_loss_class, training_arguments
+
+    try:
+        resolve_loss_class(recipe.train.loss)
+    except ValueError as exc:
+        raise RecipeError("train.loss", str(exc)) from None
+    training_arguments(recipe, output_dir=str(recipe.run_dir / "train" / "checkpoints"))
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, check: bool = True) -> Recipe:
+    """Build and validate a :class:`Recipe` from a mapping; ``overrides`` are ``key.path=value`` strings."""
+    if not isinstance(data, dict):
+        raise RecipeError("", f"a recipe must be a mapping of sections, got {type(data).__name__}")
+    data = json.loads(json.dumps(data))  # deep copy; overrides must not touch the caller's mapping
+    for assignment in overrides or []:
+        _set_override(data, assignment)
+    recipe = _build(Recipe, data, "")
+    if check:
+        _check_environment(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check: bool = True) -> Recipe:
+    """Read a YAML recipe and validate it completely (see the module docstring).
+
+    Raises:
+        RecipeError: naming the key (or the file) and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("recipe", f"file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError("recipe", f"{path} is not valid YAML: {exc}") from None
+    return recipe_from_dict(data, overrides, check=check)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,170 @@
+"""The ``train`` stage: contrastive training with the stock ``SentenceTransformerTrainer``, LoRA optional.
+
+The model is resolved from the recipe (:func:`st_retrofit.models.load_model`), an adapter is attached through
+sentence-transformers' own peft integration, the loss is built from its class name, and training resumes from the
+last checkpoint when a run was interrupted. At export the adapter is merged into the base weights, so the saved
+model is a plain sentence-transformers folder that needs neither peft nor st-retrofit to load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+
+    from st_retrofit.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+# Settings that differ from transformers' defaults; every one can be overridden under `train.args`.
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 32,
+    "learning_rate": 1e-4,
+    "warmup_steps": 0.1,  # a float is a fraction of the total steps
+    "batch_sampler": "no_duplicates",
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "disable_tqdm": False,
+}
+
+
+def resolve_loss_class(name: str) -> type:
+    """The loss class called ``name`` in ``sentence_transformers.sentence_transformer.losses``."""
+    import difflib
+
+    from sentence_transformers.sentence_transformer import losses
+
+    loss_class = getattr(losses, name, None)
+    if not isinstance(loss_class, type):
+        known = [n for n in dir(losses) if n.endswith("Loss")]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown loss {name!r}{hint}")
+    return loss_class
+
+
+def training_arguments(recipe: Recipe, output_dir: str) -> SentenceTransformerTrainingArguments:
+    """``SentenceTransformerTrainingArguments`` from the defaults above, ``train.args`` and the recipe seed."""
+    import inspect
+
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from st_retrofit.recipe import RecipeError
+
+    accepted = inspect.signature(SentenceTransformerTrainingArguments).parameters
+    for key in recipe.train.args:
+        if key not in accepted:
+            raise RecipeError(f"train.args.{key}", "not an argument of SentenceTransformerTrainingArguments")
+        if key == "output_dir":
+            raise RecipeError("train.args.output_dir", "set by the run (<run folder>/train/checkpoints); remove it")
+    kwargs = {**DEFAULT_TRAINING_ARGS, "seed": recipe.seed, **recipe.train.args}
+    try:
+        return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError("train.args", str(exc).splitlines()[0]) from None
+
+
+def column_prompts(columns: list[str], prompts: dict[str, str]) -> dict[str, str]:
+    """Training prompts per column: the model's query prompt for the first column, its document prompt for the rest.
+
+    The trainer applies only ``args.prompts``, not the model's own, so a model trained with prefixes (e5's
+    ``query: `` / ``passage: ``) would otherwise be trained without them and evaluated with them.
+    """
+    query, document = prompts.get("query", ""), prompts.get("document", "")
+    return {column: (query if i == 0 else document) for i, column in enumerate(columns)}
+
+
+def build_model(recipe: Recipe, device: str | None = None) -> SentenceTransformer:
+    """The model to train: the base model, with a fresh LoRA adapter unless ``model.lora`` is null."""
+    from st_retrofit.models import load_model
+
+    model = load_model(recipe.model.base, device=device)
+    if recipe.model.max_seq_length is not None:
+        model.max_seq_length = recipe.model.max_seq_length
+    lora = recipe.model.lora
+    if lora is not None:
+        from peft import LoraConfig, TaskType
+
+        model.add_adapter(
+            LoraConfig(
+                task_type=TaskType.FEATURE_EXTRACTION,
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+            )
+        )
+    return model
+
+
+def _transformer_subfolder(model_dir: Path) -> Path:
+    """The folder of the first (Transformer) module, where peft writes the adapter files."""
+    modules = json.loads((model_dir / "modules.json").read_text())
+    return model_dir / modules[0]["path"]
+
+
+def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None = None) -> SentenceTransformer:
+    """Load ``base`` and merge the LoRA adapter saved in ``adapter_dir`` into its weights."""
+    from peft import PeftModel
+
+    from st_retrofit.models import load_model
+
+    merged = load_model(base)
+    transformer = merged[0]
+    peft_model = PeftModel.from_pretrained(transformer.model, str(_transformer_subfolder(Path(adapter_dir))))
+    transformer.model = peft_model.merge_and_unload()
+    if max_seq_length is not None:
+        merged.max_seq_length = max_seq_length
+    # A base loaded from a folder with a README would otherwise re-save that README as the new model's card.
+    merged._model_card_text = None
+    return merged
+
+
+def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Path) -> Path:
+    """Train on the mined dataset and save the merged model under ``output_dir/model``.
+
+    ``output_dir/checkpoints`` holds trainer checkpoints; if one exists the run resumes from it.
+    ``output_dir/adapter`` holds the LoRA adapter (when LoRA is on).
+    """
+    from datasets import load_from_disk
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    checkpoints = output_dir / "checkpoints"
+    args = training_arguments(recipe, output_dir=str(checkpoints))
+    dataset = load_from_disk(str(train_dataset))
+    model = build_model(recipe)
+    loss = resolve_loss_class(recipe.train.loss)(model, **recipe.train.loss_kwargs)
+    if args.prompts is None and any(model.prompts.values()):
+        args.prompts = column_prompts(dataset.column_names, model.prompts)
+        logger.info("Training with the model's prompts: %s", args.prompts)
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        logger.info("Resuming training from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    (output_dir / "train_metrics.json").write_text(json.dumps(result.metrics, indent=2), encoding="utf-8")
+
+    model_dir = output_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    if recipe.model.lora is not None:
+        adapter_dir = output_dir / "adapter"
+        model.save_pretrained(str(adapter_dir))
+        merged = merge_adapter(recipe.model.base, adapter_dir, recipe.model.max_seq_length)
+        merged.save_pretrained(str(model_dir))
+    else:
+        model.save_pretrained(str(model_dir))
+    logger.info("Saved the retrofitted model to %s", model_dir)
+    return model_dir

@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny multilingual BERT built locally, and isolation from the user's Hub login and caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path_factory, monkeypatch):
+    """No Hub token and no access to the user's caches; a shared st-retrofit cache for the test session."""
+    hf_home = tmp_path_factory.getbasetemp() / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("ST_RETROFIT_CACHE", str(tmp_path_factory.getbasetemp() / "st_retrofit_cache"))
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A 2-layer BERT (hidden 32) with a WordPiece vocabulary trained on the demo corpus, saved as an ST folder."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from st_retrofit.synth import build_demo_dataset
+
+    data = build_demo_dataset(train_entities=30, eval_entities=10, queries_per_document=4, seed=0)
+    texts = [t for split in data.values() for t in list(split["query"]) + list(split["document"])]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=1200, special_tokens=specials))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))],
+    )
+    hf_dir = folder / "hf"
+    BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=128).save_pretrained(hf_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=64)
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")], device="cpu"
+    )
+    model.save_pretrained(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture
+def tiny_model(tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_model_path), device="cpu")
+
+
+@pytest.fixture
+def tiny_recipe_data(tiny_model_path, tmp_path) -> dict:
+    """A recipe mapping that runs every stage on the tiny model in seconds."""
+    return {
+        "name": "tiny",
+        "seed": 7,
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"base": str(tiny_model_path), "max_seq_length": 48, "lora": {"r": 4, "alpha": 8,
+                  "target_modules": ["query", "value"]}},
+        "synth": {"languages": ["en", "ru", "ja"], "train_entities": 12, "eval_entities": 6},
+        "mining": {"teacher": str(tiny_model_path), "num_negatives": 2, "relative_margin": None, "batch_size": 16},
+        "train": {"args": {"per_device_train_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1,
+                           "save_steps": 2, "disable_tqdm": True}},
+        "eval": {"k": 5, "batch_size": 16},
+        "publish": {"repo_id": "test-org/tiny-retrofit", "dry_run": True},
+    }  # fmt: skip

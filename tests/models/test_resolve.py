@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from st_retrofit.models import ModelNotFoundError, base_model_id, check_model_name, load_model, resolve_model_path
+
+
+def test_offline_minilm_loads_from_its_package():
+    model = load_model("offline:all-MiniLM-L6-v2", device="cpu")
+    assert model.get_embedding_dimension() == 384
+    assert model.model_card_data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_unknown_offline_name_lists_the_known_ones():
+    with pytest.raises(ModelNotFoundError, match="offline:all-MiniLM-L6-v2"):
+        check_model_name("offline:bert-huge")
+
+
+def test_local_folder_is_used_as_is(tiny_model_path):
+    assert resolve_model_path(str(tiny_model_path)) == str(tiny_model_path)
+    assert base_model_id(str(tiny_model_path)) is None
+
+
+def test_missing_folder_is_reported():
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        check_model_name("./models/not-here")
+
+
+def test_file_instead_of_folder_is_reported(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        check_model_name(str(path))
+
+
+def test_malformed_hub_id_is_reported():
+    with pytest.raises(ModelNotFoundError, match="neither"):
+        check_model_name("org name with spaces")
+
+
+def test_uncached_hub_id_is_reported_when_offline():
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE=1"):
+        check_model_name("intfloat/multilingual-e5-large")
+
+
+def test_hub_id_is_passed_through_unchanged(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert resolve_model_path("intfloat/multilingual-e5-large") == "intfloat/multilingual-e5-large"
+    assert base_model_id("intfloat/multilingual-e5-large") == "intfloat/multilingual-e5-large"

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from datasets import load_from_disk
+from sentence_transformers import SentenceTransformer
+
+from st_retrofit import pipeline
+from st_retrofit.cli import main
+from st_retrofit.pipeline import STAGES, Stage, StageError, run_pipeline, stage_state
+from st_retrofit.recipe import recipe_from_dict
+
+
+def test_quickstart_pipeline_end_to_end_on_a_tiny_model(tiny_recipe_data, tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_data))
+    assert main(["run", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+
+    mined = load_from_disk(str(run_dir / "mine" / "dataset"))
+    assert mined.column_names == ["query", "document", "negative_1", "negative_2"]
+    assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
+    assert list((run_dir / "train" / "checkpoints").glob("checkpoint-*"))
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["base"]) == set(results["retrofitted"]) == {"en", "ru", "ja", "mean"}
+
+    release = run_dir / "publish" / "release"
+    model = SentenceTransformer(str(release), device="cpu")
+    assert model.encode(["Когда был основан город Микаро?"]).shape == (1, 32)
+    assert {"README.md", "eval_results.json", "recipe.yaml"} <= {p.name for p in release.iterdir()}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(manifest["stages"][name]["status"] == "done" for name in STAGES)
+
+    out = capsys.readouterr().out
+    assert "| mean |" in out and "publish:" in out
+
+
+@pytest.fixture
+def counting_stages(monkeypatch):
+    """Replace the real stages by ones that only count their runs, keeping names, sections and dependencies."""
+    calls: list[str] = []
+
+    def make(name):
+        def run(recipe, run_dir):
+            calls.append(name)
+            marker = run_dir / name / "out.txt"
+            marker.write_text(f"{name} ran\n")
+            return marker
+
+        return run
+
+    fake = {n: Stage(n, s.sections, s.needs, make(n)) for n, s in STAGES.items()}
+    monkeypatch.setattr(pipeline, "STAGES", fake)
+    return calls
+
+
+def test_unchanged_stages_are_skipped(tiny_recipe_data, counting_stages):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    run_pipeline(recipe)
+    run_pipeline(recipe)
+    assert counting_stages == list(STAGES)
+
+
+def test_changing_a_section_reruns_that_stage_and_those_after_it(tiny_recipe_data, counting_stages):
+    run_pipeline(recipe_from_dict(tiny_recipe_data))
+    counting_stages.clear()
+    run_pipeline(recipe_from_dict(tiny_recipe_data, ["mining.num_negatives=3"]))
+    assert counting_stages == ["mine", "train", "eval", "publish"]
+
+
+def test_changing_eval_reruns_only_eval(tiny_recipe_data, counting_stages):
+    run_pipeline(recipe_from_dict(tiny_recipe_data))
+    counting_stages.clear()
+    run_pipeline(recipe_from_dict(tiny_recipe_data, ["eval.k=3"]))
+    assert counting_stages == ["eval"]
+
+
+def test_interrupted_stage_resumes_in_its_folder(tiny_recipe_data, counting_stages):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    run_pipeline(recipe, stages=["synth", "mine"])
+    folder = recipe.run_dir / "train"
+    folder.mkdir()
+    (folder / "partial.bin").write_text("checkpoint")
+    fp = pipeline.fingerprint(recipe, "train")
+    (folder / "stage.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
+
+    run_pipeline(recipe, stages=["train"])
+    assert (folder / "partial.bin").is_file()
+    assert stage_state(recipe.run_dir, "train")["status"] == "done"
+
+
+def test_stale_stage_folder_is_cleared(tiny_recipe_data, counting_stages):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    run_pipeline(recipe, stages=["synth"])
+    (recipe.run_dir / "synth" / "stale.bin").write_text("old")
+    run_pipeline(recipe_from_dict(tiny_recipe_data, ["synth.train_entities=13"]), stages=["synth"])
+    assert not (recipe.run_dir / "synth" / "stale.bin").exists()
+
+
+def test_stage_with_out_of_date_input_is_refused(tiny_recipe_data, counting_stages):
+    run_pipeline(recipe_from_dict(tiny_recipe_data), stages=["synth", "mine"])
+    with pytest.raises(StageError, match="mine.*out of date"):
+        run_pipeline(recipe_from_dict(tiny_recipe_data, ["mining.num_negatives=3"]), stages=["train"])

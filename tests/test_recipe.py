@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from st_retrofit.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict, save_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (description, patch applied to the tiny recipe, key the error must name, text the message must contain)
+BAD_RECIPES = [
+    ("misspelled key", {"mining": {"relative_margn": 0.1}}, "mining.relative_margn", "did you mean relative_margin"),
+    ("unknown section", {"minning": {}}, "minning", "did you mean mining"),
+    ("string for a float", {"mining": {"relative_margin": "5%"}}, "mining.relative_margin", "expected a number"),
+    ("bool for an int", {"mining": {"num_negatives": True}}, "mining.num_negatives", "expected an integer"),
+    ("out of range", {"mining": {"relative_margin": 1.5}}, "mining.relative_margin", "[0, 1)"),
+    ("range_max too small", {"mining": {"range_max": 1}}, "mining.range_max", "range_min + num_negatives"),
+    ("list item type", {"synth": {"languages": ["en", 3]}}, "synth.languages[1]", "expected a string"),
+    ("unknown language", {"synth": {"languages": ["en", "xx"]}}, "synth.languages", "unknown language"),
+    ("bad literal", {"synth": {"source": "web"}}, "synth.source", "'demo'"),
+    ("section not a mapping", {"eval": 5}, "eval", "expected a mapping"),
+    ("nested lora key", {"model": {"lora": {"rank": 4}}}, "model.lora.rank", "unknown key"),
+    ("unknown offline model", {"model": {"base": "offline:e5-huge"}}, "model.base", "offline:multilingual-e5-small"),
+    ("missing model folder", {"model": {"base": "./no/such/model"}}, "model.base", "does not exist"),
+    ("uncached hub id offline", {"mining": {"teacher": "BAAI/bge-m3"}}, "mining.teacher", "not in the local cache"),
+    ("unknown loss", {"train": {"loss": "MultipleNegativesRankingLos"}}, "train.loss", "did you mean"),
+    ("unknown trainer arg", {"train": {"args": {"num_epochs": 2}}}, "train.args.num_epochs", "not an argument"),
+    ("output_dir in args", {"train": {"args": {"output_dir": "x"}}}, "train.args.output_dir", "set by the run"),
+    ("push without repo", {"publish": {"repo_id": None, "dry_run": False}}, "publish.repo_id", "required"),
+    ("bad repo id", {"publish": {"repo_id": "a/b/c"}}, "publish.repo_id", "org/name"),
+    ("missing card template", {"publish": {"card_template": "nope.md"}}, "publish.card_template", "does not exist"),
+]
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize(("description", "patch", "key", "text"), BAD_RECIPES, ids=[c[0] for c in BAD_RECIPES])
+def test_bad_recipe_error_names_the_key(tiny_recipe_data, description, patch, key, text):
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(_merge(tiny_recipe_data, patch))
+    assert info.value.key == key
+    assert text in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_recipe_builds_typed_sections(tiny_recipe_data):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    assert recipe.mining.num_negatives == 2
+    assert recipe.model.lora.target_modules == ["query", "value"]
+    assert recipe.run_dir == Path(tiny_recipe_data["output_dir"]) / "tiny"
+
+
+def test_integer_accepted_where_a_float_is_expected(tiny_recipe_data):
+    recipe = recipe_from_dict(_merge(tiny_recipe_data, {"model": {"lora": {"dropout": 0}}}))
+    assert isinstance(recipe.model.lora.dropout, float)
+
+
+def test_null_lora_means_full_fine_tuning(tiny_recipe_data):
+    recipe = recipe_from_dict(_merge(tiny_recipe_data, {"model": {"lora": None}}))
+    assert recipe.model.lora is None
+
+
+def test_overrides_are_parsed_as_yaml_values(tiny_recipe_data):
+    recipe = recipe_from_dict(tiny_recipe_data, ["mining.num_negatives=5", "synth.languages=[en, de]"])
+    assert recipe.mining.num_negatives == 5
+    assert recipe.synth.languages == ["en", "de"]
+    assert tiny_recipe_data["mining"]["num_negatives"] == 2
+
+
+def test_override_with_an_unknown_key_is_rejected(tiny_recipe_data):
+    with pytest.raises(RecipeError, match="mining.num_negative: unknown key"):
+        recipe_from_dict(tiny_recipe_data, ["mining.num_negative=5"])
+
+
+def test_missing_recipe_file_names_the_file(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
+def test_invalid_yaml_is_reported(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_recipe_round_trips_through_yaml(tiny_recipe_data, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    save_recipe(recipe, tmp_path / "saved.yaml")
+    assert load_recipe(tmp_path / "saved.yaml") == recipe
+
+
+def test_section_hash_changes_only_with_its_sections(tiny_recipe_data):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    changed = recipe_from_dict(tiny_recipe_data, ["eval.k=3"])
+    assert recipe.section_hash("mining") == changed.section_hash("mining")
+    assert recipe.section_hash("eval") != changed.section_hash("eval")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert yaml.safe_load(path.read_text())["name"] == recipe.name

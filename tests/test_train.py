@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from st_retrofit.recipe import RecipeError, recipe_from_dict
+from st_retrofit.train import build_model, column_prompts, merge_adapter, resolve_loss_class, training_arguments
+
+
+def test_lora_model_trains_only_adapter_weights(tiny_recipe_data):
+    model = build_model(recipe_from_dict(tiny_recipe_data))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert model.max_seq_length == 48
+
+
+def test_without_lora_every_weight_trains(tiny_recipe_data):
+    data = {**tiny_recipe_data, "model": {**tiny_recipe_data["model"], "lora": None}}
+    model = build_model(recipe_from_dict(data))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_merged_model_reproduces_the_adapter_model(tiny_recipe_data, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe_data)
+    model = build_model(recipe)
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at zero; give the adapter a real effect
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    model.eval()
+    texts = ["When was Mikaro founded?", "Микаро — город на реке Саду."]
+    adapted = model.encode(texts)
+    model.save_pretrained(str(tmp_path / "adapter"))
+
+    merged = merge_adapter(recipe.model.base, tmp_path / "adapter", recipe.model.max_seq_length)
+    np.testing.assert_allclose(merged.encode(texts), adapted, atol=1e-5)
+    base = build_model(recipe_from_dict({**tiny_recipe_data, "model": {"base": recipe.model.base, "lora": None}}))
+    assert not np.allclose(base.encode(texts), adapted, atol=1e-3)
+
+    merged.save_pretrained(str(tmp_path / "merged"))
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+
+
+def test_training_arguments_merge_defaults_recipe_and_seed(tiny_recipe_data, tmp_path):
+    args = training_arguments(recipe_from_dict(tiny_recipe_data), output_dir=str(tmp_path))
+    assert args.per_device_train_batch_size == 8  # from the recipe
+    assert args.batch_sampler == "no_duplicates"  # st-retrofit default
+    assert args.seed == 7  # the recipe seed
+
+
+def test_column_prompts_use_query_prompt_for_the_first_column_only():
+    prompts = column_prompts(["query", "document", "negative_1"], {"query": "query: ", "document": "passage: "})
+    assert prompts == {"query": "query: ", "document": "passage: ", "negative_1": "passage: "}
+
+
+def test_loss_is_resolved_from_sentence_transformers():
+    assert resolve_loss_class("MultipleNegativesRankingLoss").__name__ == "MultipleNegativesRankingLoss"
+    with pytest.raises(ValueError, match="did you mean CachedMultipleNegativesRankingLoss"):
+        resolve_loss_class("CachedMultipleNegativeRankingLoss")
+
+
+def test_invalid_trainer_value_names_train_args(tiny_recipe_data):
+    data = {**tiny_recipe_data, "train": {"args": {"lr_scheduler_type": "zigzag"}}}
+    with pytest.raises(RecipeError, match="^train.args"):
+        recipe_from_dict(data)
