@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("st_retrofit").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        # One bar per filter/save/flatten call drowns the stage logs; training and encoding keep theirs.
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,12 +29,17 @@ class StageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline step: the recipe sections it reads, the stages it reads from, and how to run it."""
+    """One pipeline step: the recipe sections it reads, the stages it reads from, and how to run it.
+
+    ``uses`` are stages read when they have run (publish takes evaluation results when there are any); their
+    fingerprints count as inputs then, so new results make the stage run again.
+    """
 
     name: str
     sections: tuple[str, ...]
     needs: tuple[str, ...]
     run: Callable[[Recipe, Path], Path]
+    uses: tuple[str, ...] = ()
 
 
 def _synth(recipe: Recipe, run_dir: Path) -> Path:
@@ -64,7 +69,7 @@ def _eval(recipe: Recipe, run_dir: Path) -> Path:
 def _publish(recipe: Recipe, run_dir: Path) -> Path:
     from st_retrofit.publish import publish_stage
 
-    eval_dir = run_dir / "eval" if stage_state(run_dir, "eval").get("status") == "done" else None
+    eval_dir = run_dir / "eval" if is_up_to_date(recipe, "eval") else None
     return publish_stage(recipe, run_dir / "train" / "model", eval_dir, run_dir / "publish")
 
 
@@ -75,7 +80,7 @@ STAGES: dict[str, Stage] = {
         Stage("mine", ("mining",), ("synth",), _mine),
         Stage("train", ("model", "train"), ("mine",), _train),
         Stage("eval", ("model", "eval"), ("synth", "train"), _eval),
-        Stage("publish", ("publish", "synth", "mining", "model", "train"), ("train",), _publish),
+        Stage("publish", ("publish", "synth", "mining", "model", "train"), ("train",), _publish, uses=("eval",)),
     )
 }
 
@@ -89,15 +94,21 @@ def fingerprint(recipe: Recipe, name: str) -> str:
     """The stage's own sections plus, recursively, the fingerprints of the stages it reads."""
     stage = STAGES[name]
     parts = [recipe.section_hash(*stage.sections)] + [fingerprint(recipe, need) for need in stage.needs]
+    parts += [fingerprint(recipe, use) if is_up_to_date(recipe, use) else "-" for use in stage.uses]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
+
+
+def is_up_to_date(recipe: Recipe, name: str) -> bool:
+    """Whether ``name`` finished with the fingerprint the recipe gives it now."""
+    state = stage_state(recipe.run_dir, name)
+    return state.get("status") == "done" and state.get("fingerprint") == fingerprint(recipe, name)
 
 
 def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
     """Run one stage (its inputs must be up to date) and return its main output."""
     stage, run_dir = STAGES[name], recipe.run_dir
     for need in stage.needs:
-        state = stage_state(run_dir, need)
-        if state.get("status") != "done" or state.get("fingerprint") != fingerprint(recipe, need):
+        if not is_up_to_date(recipe, need):
             raise StageError(
                 f"{name} reads the output of {need}, which is missing or out of date; "
                 f"run `st-retrofit {need}` (or `st-retrofit run`) first"

