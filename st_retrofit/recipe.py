@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from st_retrofit.synth.demo import LANGUAGES
+from st_retrofit.synth.demo import LANGUAGES, QUERY_KINDS
 
 
 class RecipeError(ValueError):
@@ -103,7 +103,7 @@ class SynthConfig:
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Language codes."})
     train_entities: int = field(default=120, metadata={"help": "Entities in the train split."})
     eval_entities: int = field(default=40, metadata={"help": "Entities in the held-out split."})
-    queries_per_document: int = field(default=1, metadata={"help": "Queries per document, 1 to 4."})
+    queries_per_document: int = field(default=1, metadata={"help": "Queries per document, 1 to 6."})
 
     def __post_init__(self) -> None:
         unknown = [lang for lang in self.languages if lang not in LANGUAGES]
@@ -112,9 +112,9 @@ class SynthConfig:
         _require(self.train_entities >= 2, "train_entities", f"expected >= 2, got {self.train_entities}")
         _require(self.eval_entities >= 2, "eval_entities", f"expected >= 2, got {self.eval_entities}")
         _require(
-            1 <= self.queries_per_document <= 4,
+            1 <= self.queries_per_document <= len(QUERY_KINDS),
             "queries_per_document",
-            f"expected 1 to 4, got {self.queries_per_document}",
+            f"expected 1 to {len(QUERY_KINDS)}, got {self.queries_per_document}",
         )
 
 

@@ -130,12 +130,13 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
 
 
 def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Path) -> Path:
-    """Train on the mined dataset and save the merged model under ``output_dir/model``.
+    """Train on the mined dataset (a ``Dataset``, or a ``DatasetDict`` of groups) and save the merged model under
+    ``output_dir/model``.
 
     ``output_dir/checkpoints`` holds trainer checkpoints; if one exists the run resumes from it.
     ``output_dir/adapter`` holds the LoRA adapter (when LoRA is on).
     """
-    from datasets import load_from_disk
+    from datasets import DatasetDict, load_from_disk
     from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -143,10 +144,18 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(recipe, output_dir=str(checkpoints))
     dataset = load_from_disk(str(train_dataset))
+    if isinstance(dataset, DatasetDict):
+        # One split per group: the trainer draws each batch from one split (group-homogeneous batches).
+        dataset = DatasetDict({name: split for name, split in dataset.items() if len(split)})
+        if not dataset:
+            raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
+        columns = next(iter(dataset.values())).column_names
+    else:
+        columns = dataset.column_names
     model = build_model(recipe)
     loss = resolve_loss_class(recipe.train.loss)(model, **recipe.train.loss_kwargs)
     if args.prompts is None and any(model.prompts.values()):
-        args.prompts = column_prompts(dataset.column_names, model.prompts)
+        args.prompts = column_prompts(columns, model.prompts)
         logger.info("Training with the model's prompts: %s", args.prompts)
 
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)

@@ -28,7 +28,7 @@ def build_tiny_model(folder: Path) -> Path:
 
     from st_retrofit.synth import build_demo_dataset
 
-    data = build_demo_dataset(train_entities=30, eval_entities=10, queries_per_document=4, seed=0)
+    data = build_demo_dataset(train_entities=30, eval_entities=10, queries_per_document=6, seed=0)
     texts = [t for split in data.values() for t in list(split["query"]) + list(split["document"])]
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -20,7 +20,8 @@ def test_quickstart_pipeline_end_to_end_on_a_tiny_model(tiny_recipe_data, tmp_pa
     run_dir = tmp_path / "runs" / "tiny"
 
     mined = load_from_disk(str(run_dir / "mine" / "dataset"))
-    assert mined.column_names == ["query", "document", "negative_1", "negative_2"]
+    assert set(mined) == {"en", "ru", "ja"}
+    assert mined["ru"].column_names == ["query", "document", "negative_1", "negative_2"]
     assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
     assert list((run_dir / "train" / "checkpoints").glob("checkpoint-*"))
     results = json.loads((run_dir / "eval" / "results.json").read_text())

@@ -5,7 +5,8 @@ what a retrofitting run needs around it:
 
 - the teacher is its own model, named in the recipe and recorded in the report;
 - negatives are drawn within groups (``group_by: language``), so a query never gets a translation of its own
-  document as a negative;
+  document as a negative, and each group is written as its own split: the stock trainer then draws every batch
+  from one split, so in-batch negatives stay in the query's group too;
 - the run is seeded (``mine_hard_negatives`` samples with the global ``random`` module);
 - embeddings are cached per teacher (the built-in cache key ignores which model made them when the model was
   loaded from a path).
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
     from sentence_transformers import SentenceTransformer
 
     from st_retrofit.recipe import MiningConfig
@@ -46,7 +47,7 @@ def mine_negatives(
     config: MiningConfig,
     seed: int,
     cache_folder: str | Path | None = None,
-) -> tuple[Dataset, dict[str, Any]]:
+) -> tuple[DatasetDict, dict[str, Any]]:
     """Add ``config.num_negatives`` hard negatives to every (query, document) pair.
 
     Args:
@@ -57,10 +58,11 @@ def mine_negatives(
         cache_folder: where query and corpus embeddings are cached; use one folder per teacher.
 
     Returns:
-        The dataset with columns ``query``, ``document``, ``negative_1`` ... ``negative_n`` (rows short of
-        negatives are dropped) and a report with per-group counts and score statistics.
+        A ``DatasetDict`` with one split per group (``all`` without ``group_by``), columns ``query``, ``document``,
+        ``negative_1`` ... ``negative_n`` (rows short of negatives are dropped), and a report with per-group
+        counts and score statistics.
     """
-    from datasets import concatenate_datasets
+    from datasets import DatasetDict
     from sentence_transformers.util import mine_hard_negatives
 
     for column in (QUERY_COLUMN, DOCUMENT_COLUMN) + ((config.group_by,) if config.group_by else ()):
@@ -68,7 +70,7 @@ def mine_negatives(
             raise ValueError(f"mining: the pairs have no column {column!r} (columns: {pairs.column_names})")
 
     groups = sorted(set(pairs[config.group_by])) if config.group_by else [None]
-    mined_parts, report_groups = [], {}
+    mined_groups, report_groups = {}, {}
     for group in groups:
         subset = (
             pairs if group is None else pairs.filter(lambda g, group=group: g == group, input_columns=config.group_by)
@@ -95,7 +97,8 @@ def mine_negatives(
             cache_folder=str(cache_folder) if cache_folder else None,
         )
         scores = np.asarray(mined["scores"], dtype=np.float32).reshape(len(mined), -1) if len(mined) else None
-        report_groups[str(group) if group is not None else "all"] = {
+        key = str(group) if group is not None else "all"
+        report_groups[key] = {
             "pairs": len(subset),
             "corpus": len(corpus),
             "kept": len(mined),
@@ -103,22 +106,24 @@ def mine_negatives(
             "mean_positive_score": float(scores[:, 0].mean()) if scores is not None else None,
             "mean_negative_score": float(scores[:, 1:].mean()) if scores is not None else None,
         }
-        mined_parts.append(mined.remove_columns("scores"))
+        mined_groups[key] = mined.remove_columns("scores").shuffle(seed=seed).flatten_indices()
 
-    mined = concatenate_datasets(mined_parts).shuffle(seed=seed).flatten_indices()
+    mined = DatasetDict(mined_groups)
+    rows_out = sum(len(split) for split in mined.values())
     report = {
         "rows_in": len(pairs),
-        "rows_out": len(mined),
+        "rows_out": rows_out,
         "num_negatives": config.num_negatives,
         "group_by": config.group_by,
         "groups": report_groups,
     }
-    logger.info("Mined %d of %d rows with %d negatives each", len(mined), len(pairs), config.num_negatives)
+    logger.info("Mined %d of %d rows with %d negatives each", rows_out, len(pairs), config.num_negatives)
     return mined, report
 
 
 def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, output_dir: str | Path) -> Path:
-    """Run mining on the train split written by the synth stage; saves ``dataset`` and ``report.json``."""
+    """Run mining on the train split written by the synth stage; saves ``dataset`` (one split per group) and
+    ``report.json``."""
     import json
 
     from datasets import load_from_disk
@@ -128,7 +133,10 @@ def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, outpu
     output_dir = Path(output_dir)
     pairs = load_from_disk(str(synth_dataset))["train"]
     if not config.enabled:
-        dataset, report = pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN]), {"enabled": False}
+        from datasets import DatasetDict
+
+        dataset = DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])})
+        report = {"enabled": False}
     else:
         teacher = load_model(config.teacher)
         cache = output_dir / "embedding_cache" / _slug(config.teacher)

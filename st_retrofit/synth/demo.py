@@ -4,7 +4,7 @@ Every fact is generated from the seed, so the data needs no download and is the 
 entity is a (fictional) town with a region, a river, a founding year, a population and a main industry; its name
 is built from syllables and written in the script of each language (Latin, Cyrillic, Katakana, Han). For every
 language a document template states the facts and query templates ask for one of them, by name or by a
-description ("which town on the river X was founded in Y?"). Train and held-out splits use disjoint towns.
+description without it ("which town on the river X was founded in Y?"). Train and held-out splits use disjoint towns.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ INDUSTRIES = {
 
 @dataclass(frozen=True)
 class LanguageTemplates:
-    """How one language writes the facts: name script, number format, one document and four query templates."""
+    """How one language writes the facts: name script, number format, one document and one template per query kind."""
 
     script: str
     thousands_sep: str
@@ -54,7 +54,9 @@ TEMPLATES: dict[str, LanguageTemplates] = {
         "{population} inhabitants. Its economy is based on {industry}.",
         {"year": "When was {name} founded?", "population": "How many people live in {name}?",
          "industry": "What is the main industry of {name}?",
-         "describe": "Which town on the {river} river was founded in {year}?"},
+         "describe_year": "Which town on the {river} river was founded in {year}?",
+         "describe_industry": "Which town in the {region} region is known for {industry}?",
+         "describe_population": "Which town on the {river} river has {population} inhabitants?"},
     ),
     "de": LanguageTemplates(
         "latin", ".",
@@ -62,7 +64,9 @@ TEMPLATES: dict[str, LanguageTemplates] = {
         "{population} Einwohner. Ihre Wirtschaft beruht auf {industry}.",
         {"year": "Wann wurde {name} gegründet?", "population": "Wie viele Menschen leben in {name}?",
          "industry": "Was ist der wichtigste Wirtschaftszweig von {name}?",
-         "describe": "Welche Stadt am Fluss {river} wurde {year} gegründet?"},
+         "describe_year": "Welche Stadt am Fluss {river} wurde {year} gegründet?",
+         "describe_industry": "Welche Stadt in der Region {region} ist für {industry} bekannt?",
+         "describe_population": "Welche Stadt am Fluss {river} hat {population} Einwohner?"},
     ),
     "fr": LanguageTemplates(
         "latin", " ",
@@ -70,7 +74,9 @@ TEMPLATES: dict[str, LanguageTemplates] = {
         "compte {population} habitants. Son économie repose sur {industry}.",
         {"year": "Quand {name} a-t-elle été fondée ?", "population": "Combien d'habitants compte {name} ?",
          "industry": "Quelle est la principale activité économique de {name} ?",
-         "describe": "Quelle ville sur la rivière {river} a été fondée en {year} ?"},
+         "describe_year": "Quelle ville sur la rivière {river} a été fondée en {year} ?",
+         "describe_industry": "Quelle ville de la région de {region} est connue pour {industry} ?",
+         "describe_population": "Quelle ville sur la rivière {river} compte {population} habitants ?"},
     ),
     "es": LanguageTemplates(
         "latin", ".",
@@ -78,7 +84,9 @@ TEMPLATES: dict[str, LanguageTemplates] = {
         "{population} habitantes. Su economía se basa en {industry}.",
         {"year": "¿Cuándo fue fundada {name}?", "population": "¿Cuántas personas viven en {name}?",
          "industry": "¿Cuál es la industria principal de {name}?",
-         "describe": "¿Qué ciudad a orillas del río {river} fue fundada en {year}?"},
+         "describe_year": "¿Qué ciudad a orillas del río {river} fue fundada en {year}?",
+         "describe_industry": "¿Qué ciudad de la región de {region} es conocida por {industry}?",
+         "describe_population": "¿Qué ciudad a orillas del río {river} tiene {population} habitantes?"},
     ),
     "ru": LanguageTemplates(
         "cyrillic", " ",
@@ -86,7 +94,9 @@ TEMPLATES: dict[str, LanguageTemplates] = {
         "{population} человек. Основа его экономики — {industry}.",
         {"year": "Когда был основан город {name}?", "population": "Сколько людей живёт в городе {name}?",
          "industry": "Какая главная отрасль экономики города {name}?",
-         "describe": "Какой город на реке {river} был основан в {year} году?"},
+         "describe_year": "Какой город на реке {river} был основан в {year} году?",
+         "describe_industry": "Какой город в регионе {region} специализируется на отрасли «{industry}»?",
+         "describe_population": "В каком городе на реке {river} живут {population} человек?"},
     ),
     "ja": LanguageTemplates(
         "katakana", ",",
@@ -94,18 +104,24 @@ TEMPLATES: dict[str, LanguageTemplates] = {
         "経済の中心は{industry}です。",
         {"year": "{name}はいつ創設されましたか？", "population": "{name}の人口は何人ですか？",
          "industry": "{name}の主な産業は何ですか？",
-         "describe": "{year}年に創設された{river}川沿いの町はどこですか？"},
+         "describe_year": "{year}年に創設された{river}川沿いの町はどこですか？",
+         "describe_industry": "{region}地方で{industry}が盛んな町はどこですか？",
+         "describe_population": "{river}川沿いで人口が{population}人の町はどこですか？"},
     ),
     "zh": LanguageTemplates(
         "han", "",
         "{name}是位于{region}地区{river}河畔的一座城镇。它建于{year}年，人口为{population}人。当地经济以{industry}为主。",
         {"year": "{name}是哪一年建立的？", "population": "{name}有多少人口？",
          "industry": "{name}的主要产业是什么？",
-         "describe": "哪座位于{river}河畔的城镇建于{year}年？"},
+         "describe_year": "哪座位于{river}河畔的城镇建于{year}年？",
+         "describe_industry": "{region}地区哪座城镇以{industry}为主？",
+         "describe_population": "{river}河畔哪座城镇的人口为{population}人？"},
     ),
 }  # fmt: skip
 
 LANGUAGES = tuple(TEMPLATES)
+# Three lookups by name and three descriptions without it: the mix of task kinds is what training learns from.
+QUERY_KINDS = tuple(TEMPLATES["en"].queries)
 
 
 @dataclass(frozen=True)
@@ -187,7 +203,7 @@ def build_demo_dataset(
         languages: language codes, a subset of :data:`LANGUAGES`.
         train_entities: towns in the train split; each yields one document per language.
         eval_entities: towns in the held-out split.
-        queries_per_document: distinct query templates drawn per (town, language), at most 4.
+        queries_per_document: distinct query kinds drawn per (town, language), at most ``len(QUERY_KINDS)``.
         seed: everything is a function of the seed.
 
     Returns:
@@ -206,7 +222,7 @@ def build_demo_dataset(
     unknown = [lang for lang in languages if lang not in TEMPLATES]
     if unknown:
         raise ValueError(f"unknown demo language(s) {unknown}; available: {list(LANGUAGES)}")
-    kinds = list(TEMPLATES["en"].queries)
+    kinds = list(QUERY_KINDS)
     if not 1 <= queries_per_document <= len(kinds):
         raise ValueError(f"queries_per_document must be in [1, {len(kinds)}], got {queries_per_document}")
 
