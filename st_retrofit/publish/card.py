@@ -88,6 +88,7 @@ def render_model_card(
             else "none (in-batch negatives only)"
         ),
         loss=recipe.train.loss,
+        loss_kwargs=", ".join(f"{k}={v}" for k, v in recipe.train.loss_kwargs.items()),
         adapter_description=(
             f"LoRA r={lora.r}, alpha={lora.alpha} on {', '.join(lora.target_modules)}, merged into the weights"
             if lora

@@ -47,6 +47,7 @@ def test_release_folder_holds_model_card_results_and_recipe(tiny_recipe_data, ti
     assert {(r.metric_type, r.metric_value) for r in results} >= {("ndcg_at_5", 0.85), ("recall_at_5", 0.95)}
     assert "| en | 0.8000 | 0.8500 | +0.0500 |" in card.text
     assert "2510.14274" in card.text
+    assert "`MultipleNegativesRankingLoss`" in card.text
 
 
 def test_release_is_refused_without_evaluation(tiny_recipe_data, tiny_model_path, tmp_path):
