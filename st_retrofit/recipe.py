@@ -374,9 +374,17 @@ def _check_environment(recipe: Recipe) -> None:
     from st_retrofit.train import resolve_loss_class, training_arguments
 
     try:
-        resolve_loss_class(recipe.train.loss)
+        loss_class = resolve_loss_class(recipe.train.loss)
     except ValueError as exc:
         raise RecipeError("train.loss", str(exc)) from None
+    import inspect
+
+    accepted = [name for name in inspect.signature(loss_class).parameters if name != "model"]
+    for key in recipe.train.loss_kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; it takes {', '.join(accepted)}"
+            raise RecipeError(f"train.loss_kwargs.{key}", f"not an argument of {recipe.train.loss}{hint}")
     training_arguments(recipe, output_dir=str(recipe.run_dir / "train" / "checkpoints"))
 
 

@@ -26,6 +26,8 @@ BAD_RECIPES = [
     ("missing model folder", {"model": {"base": "./no/such/model"}}, "model.base", "does not exist"),
     ("uncached hub id offline", {"mining": {"teacher": "BAAI/bge-m3"}}, "mining.teacher", "not in the local cache"),
     ("unknown loss", {"train": {"loss": "MultipleNegativesRankingLos"}}, "train.loss", "did you mean"),
+    ("unknown loss arg", {"train": {"loss_kwargs": {"scal": 100}}}, "train.loss_kwargs.scal", "did you mean scale"),
+    ("model as loss arg", {"train": {"loss_kwargs": {"model": "x"}}}, "train.loss_kwargs.model", "not an argument"),
     ("unknown trainer arg", {"train": {"args": {"num_epochs": 2}}}, "train.args.num_epochs", "not an argument"),
     ("output_dir in args", {"train": {"args": {"output_dir": "x"}}}, "train.args.output_dir", "set by the run"),
     ("push without repo", {"publish": {"repo_id": None, "dry_run": False}}, "publish.repo_id", "required"),
