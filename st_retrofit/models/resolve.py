@@ -101,7 +101,8 @@ def check_model_name(name: str) -> None:
         if not path.is_dir():
             raise ModelNotFoundError(f"{name} is a file; expected a model folder")
         return
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    # A Hub id is "name" or "org/name"; anything path-like that does not exist is a missing folder.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"model folder {name} does not exist")
     try:
         validate_repo_id(name)
