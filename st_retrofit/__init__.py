@@ -6,6 +6,7 @@ The pipeline is synthesize -> mine -> train -> evaluate -> publish; each stage i
 from __future__ import annotations
 
 from st_retrofit.evaluate import evaluate_retrieval
+from st_retrofit.losses import CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss
 from st_retrofit.mining import mine_negatives
 from st_retrofit.models import OFFLINE_MODELS, load_model
 from st_retrofit.pipeline import run_pipeline, run_stage
@@ -16,9 +17,11 @@ from st_retrofit.synth import build_demo_dataset
 __version__ = "0.1.0"
 
 __all__ = [
+    "CachedRetrofitInfoNCELoss",
     "OFFLINE_MODELS",
     "Recipe",
     "RecipeError",
+    "RetrofitInfoNCELoss",
     "build_demo_dataset",
     "build_release_folder",
     "evaluate_retrieval",

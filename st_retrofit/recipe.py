@@ -163,7 +163,9 @@ class TrainConfig:
     """Contrastive training through the stock ``SentenceTransformerTrainer`` (recipe section ``train``).
 
     Args:
-        loss: a loss class name from ``sentence_transformers.sentence_transformer.losses``.
+        loss: a loss class name from ``st_retrofit.losses`` (``RetrofitInfoNCELoss``, ``CachedRetrofitInfoNCELoss``)
+            or ``sentence_transformers.sentence_transformer.losses``. The mined dataset carries the teacher's
+            scores as its ``label`` column, which ``RetrofitInfoNCELoss`` uses for teacher masking and distillation.
         loss_kwargs: keyword arguments for the loss (besides the model).
         args: keyword arguments for ``SentenceTransformerTrainingArguments`` (``output_dir`` is set by the run).
     """

@@ -38,14 +38,16 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
 
 
 def resolve_loss_class(name: str) -> type:
-    """The loss class called ``name`` in ``sentence_transformers.sentence_transformer.losses``."""
+    """The loss class called ``name`` in ``st_retrofit.losses`` or ``sentence_transformers.sentence_transformer.losses``."""
     import difflib
 
     from sentence_transformers.sentence_transformer import losses
 
-    loss_class = getattr(losses, name, None)
+    from st_retrofit import losses as retrofit_losses
+
+    loss_class = getattr(retrofit_losses, name, None) or getattr(losses, name, None)
     if not isinstance(loss_class, type):
-        known = [n for n in dir(losses) if n.endswith("Loss")]
+        known = list(retrofit_losses.__all__) + [n for n in dir(losses) if n.endswith("Loss")]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ValueError(f"unknown loss {name!r}{hint}")

@@ -21,7 +21,7 @@ def test_quickstart_pipeline_end_to_end_on_a_tiny_model(tiny_recipe_data, tmp_pa
 
     mined = load_from_disk(str(run_dir / "mine" / "dataset"))
     assert set(mined) == {"en", "ru", "ja"}
-    assert mined["ru"].column_names == ["query", "document", "negative_1", "negative_2"]
+    assert mined["ru"].column_names == ["query", "document", "negative_1", "negative_2", "label"]
     assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
     assert list((run_dir / "train" / "checkpoints").glob("checkpoint-*"))
     results = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -36,6 +36,16 @@ def test_quickstart_pipeline_end_to_end_on_a_tiny_model(tiny_recipe_data, tmp_pa
 
     out = capsys.readouterr().out
     assert "| mean |" in out and "publish:" in out
+
+
+def test_pipeline_trains_with_the_retrofit_loss_and_teacher_scores(tiny_recipe_data, tmp_path):
+    data = {**tiny_recipe_data, "train": {**tiny_recipe_data["train"], "loss": "RetrofitInfoNCELoss",
+            "loss_kwargs": {"teacher_margin": 0.01, "distill_weight": 0.5}}}  # fmt: skip
+    recipe = recipe_from_dict(data)
+    outputs = run_pipeline(recipe, stages=["synth", "mine", "train"])
+    metrics = json.loads((recipe.run_dir / "train" / "train_metrics.json").read_text())
+    assert metrics["train_loss"] > 0
+    assert (outputs["train"] / "model.safetensors").is_file()
 
 
 @pytest.fixture

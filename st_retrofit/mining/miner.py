@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-QUERY_COLUMN, DOCUMENT_COLUMN = "query", "document"
+QUERY_COLUMN, DOCUMENT_COLUMN, LABEL_COLUMN = "query", "document", "label"
 
 
 def negative_columns(num_negatives: int) -> list[str]:
@@ -59,8 +59,8 @@ def mine_negatives(
 
     Returns:
         A ``DatasetDict`` with one split per group (``all`` without ``group_by``), columns ``query``, ``document``,
-        ``negative_1`` ... ``negative_n`` (rows short of negatives are dropped), and a report with per-group
-        counts and score statistics.
+        ``negative_1`` ... ``negative_n`` and ``label`` (the teacher's scores of the positive and each negative;
+        rows short of negatives are dropped), and a report with per-group counts and score statistics.
     """
     from datasets import DatasetDict
     from sentence_transformers.util import mine_hard_negatives
@@ -106,7 +106,10 @@ def mine_negatives(
             "mean_positive_score": float(scores[:, 0].mean()) if scores is not None else None,
             "mean_negative_score": float(scores[:, 1:].mean()) if scores is not None else None,
         }
-        mined_groups[key] = mined.remove_columns("scores").shuffle(seed=seed).flatten_indices()
+        # The teacher's scores (positive, negative_1, ...) become the label column: losses that distill or mask
+        # with a teacher read them, the others ignore labels.
+        mined = mined.rename_column("scores", LABEL_COLUMN)
+        mined_groups[key] = mined.shuffle(seed=seed).flatten_indices()
 
     mined = DatasetDict(mined_groups)
     rows_out = sum(len(split) for split in mined.values())

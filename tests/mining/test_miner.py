@@ -24,12 +24,21 @@ def _doc_language(pairs: Dataset) -> dict[str, str]:
 def test_every_row_gets_distinct_negatives_that_are_not_its_positive(tiny_model, pairs):
     mined, report = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=3, relative_margin=None), seed=0)
     mined = _rows(mined)
-    assert mined.column_names == ["query", "document", *negative_columns(3)]
+    assert mined.column_names == ["query", "document", *negative_columns(3), "label"]
     assert len(mined) == report["rows_out"] == len(pairs)
     for row in mined:
         negatives = [row[c] for c in negative_columns(3)]
         assert row["document"] not in negatives
         assert len(set(negatives)) == 3
+
+
+def test_label_holds_the_teacher_scores_of_positive_and_negatives(tiny_model, pairs):
+    mined, _ = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=2, relative_margin=None), seed=0)
+    row = mined["en"][0]
+    query, texts = tiny_model.encode_query([row["query"]]), [row["document"], row["negative_1"], row["negative_2"]]
+    expected = tiny_model.similarity(query, tiny_model.encode_document(texts))[0].tolist()
+    assert row["label"] == pytest.approx(expected, abs=1e-4)
+    assert row["label"][1] >= row["label"][2]  # top-ranked negatives first
 
 
 def test_group_by_keeps_negatives_in_the_query_language_and_splits_by_group(tiny_model, pairs):
