@@ -134,16 +134,14 @@ class CachedRetrofitInfoNCELoss(CachedLossMixin, nn.Module):
 
     @property
     def citation(self) -> str:
-        return (
-            self.loss.citation
-            + """
-@misc{gao2021scaling,
+        return self.loss.citation + "\n" + GRADCACHE_CITATION
+
+
+GRADCACHE_CITATION = """@misc{gao2021scaling,
     title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
     author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
     year={2021},
     eprint={2101.06983},
     archivePrefix={arXiv},
     primaryClass={cs.LG}
-}
-"""
-        )
+}"""

@@ -322,23 +322,46 @@ class RetrofitInfoNCELoss(nn.Module):
 
     @property
     def citation(self) -> str:
-        return """
-@article{tu2025retrofitting,
+        """BibTeX of the retrofitting paper, InfoNCE, and the method behind each option that is switched on."""
+        entries = [CITATIONS["retrofitting"], CITATIONS["infonce"]]
+        if self.query_negatives:
+            entries.append(CITATIONS["gte"])
+        if self.false_negative_margin is not None or self.teacher_margin is not None:
+            entries.append(CITATIONS["nv_retriever"])
+        if self.distill_weight > 0:
+            entries.append(CITATIONS["distillation"])
+        return "\n".join(entries)
+
+
+CITATIONS = {
+    "retrofitting": """@article{tu2025retrofitting,
     title={Retrofitting Small Multilingual Models for Retrieval: Matching 7B Performance with 300M Parameters},
     author={Tu, Lifu and Zhou, Yingbo and Yavuz, Semih},
     journal={arXiv preprint arXiv:2510.14274},
     year={2025}
-}
-@article{oord2018representation,
+}""",
+    "infonce": """@article{oord2018representation,
     title={Representation Learning with Contrastive Predictive Coding},
     author={van den Oord, Aaron and Li, Yazhe and Vinyals, Oriol},
     journal={arXiv preprint arXiv:1807.03748},
     year={2018}
-}
-@article{moreira2024nvretriever,
+}""",
+    "gte": """@article{li2023towards,
+    title={Towards General Text Embeddings with Multi-stage Contrastive Learning},
+    author={Li, Zehan and Zhang, Xin and Zhang, Yanzhao and Long, Dingkun and Xie, Pengjun and Zhang, Meishan},
+    journal={arXiv preprint arXiv:2308.03281},
+    year={2023}
+}""",
+    "nv_retriever": """@article{moreira2024nvretriever,
     title={NV-Retriever: Improving text embedding models with effective hard-negative mining},
     author={Moreira, Gabriel de Souza P. and Osmulski, Radek and Xu, Mengyao and Ak, Ronay and Schifferer, Benedikt and Oldridge, Even},
     journal={arXiv preprint arXiv:2407.15831},
     year={2024}
+}""",
+    "distillation": """@article{hinton2015distilling,
+    title={Distilling the Knowledge in a Neural Network},
+    author={Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
+    journal={arXiv preprint arXiv:1503.02531},
+    year={2015}
+}""",
 }
-"""

@@ -219,7 +219,10 @@ def test_works_inside_matryoshka_loss(model):
 def test_config_and_citation_describe_the_loss(model):
     config = RetrofitInfoNCELoss(model, scale=100.0, false_negative_margin=0.1).get_config_dict()
     assert config["scale"] == pytest.approx(100.0) and config["false_negative_margin"] == 0.1
-    assert "2510.14274" in RetrofitInfoNCELoss(model).citation
+    plain = RetrofitInfoNCELoss(model).citation
+    assert "2510.14274" in plain and "1807.03748" in plain and "2308.03281" not in plain
+    extras = RetrofitInfoNCELoss(model, query_negatives=True, teacher_margin=0.1, distill_weight=1.0).citation
+    assert all(arxiv in extras for arxiv in ("2308.03281", "2407.15831", "1503.02531"))
     cached = CachedRetrofitInfoNCELoss(model, mini_batch_size=8)
     assert cached.get_config_dict()["mini_batch_size"] == 8 and "2101.06983" in cached.citation
 
