@@ -57,7 +57,8 @@ def step(loss, features, labels) -> None:
     (sum(value.values()) if isinstance(value, dict) else value).backward()
 
 
-def time_steps(args) -> None:
+def setup(args):
+    """The model (on the GPU when there is one), a batch of ``args.batch_size`` rows and teacher scores for it."""
     from st_retrofit.models import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,6 +66,11 @@ def time_steps(args) -> None:
     model.max_seq_length = 64
     features = make_batch(model, args.batch_size, device)
     teacher = torch.rand(args.batch_size, 2, device=device).sort(dim=1, descending=True).values
+    return model, features, teacher, device
+
+
+def time_steps(args) -> None:
+    model, features, teacher, device = setup(args)
     names = ["MNRL", "Retrofit (extras off)", "Retrofit (margin+teacher+distill)"]
     losses = {name: make_loss(name, model) for name in names}
     for name in names:  # warm-up
@@ -88,13 +94,7 @@ def time_steps(args) -> None:
 
 def peak_memory_child(args) -> None:
     """Runs in its own process: one training step of ``args.loss`` at ``args.batch_size``; prints JSON."""
-    from st_retrofit.models import load_model
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(args.model, device=device)
-    model.max_seq_length = 64
-    features = make_batch(model, args.batch_size, device)
-    teacher = torch.rand(args.batch_size, 2, device=device).sort(dim=1, descending=True).values
+    model, features, teacher, device = setup(args)
     loss = make_loss(args.loss, model, args.mini_batch_size)
     labels = teacher if "Retrofit" in args.loss else None
     if device == "cuda":
