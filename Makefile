@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test test-slow lint format clean
+.PHONY: help install quickstart test test-slow bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ test: install lint ## Lint, then run the default test suite (slow and GPU tests 
 
 test-slow: install ## Run only the slow tests (the real quickstart recipe end to end)
 	$(BIN)/pytest -m slow
+
+bench: install ## Run the benchmarks: ratios against sentence-transformers measured in the same run (~10 min)
+	$(BIN)/python benchmarks/loss_overhead.py
+	$(BIN)/python benchmarks/mining.py
 
 lint: install ## ruff check and ruff format --check
 	$(BIN)/ruff check .

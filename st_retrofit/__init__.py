@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from st_retrofit.evaluate import evaluate_retrieval
 from st_retrofit.losses import CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss
-from st_retrofit.mining import mine_negatives
+from st_retrofit.mining import EmbeddingCache, HardNegativeMiner, NegativeFilter, mine_negatives
 from st_retrofit.models import OFFLINE_MODELS, load_model
 from st_retrofit.pipeline import run_pipeline, run_stage
 from st_retrofit.publish import build_release_folder, push_release
@@ -18,6 +18,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CachedRetrofitInfoNCELoss",
+    "EmbeddingCache",
+    "HardNegativeMiner",
+    "NegativeFilter",
     "OFFLINE_MODELS",
     "Recipe",
     "RecipeError",

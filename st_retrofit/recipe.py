@@ -119,28 +119,93 @@ class SynthConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Nearest-neighbour search for mining (recipe section ``mining.search``).
+
+    Args:
+        backend: ``exact`` streams the corpus through a bounded score block; ``flat``, ``ivf`` and ``hnsw`` are
+            faiss indexes; ``auto`` is exact while ``queries x corpus <= exact_max_pairs``, IVF beyond.
+        memory_mb: exact search: the size of one fp32 score block.
+        exact_max_pairs: ``auto``: the largest ``queries x corpus`` searched exactly (100x on GPU).
+        nlist: IVF lists; ``null`` takes ``4 * sqrt(corpus)``.
+        nprobe: IVF lists visited per query.
+        hnsw_m: HNSW graph degree.
+        ef_construction: HNSW build-time beam width.
+        ef_search: HNSW search-time beam width.
+        use_gpu: put flat/IVF indexes on the GPU; ``null`` = when faiss sees one.
+    """
+
+    backend: Literal["auto", "exact", "flat", "ivf", "hnsw"] = field(default="auto", metadata={"help": "Backend."})
+    memory_mb: int = field(default=512, metadata={"help": "Exact search score block, MiB."})
+    exact_max_pairs: int = field(default=50_000_000_000, metadata={"help": "auto: exact up to this many pairs."})
+    nlist: int | None = field(default=None, metadata={"help": "IVF lists; null = 4 * sqrt(n)."})
+    nprobe: int = field(default=32, metadata={"help": "IVF lists probed per query."})
+    hnsw_m: int = field(default=32, metadata={"help": "HNSW degree."})
+    ef_construction: int = field(default=200, metadata={"help": "HNSW build beam."})
+    ef_search: int = field(default=256, metadata={"help": "HNSW search beam."})
+    use_gpu: bool | None = field(default=None, metadata={"help": "faiss on GPU; null = when available."})
+
+    def __post_init__(self) -> None:
+        for key in ("memory_mb", "exact_max_pairs", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
+            _require(getattr(self, key) >= 1, key, f"expected >= 1, got {getattr(self, key)}")
+        _require(self.nlist is None or self.nlist >= 1, "nlist", f"expected >= 1 or null, got {self.nlist}")
+
+
+@dataclass
 class MiningConfig:
     """Hard-negative mining with a teacher model (recipe section ``mining``).
 
     Args:
         enabled: ``false`` trains on (query, document) pairs with in-batch negatives only.
         teacher: the model that scores candidates; ideally stronger than the student.
-        num_negatives: negatives kept per query; rows with fewer are dropped.
-        range_min: skip the ``range_min`` best-scoring candidates (likely unlabeled positives).
-        range_max: consider only the ``range_max`` best candidates; ``null`` picks a size from the other settings.
-        relative_margin: drop a candidate scoring above ``positive - |positive| * relative_margin``.
-        group_by: draw negatives only from documents sharing this column's value (``language``); ``null`` = any.
-        batch_size: encoding batch size.
+        query_prompt: prompt for queries; ``null`` takes the teacher's own ``query`` prompt.
+        document_prompt: prompt for documents; ``null`` takes the teacher's ``document``/``passage`` prompt.
+        num_negatives: negatives per row; ``n-tuple`` rows with fewer are dropped (and counted in the report).
+        range_min: skip the ``range_min`` best candidates that pass the filters (likely unlabeled positives).
+        range_max: candidates retrieved per query besides its positives; ``null`` takes ``range_min +
+            10 * num_negatives`` when a score filter is set, else ``range_min + num_negatives`` (as
+            ``mine_hard_negatives`` does).
+        absolute_margin: drop candidates scoring above ``positive - absolute_margin``.
+        relative_margin: drop candidates scoring above ``positive - |positive| * relative_margin``.
+        max_positive_ratio: NV-Retriever's TopK-PercPos, e.g. 0.95: keep candidates up to 95% of the positive
+            score (the same rule as ``relative_margin: 0.05``; set one of the two).
+        max_score: drop candidates scoring above this.
+        min_score: drop candidates scoring below this.
+        sampling: ``top`` keeps the best candidates; ``random`` samples them (seeded) from the range.
+        group_by: draw negatives only from documents sharing this column's value (language, task, source
+            dataset); each group becomes its own split. ``null`` = any document.
+        output: ``n-tuple`` (``negative_1..n`` columns) or ``pool`` (a ``negatives`` list of every candidate in
+            range with ``negative_ids``, for samplers that draw fresh negatives each epoch).
+        pool_size: ``pool``: the most candidates kept per row; ``null`` keeps all in range.
+        cross_encoder: a CrossEncoder that rescores the candidates and positives; its scores then drive the
+            filters, the ranking and the label column.
+        search: nearest-neighbour search settings.
+        batch_size: encoding (and cross-encoder) batch size.
+        shard_size: queries per output shard; a killed run redoes at most one shard.
+        cache_dir: the embedding cache; ``null`` uses ``$ST_RETROFIT_CACHE/embeddings``, shared by all runs.
     """
 
     enabled: bool = field(default=True, metadata={"help": "Mine hard negatives."})
     teacher: str = field(default="offline:multilingual-e5-small", metadata={"help": "Scoring model."})
+    query_prompt: str | None = field(default=None, metadata={"help": "Query prompt; null = the teacher's."})
+    document_prompt: str | None = field(default=None, metadata={"help": "Document prompt; null = the teacher's."})
     num_negatives: int = field(default=3, metadata={"help": "Negatives per query."})
     range_min: int = field(default=0, metadata={"help": "Skip this many top candidates."})
     range_max: int | None = field(default=None, metadata={"help": "Candidates considered per query."})
+    absolute_margin: float | None = field(default=None, metadata={"help": "Drop above positive - margin."})
     relative_margin: float | None = field(default=0.05, metadata={"help": "False-negative margin in [0, 1)."})
+    max_positive_ratio: float | None = field(default=None, metadata={"help": "TopK-PercPos, in (0, 1]."})
+    max_score: float | None = field(default=None, metadata={"help": "Drop candidates above this score."})
+    min_score: float | None = field(default=None, metadata={"help": "Drop candidates below this score."})
+    sampling: Literal["top", "random"] = field(default="top", metadata={"help": "Best or sampled negatives."})
     group_by: str | None = field(default="language", metadata={"help": "Scope negatives to a column's groups."})
+    output: Literal["n-tuple", "pool"] = field(default="n-tuple", metadata={"help": "Output layout."})
+    pool_size: int | None = field(default=None, metadata={"help": "pool: candidates kept per row."})
+    cross_encoder: str | None = field(default=None, metadata={"help": "CrossEncoder for rescoring."})
+    search: SearchConfig = field(default_factory=SearchConfig)
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+    shard_size: int = field(default=10000, metadata={"help": "Queries per output shard."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache folder."})
 
     def __post_init__(self) -> None:
         _require(self.num_negatives >= 1, "num_negatives", f"expected >= 1, got {self.num_negatives}")
@@ -155,7 +220,42 @@ class MiningConfig:
             "relative_margin",
             f"expected a float in [0, 1) or null, got {self.relative_margin}",
         )
+        _require(
+            self.max_positive_ratio is None or 0 < self.max_positive_ratio <= 1,
+            "max_positive_ratio",
+            f"expected a float in (0, 1] or null, got {self.max_positive_ratio}",
+        )
+        _require(
+            self.relative_margin is None or self.max_positive_ratio is None,
+            "max_positive_ratio",
+            "is the same rule as relative_margin (ratio = 1 - margin); set one of them and the other to null",
+        )
+        _require(
+            self.absolute_margin is None or self.absolute_margin >= 0,
+            "absolute_margin",
+            f"expected a float >= 0 or null, got {self.absolute_margin}",
+        )
+        _require(
+            self.max_score is None or self.min_score is None or self.min_score < self.max_score,
+            "min_score",
+            f"expected below max_score ({self.max_score}), got {self.min_score}",
+        )
+        _require(self.pool_size is None or self.pool_size >= 1, "pool_size", f"expected >= 1, got {self.pool_size}")
         _require(self.batch_size >= 1, "batch_size", f"expected >= 1, got {self.batch_size}")
+        _require(self.shard_size >= 1, "shard_size", f"expected >= 1, got {self.shard_size}")
+
+    @property
+    def has_score_filter(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.absolute_margin, self.relative_margin, self.max_positive_ratio, self.max_score)
+        ) or (self.cross_encoder is not None and self.min_score is not None)
+
+    @property
+    def resolved_range_max(self) -> int:
+        if self.range_max is not None:
+            return self.range_max
+        return self.range_min + self.num_negatives * (10 if self.has_score_filter else 1)
 
 
 @dataclass
@@ -362,9 +462,12 @@ def _check_environment(recipe: Recipe) -> None:
     """Checks that need the file system, the model resolver or the trainer's argument class."""
     from st_retrofit.models import ModelNotFoundError, check_model_name
 
-    for key, name in (("model.base", recipe.model.base), ("mining.teacher", recipe.mining.teacher)):
-        if key == "mining.teacher" and not recipe.mining.enabled:
-            continue
+    names = [("model.base", recipe.model.base)]
+    if recipe.mining.enabled:
+        names.append(("mining.teacher", recipe.mining.teacher))
+        if recipe.mining.cross_encoder is not None:
+            names.append(("mining.cross_encoder", recipe.mining.cross_encoder))
+    for key, name in names:
         try:
             check_model_name(name)
         except ModelNotFoundError as exc:

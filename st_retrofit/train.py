@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
     from st_retrofit.recipe import Recipe
@@ -131,6 +132,20 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
     return merged
 
 
+def _as_ntuples(dataset: Dataset | DatasetDict, num_negatives: int) -> Dataset | DatasetDict:
+    """The stock collator needs one text per column: a mined ``pool`` is cut to its best ``num_negatives``."""
+    from datasets import DatasetDict
+
+    from st_retrofit.mining import pool_to_ntuple
+    from st_retrofit.mining.miner import POOL_COLUMN
+
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict({name: _as_ntuples(split, num_negatives) for name, split in dataset.items()})
+    if POOL_COLUMN in dataset.column_names:
+        return pool_to_ntuple(dataset, num_negatives)
+    return dataset
+
+
 def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Path) -> Path:
     """Train on the mined dataset (a ``Dataset``, or a ``DatasetDict`` of groups) and save the merged model under
     ``output_dir/model``.
@@ -146,6 +161,7 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(recipe, output_dir=str(checkpoints))
     dataset = load_from_disk(str(train_dataset))
+    dataset = _as_ntuples(dataset, recipe.mining.num_negatives)
     if isinstance(dataset, DatasetDict):
         # One split per group: the trainer draws each batch from one split (group-homogeneous batches).
         dataset = DatasetDict({name: split for name, split in dataset.items() if len(split)})

@@ -91,3 +91,18 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data,
     assert "Resuming training from" in caplog.text and "checkpoint-4" in caplog.text
     assert (tmp_path / "train" / "checkpoints" / "checkpoint-5").is_dir()
     assert (tmp_path / "train" / "model" / "model.safetensors").is_file()
+
+
+def test_a_mined_pool_is_cut_to_ntuples_for_the_stock_collator():
+    from datasets import Dataset, DatasetDict
+
+    from st_retrofit.train import _as_ntuples
+
+    pool = Dataset.from_dict({
+        "query": ["q1", "q2"], "document": ["d1", "d2"], "negatives": [["a", "b", "c"], ["x"]],
+        "negative_ids": [[0, 1, 2], [3]], "label": [[0.9, 0.5, 0.4, 0.3], [0.8, 0.1]],
+    })  # fmt: skip
+    out = _as_ntuples(DatasetDict({"en": pool}), num_negatives=2)["en"]
+    assert out.to_list() == [
+        {"query": "q1", "document": "d1", "negative_1": "a", "negative_2": "b", "label": [0.9, 0.5, 0.4]}
+    ]

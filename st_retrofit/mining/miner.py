@@ -1,151 +1,601 @@
-"""The ``mine`` stage: hard negatives for (query, document) pairs, scored by a teacher model.
+"""The hard-negative miner: teacher-scored, positive-aware, scoped, cached, sharded and resumable.
 
-This first version delegates retrieval and filtering to ``sentence_transformers.util.mine_hard_negatives`` and adds
-what a retrofitting run needs around it:
+Relations: ``sentence_transformers.util.mine_hard_negatives`` does the same job in one call. This miner keeps its
+parameter names and its ranking rules (retrieve ``range_max + max positives``, mask positives, filter, skip
+``range_min``, keep ``num_negatives``) and adds what long runs need:
 
-- the teacher is its own model, named in the recipe and recorded in the report;
-- negatives are drawn within groups (``group_by: language``), so a query never gets a translation of its own
-  document as a negative, and each group is written as its own split: the stock trainer then draws every batch
-  from one split, so in-batch negatives stay in the query's group too;
-- the run is seeded (``mine_hard_negatives`` samples with the global ``random`` module);
-- embeddings are cached per teacher (the built-in cache key ignores which model made them when the model was
-  loaded from a path).
+- embeddings come from a content-addressed fp16 cache keyed on the teacher's weights (:mod:`.cache`), so only
+  texts never seen before are encoded, and they are encoded in token-length order;
+- search holds one bounded score block, or a faiss IVF/HNSW index (:mod:`.index`), never ``queries x corpus``;
+- positives, duplicates of a positive or of the query, and repeated candidates are excluded after text
+  normalization; TopK-PercPos joins the margins (:mod:`.filters`);
+- negatives can be scoped to a group (language, task, source), and each group becomes its own split;
+- a cross-encoder, when given, always rescores (the built-in ignores it unless a margin or score bound is set);
+- queries are processed in shards written to disk, so a killed run continues where it stopped and produces the
+  same result; sampling uses one seeded generator per query, never the global ``random``;
+- a report records the teacher (with its weights fingerprint) and settings, what each rule removed, the rows short
+  of negatives, and score distributions (:mod:`.report`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
-import random
 import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from st_retrofit.mining.cache import EmbeddingCache, model_fingerprint
+from st_retrofit.mining.filters import NegativeFilter, duplicate_keys, exclusion_masks
+from st_retrofit.mining.index import build_searcher
+from st_retrofit.mining.report import build_report
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import CrossEncoder, SentenceTransformer
 
     from st_retrofit.recipe import MiningConfig
 
 logger = logging.getLogger(__name__)
 
 QUERY_COLUMN, DOCUMENT_COLUMN, LABEL_COLUMN = "query", "document", "label"
+POOL_COLUMN, POOL_IDS_COLUMN = "negatives", "negative_ids"
+ROW_COLUMN = "_row"
 
 
 def negative_columns(num_negatives: int) -> list[str]:
     return [f"negative_{i}" for i in range(1, num_negatives + 1)]
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+@dataclass
+class MiningResult:
+    """What :meth:`HardNegativeMiner.mine` returns.
+
+    Args:
+        dataset: one split per group (``all`` without ``group_by``). ``n-tuple``: ``query``, ``document``,
+            ``negative_1..n``, ``label`` (scores of the positive and each negative). ``pool``: ``query``,
+            ``document``, ``negatives`` (best first), ``negative_ids`` (rows of ``corpus``), ``label``.
+        corpus: the deduplicated corpus (``text``), which ``negative_ids`` index.
+        report: settings, counts and score statistics (see :func:`~st_retrofit.mining.report.build_report`).
+    """
+
+    dataset: DatasetDict
+    corpus: Dataset
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """The input, indexed: unique query texts, the corpus, and query units (one per query text and group)."""
+
+    query_texts: list[str]
+    corpus_texts: list[str]
+    group_names: list[str]
+    group_corpus: list[np.ndarray]  # corpus ids per group
+    group_units: list[np.ndarray]  # unit ids per group
+    unit_query: np.ndarray  # query text id per unit
+    unit_positives: list[list[int]]  # corpus ids per unit
+    unit_rows: list[list[int]]  # input rows per unit
+    row_positive: np.ndarray  # corpus id of each input row's document
+
+
+def _split_name(value: Any, taken: set[str]) -> str:
+    name = re.sub(r"\W+", "_", str(value)).strip("_") or "group"
+    base, i = name, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No per-shard "Creating parquet" bars from datasets; the miner shows its own."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _check_texts(values: list[Any], column: str) -> None:
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"mining: column {column!r} row {i} is {value!r}; expected a non-empty string")
+
+
+def _pair_scores(queries: np.ndarray, ids: np.ndarray, table, missing: float, block: int = 1024) -> np.ndarray:
+    """``queries[i] . table[ids[i, j]]`` for every valid id (``missing`` where ``ids < 0``), row by row."""
+    out = np.full(ids.shape, missing, dtype=np.float32)
+    for start in range(0, len(ids), block):
+        chunk = ids[start : start + block]
+        rows, cols = np.nonzero(chunk >= 0)
+        vectors = table.take(chunk[rows, cols]).astype(np.float32)
+        out[start + rows, cols] = np.sum(queries[start + rows] * vectors, axis=1)
+    return out
+
+
+class HardNegativeMiner:
+    """Mine hard negatives for (query, document) pairs with a teacher model.
+
+    Args:
+        teacher: the model whose embeddings rank candidates; keep it separate from (and stronger than) the student.
+        config: the recipe's ``mining`` section (:class:`~st_retrofit.recipe.MiningConfig`); every setting is
+            there, so a Python run and a recipe run of the same settings give the same result.
+        seed: seeds the ``random`` sampling strategy and IVF training.
+        cross_encoder: rescoring model; when given, its scores replace the teacher's for every rule.
+        cache_dir: the embedding cache root (default ``config.cache_dir``, else ``$ST_RETROFIT_CACHE/embeddings``).
+        teacher_name: how the report names the teacher (the recipe's ``mining.teacher``).
+        cross_encoder_name: how the report names the cross-encoder.
+        show_progress_bar: tqdm bars for encoding and shards.
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from st_retrofit.mining import HardNegativeMiner
+            from st_retrofit.recipe import MiningConfig
+
+            teacher = SentenceTransformer("intfloat/multilingual-e5-large")
+            miner = HardNegativeMiner(teacher, MiningConfig(num_negatives=7, max_positive_ratio=0.95,
+                                                            relative_margin=None, group_by="language"))
+            result = miner.mine(pairs, output_dir="mined/")  # rerun after a kill: it continues
+            result.dataset["de"][0]  # {"query", "document", "negative_1", ..., "label": [pos, neg_1, ...]}
+    """
+
+    def __init__(
+        self,
+        teacher: SentenceTransformer,
+        config: MiningConfig,
+        seed: int = 0,
+        cross_encoder: CrossEncoder | None = None,
+        cache_dir: str | Path | None = None,
+        teacher_name: str | None = None,
+        cross_encoder_name: str | None = None,
+        show_progress_bar: bool = True,
+    ) -> None:
+        from st_retrofit.models.resolve import cache_dir as default_cache_dir
+
+        self.teacher, self.config, self.seed, self.cross_encoder = teacher, config, seed, cross_encoder
+        self.cache_root = Path(cache_dir or config.cache_dir or default_cache_dir() / "embeddings").expanduser()
+        self.teacher_name = teacher_name or str(getattr(teacher.model_card_data, "base_model", None) or "teacher")
+        self.cross_encoder_name = cross_encoder_name
+        self.show_progress_bar = show_progress_bar
+        self.filter = NegativeFilter(
+            absolute_margin=config.absolute_margin,
+            relative_margin=config.relative_margin,
+            max_positive_ratio=config.max_positive_ratio,
+            max_score=config.max_score,
+            min_score=config.min_score,
+        )
+
+    # -- planning ----------------------------------------------------------------------------------------------
+    def _plan(self, pairs: Dataset, corpus: Dataset | Sequence[str] | None) -> _Plan:
+        cfg = self.config
+        for column in (QUERY_COLUMN, DOCUMENT_COLUMN) + ((cfg.group_by,) if cfg.group_by else ()):
+            if column not in pairs.column_names:
+                raise ValueError(
+                    f"mining: the pairs have no column {column!r} (columns: {pairs.column_names}); "
+                    + ("set mining.group_by to one of them or null" if column == cfg.group_by else "rename yours")
+                )
+        queries, documents = list(pairs[QUERY_COLUMN]), list(pairs[DOCUMENT_COLUMN])
+        _check_texts(queries, QUERY_COLUMN)
+        _check_texts(documents, DOCUMENT_COLUMN)
+        groups = list(pairs[cfg.group_by]) if cfg.group_by else [None] * len(pairs)
+
+        extra_texts, extra_groups = [], []
+        if corpus is not None:
+            if isinstance(corpus, Sequence) and not hasattr(corpus, "column_names"):
+                if cfg.group_by:
+                    raise ValueError(
+                        f"mining: group_by={cfg.group_by!r} needs the corpus as a Dataset with a "
+                        f"{cfg.group_by!r} column, got a plain list of texts"
+                    )
+                extra_texts, extra_groups = list(corpus), [None] * len(corpus)
+            else:
+                for column in ("text",) + ((cfg.group_by,) if cfg.group_by else ()):
+                    if column not in corpus.column_names:
+                        raise ValueError(f"mining: the corpus has no column {column!r} ({corpus.column_names})")
+                extra_texts = list(corpus["text"])
+                extra_groups = list(corpus[cfg.group_by]) if cfg.group_by else [None] * len(extra_texts)
+            _check_texts(extra_texts, "corpus.text")
+
+        corpus_ids: dict[str, int] = {}
+        for text in documents + extra_texts:
+            corpus_ids.setdefault(text, len(corpus_ids))
+        group_index: dict[Any, int] = {}
+        for g in groups:
+            group_index.setdefault(g, len(group_index))
+        members: list[set[int]] = [set() for _ in group_index]
+        for text, g in zip(documents, groups, strict=True):
+            members[group_index[g]].add(corpus_ids[text])
+        for text, g in zip(extra_texts, extra_groups, strict=True):
+            if g in group_index:  # corpus texts of groups without queries can never be negatives
+                members[group_index[g]].add(corpus_ids[text])
+
+        query_ids: dict[str, int] = {}
+        units: dict[tuple[int, int], int] = {}
+        unit_query, unit_positives, unit_rows, unit_group = [], [], [], []
+        row_positive = np.empty(len(queries), dtype=np.int64)
+        for row, (query, document, g) in enumerate(zip(queries, documents, groups, strict=True)):
+            qid = query_ids.setdefault(query, len(query_ids))
+            key = (group_index[g], qid)
+            unit = units.get(key)
+            if unit is None:
+                unit = units[key] = len(unit_query)
+                unit_query.append(qid)
+                unit_positives.append([])
+                unit_rows.append([])
+                unit_group.append(key[0])
+            pid = corpus_ids[document]
+            row_positive[row] = pid
+            if pid not in unit_positives[unit]:
+                unit_positives[unit].append(pid)
+            unit_rows[unit].append(row)
+        unit_group_arr = np.asarray(unit_group, dtype=np.int64)
+        taken: set[str] = set()
+        names = [_split_name(g, taken) if g is not None else "all" for g in group_index]
+        return _Plan(
+            query_texts=list(query_ids),
+            corpus_texts=list(corpus_ids),
+            group_names=names,
+            group_corpus=[np.array(sorted(m), dtype=np.int64) for m in members],
+            group_units=[np.flatnonzero(unit_group_arr == i) for i in range(len(group_index))],
+            unit_query=np.asarray(unit_query, dtype=np.int64),
+            unit_positives=unit_positives,
+            unit_rows=unit_rows,
+            row_positive=row_positive,
+        )
+
+    def _run_fingerprint(self, plan: _Plan, teacher_fp: str, ce_fp: str | None) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        settings = asdict(self.config)
+        settings.pop("cache_dir")
+        settings.pop("shard_size")  # checked on its own: shards of another size cannot be reused
+        digest.update(json.dumps([settings, self.seed, teacher_fp, ce_fp, plan.group_names], sort_keys=True).encode())
+        for texts in (plan.query_texts, plan.corpus_texts):
+            for text in texts:
+                digest.update(text.encode())
+                digest.update(b"\0")
+        digest.update(plan.row_positive.tobytes())
+        digest.update(plan.unit_query.tobytes())
+        for members in plan.group_corpus:
+            digest.update(members.tobytes())
+        return digest.hexdigest()
+
+    # -- mining ------------------------------------------------------------------------------------------------
+    def mine(
+        self,
+        pairs: Dataset,
+        corpus: Dataset | Sequence[str] | None = None,
+        output_dir: str | Path | None = None,
+    ) -> MiningResult:
+        """Mine negatives for every row of ``pairs``.
+
+        Args:
+            pairs: ``query`` and ``document`` columns (a query on several rows has several positives), plus the
+                ``group_by`` column when set.
+            corpus: extra candidate documents: a list of texts, or a Dataset with ``text`` (and the ``group_by``
+                column); the pairs' documents are always candidates.
+            output_dir: where shards, the state and the faiss indexes go; a rerun with the same inputs and
+                settings continues from the finished shards. ``None`` mines in a temporary folder.
+
+        Returns:
+            A :class:`MiningResult`.
+        """
+        with _quiet_datasets():
+            if output_dir is None:
+                with tempfile.TemporaryDirectory(prefix="st-retrofit-mine-") as tmp:
+                    return self._mine(pairs, corpus, Path(tmp))
+            return self._mine(pairs, corpus, Path(output_dir))
+
+    def _mine(self, pairs: Dataset, corpus: Dataset | Sequence[str] | None, work: Path) -> MiningResult:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from datasets import Dataset, DatasetDict
+
+        cfg, timings = self.config, {}
+        started = time.perf_counter()
+        plan = self._plan(pairs, corpus)
+        fingerprint = model_fingerprint(self.teacher)
+        ce_fingerprint = model_fingerprint(self.cross_encoder) if self.cross_encoder is not None else None
+        timings["plan_s"] = time.perf_counter() - started
+
+        # 1. Embeddings: everything not cached yet is encoded (and committed) first.
+        t = time.perf_counter()
+        query_cache = EmbeddingCache(self.cache_root, self.teacher, "query", cfg.query_prompt, fingerprint)
+        doc_cache = EmbeddingCache(self.cache_root, self.teacher, "document", cfg.document_prompt, fingerprint)
+        query_table = query_cache.encode(plan.query_texts, cfg.batch_size, self.show_progress_bar)
+        corpus_table = doc_cache.encode(plan.corpus_texts, cfg.batch_size, self.show_progress_bar)
+        timings["encode_s"] = time.perf_counter() - t
+
+        # 2. Shards: reuse the finished ones when nothing that decides them changed.
+        run_fp = self._run_fingerprint(plan, fingerprint, ce_fingerprint)
+        state_path, shard_dir = work / "state.json", work / "shards"
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if state.get("fingerprint") != run_fp or state.get("shard_size") != cfg.shard_size:
+            if state:
+                logger.warning("Mining inputs or settings changed since the last run in %s; starting over", work)
+            shutil.rmtree(shard_dir, ignore_errors=True)
+            shutil.rmtree(work / "index", ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            state_path.write_text(json.dumps({"fingerprint": run_fp, "shard_size": cfg.shard_size}))
+        shard_dir.mkdir(parents=True, exist_ok=True)
+
+        corpus_keys = duplicate_keys(plan.corpus_texts)
+        query_keys = duplicate_keys(plan.query_texts)
+        t = time.perf_counter()
+        backends, resumed = {}, 0
+        total_shards = sum(-(-len(u) // cfg.shard_size) for u in plan.group_units)
+        progress = tqdm(total=total_shards, desc="Mining shards", disable=not self.show_progress_bar)
+        for g, (name, members, units) in enumerate(
+            zip(plan.group_names, plan.group_corpus, plan.group_units, strict=True)
+        ):
+            shard_starts = list(range(0, len(units), cfg.shard_size))
+            todo = [s for s in shard_starts if not (shard_dir / f"{g:05d}-{s // cfg.shard_size:06d}.json").exists()]
+            resumed += len(shard_starts) - len(todo)
+            progress.update(len(shard_starts) - len(todo))
+            if not todo:
+                continue
+            searcher, backends[name] = build_searcher(
+                corpus_table.subset(members), cfg.search, len(units), self.seed, work / "index" / f"{g:05d}.faiss"
+            )
+            for start in todo:
+                shard_units = units[start : start + cfg.shard_size]
+                columns, stats = self._mine_shard(
+                    plan, shard_units, members, searcher, query_table, corpus_table, corpus_keys, query_keys
+                )
+                self._write_shard(shard_dir / f"{g:05d}-{start // cfg.shard_size:06d}", columns, stats)
+                progress.update(1)
+        progress.close()
+        timings["search_and_filter_s"] = time.perf_counter() - t
+
+        # 3. Assemble the splits in input order.
+        t = time.perf_counter()
+        splits, shard_stats = {}, []
+        for g, name in enumerate(plan.group_names):
+            paths = sorted(shard_dir.glob(f"{g:05d}-*.parquet"))
+            shard_stats += [json.loads(p.with_suffix(".json").read_text()) for p in paths]
+            tables = [pq.read_table(p) for p in paths]
+            tables = [table for table in tables if table.num_rows]
+            if not tables:
+                continue
+            table = pa.concat_tables(tables)
+            table = table.take(np.argsort(table.column(ROW_COLUMN).to_numpy(), kind="stable")).drop([ROW_COLUMN])
+            splits[name] = Dataset(table)
+        dataset = DatasetDict(splits)
+        corpus_ds = Dataset.from_dict({"text": plan.corpus_texts})
+        timings["assemble_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - started
+
+        report = build_report(
+            dataset=dataset,
+            shard_stats=shard_stats,
+            config=cfg,
+            seed=self.seed,
+            teacher={
+                "name": self.teacher_name,
+                "fingerprint": fingerprint,
+                "max_seq_length": getattr(self.teacher, "max_seq_length", None),
+                "query_prompt": query_cache.prompt,
+                "document_prompt": doc_cache.prompt,
+                "similarity": "cosine (normalized embeddings)",
+            },
+            cross_encoder=(
+                {"name": self.cross_encoder_name or type(self.cross_encoder).__name__, "fingerprint": ce_fingerprint}
+                if self.cross_encoder is not None
+                else None
+            ),
+            plan={
+                "rows_in": len(pairs),
+                "unique_queries": len(plan.query_texts),
+                "corpus": len(plan.corpus_texts),
+                "groups": {
+                    name: {"queries": len(u), "corpus": len(m), "search": backends.get(name, "resumed")}
+                    for name, u, m in zip(plan.group_names, plan.group_units, plan.group_corpus, strict=True)
+                },
+            },
+            cache={
+                "folder": str(self.cache_root),
+                "encoded": query_cache.encoded + doc_cache.encoded,
+                "reused": query_cache.reused + doc_cache.reused,
+            },
+            shards={"total": total_shards, "resumed": resumed},
+            timings=timings,
+        )
+        logger.info(
+            "Mined %d of %d rows (%d encoded, %d from cache)",
+            report["rows_out"],
+            len(pairs),
+            report["cache"]["encoded"],
+            report["cache"]["reused"],
+        )
+        return MiningResult(dataset=dataset, corpus=corpus_ds, report=report)
+
+    def _mine_shard(
+        self,
+        plan: _Plan,
+        shard_units: np.ndarray,
+        members: np.ndarray,
+        searcher,
+        query_table,
+        corpus_table,
+        corpus_keys: np.ndarray,
+        query_keys: np.ndarray,
+    ) -> tuple[dict[str, list], dict[str, Any]]:
+        cfg = self.config
+        range_max = cfg.resolved_range_max
+        n = len(shard_units)
+        max_pos = max(len(plan.unit_positives[u]) for u in shard_units)
+        positives = np.full((n, max_pos), -1, dtype=np.int64)
+        for i, u in enumerate(shard_units):
+            positives[i, : len(plan.unit_positives[u])] = plan.unit_positives[u]
+
+        query_emb = query_table.take(plan.unit_query[shard_units]).astype(np.float32)
+        _, local = searcher.search(query_emb, range_max + max_pos)
+        ids = np.where(local >= 0, members[np.maximum(local, 0)], -1)
+        # Every (query, candidate) and (query, positive) score is recomputed pair by pair: a matrix product's
+        # rounding depends on the block shape, which must not decide near-ties between shard sizes or backends.
+        scores = _pair_scores(query_emb, ids, corpus_table, missing=-np.inf)
+        pos_scores = _pair_scores(query_emb, positives, corpus_table, missing=np.nan)
+
+        excluded = exclusion_masks(ids, positives, corpus_keys, query_keys[plan.unit_query[shard_units]])
+        eligible = ~(excluded["missing"] | excluded["positive"] | excluded["duplicate"])
+        scores = np.where(eligible, scores, -np.inf).astype(np.float32)
+        stats: dict[str, Any] = {
+            "queries": n,
+            "retrieved": int((~excluded["missing"]).sum()),
+            "excluded": {"positive": int(excluded["positive"].sum()), "duplicate": int(excluded["duplicate"].sum())},
+        }
+
+        if self.cross_encoder is not None:
+            scores, ids, pos_scores = self._rescore(plan, shard_units, scores, ids, positives, range_max)
+
+        min_positive = np.nanmin(pos_scores, axis=1)
+        keep, removed = self.filter.apply(scores, min_positive)
+        stats["removed"] = removed
+        scores = np.where(keep, scores, -np.inf)
+        # Eligible candidates first, best first (ties by id), then the range: at most range_max, minus range_min.
+        order = np.lexsort((ids, -scores), axis=1)
+        scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        scores, ids = scores[:, cfg.range_min : range_max], ids[:, cfg.range_min : range_max]
+        available = np.isfinite(scores).sum(1)
+
+        columns: dict[str, list] = {QUERY_COLUMN: [], DOCUMENT_COLUMN: []}
+        if cfg.output == "n-tuple":
+            columns.update({c: [] for c in negative_columns(cfg.num_negatives)})
+        else:
+            columns.update({POOL_COLUMN: [], POOL_IDS_COLUMN: []})
+        columns.update({LABEL_COLUMN: [], ROW_COLUMN: []})
+        short_rows = 0
+        for i, u in enumerate(shard_units):
+            chosen = self._select(int(u), int(available[i]))
+            if cfg.output == "n-tuple" and len(chosen) < cfg.num_negatives:
+                short_rows += len(plan.unit_rows[u])
+                continue
+            if cfg.output == "pool" and len(chosen) < cfg.num_negatives:
+                short_rows += len(plan.unit_rows[u])
+            neg_ids, neg_scores = ids[i, chosen].tolist(), scores[i, chosen].tolist()
+            neg_texts = [plan.corpus_texts[j] for j in neg_ids]
+            query = plan.query_texts[plan.unit_query[u]]
+            for row in plan.unit_rows[u]:
+                positive = int(plan.row_positive[row])
+                slot = plan.unit_positives[u].index(positive)
+                columns[QUERY_COLUMN].append(query)
+                columns[DOCUMENT_COLUMN].append(plan.corpus_texts[positive])
+                columns[ROW_COLUMN].append(row)
+                columns[LABEL_COLUMN].append([float(pos_scores[i, slot])] + neg_scores)
+                if cfg.output == "n-tuple":
+                    for column, text in zip(negative_columns(cfg.num_negatives), neg_texts, strict=True):
+                        columns[column].append(text)
+                else:
+                    columns[POOL_COLUMN].append(neg_texts)
+                    columns[POOL_IDS_COLUMN].append(neg_ids)
+        stats["rows"] = sum(len(plan.unit_rows[u]) for u in shard_units)
+        stats["rows_short"] = short_rows
+        stats["available"] = np.bincount(np.minimum(available, cfg.num_negatives), minlength=cfg.num_negatives + 1)
+        stats["available"] = stats["available"].tolist()
+        return columns, stats
+
+    def _select(self, unit: int, available: int) -> list[int]:
+        """Positions (within the range) of the negatives kept for one query unit."""
+        cfg = self.config
+        if cfg.output == "pool":
+            return list(range(min(available, cfg.pool_size or available)))
+        if cfg.sampling == "top" or available <= cfg.num_negatives:
+            return list(range(min(available, cfg.num_negatives)))
+        # One generator per query: the choice does not depend on shard layout, order or what ran before.
+        rng = np.random.default_rng([self.seed, unit])
+        return sorted(rng.choice(available, size=cfg.num_negatives, replace=False).tolist())
+
+    def _rescore(
+        self,
+        plan: _Plan,
+        shard_units: np.ndarray,
+        scores: np.ndarray,
+        ids: np.ndarray,
+        positives: np.ndarray,
+        range_max: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cross-encoder scores for the best ``range_max`` eligible candidates and for every positive."""
+        order = np.lexsort((ids, -scores), axis=1)[:, :range_max]
+        scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        eligible = np.isfinite(scores)
+        queries = [plan.query_texts[q] for q in plan.unit_query[shard_units]]
+        rows, cols = np.nonzero(eligible)
+        pos_rows, pos_cols = np.nonzero(positives >= 0)
+        pairs = [(queries[r], plan.corpus_texts[ids[r, c]]) for r, c in zip(rows, cols, strict=True)]
+        pairs += [(queries[r], plan.corpus_texts[positives[r, c]]) for r, c in zip(pos_rows, pos_cols, strict=True)]
+        predicted = np.asarray(
+            self.cross_encoder.predict(
+                pairs, batch_size=self.config.batch_size, show_progress_bar=False, convert_to_numpy=True
+            ),
+            dtype=np.float32,
+        ).reshape(len(pairs))
+        new_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
+        new_scores[rows, cols] = predicted[: len(rows)]
+        pos_scores = np.full(positives.shape, np.nan, dtype=np.float32)
+        pos_scores[pos_rows, pos_cols] = predicted[len(rows) :]
+        return new_scores, ids, pos_scores
+
+    @staticmethod
+    def _write_shard(stem: Path, columns: dict[str, list], stats: dict[str, Any]) -> None:
+        """Data, then the stats file that marks the shard finished; both atomically."""
+        from datasets import Dataset
+
+        tmp = stem.with_name(f".{stem.name}.parquet.tmp")
+        Dataset.from_dict(columns).to_parquet(str(tmp))
+        tmp.replace(stem.with_suffix(".parquet"))
+        tmp_stats = stem.with_name(f".{stem.name}.json.tmp")
+        tmp_stats.write_text(json.dumps(stats))
+        tmp_stats.replace(stem.with_suffix(".json"))
 
 
 def mine_negatives(
     pairs: Dataset,
     teacher: SentenceTransformer,
     config: MiningConfig,
-    seed: int,
+    seed: int = 0,
     cache_folder: str | Path | None = None,
+    corpus: Dataset | Sequence[str] | None = None,
+    cross_encoder: CrossEncoder | None = None,
+    output_dir: str | Path | None = None,
 ) -> tuple[DatasetDict, dict[str, Any]]:
-    """Add ``config.num_negatives`` hard negatives to every (query, document) pair.
-
-    Args:
-        pairs: a dataset with ``query`` and ``document`` columns, plus the ``config.group_by`` column if set.
-        teacher: the model whose scores rank the candidates.
-        config: the recipe's mining section.
-        seed: seeds the sampling of negatives.
-        cache_folder: where query and corpus embeddings are cached; use one folder per teacher.
-
-    Returns:
-        A ``DatasetDict`` with one split per group (``all`` without ``group_by``), columns ``query``, ``document``,
-        ``negative_1`` ... ``negative_n`` and ``label`` (the teacher's scores of the positive and each negative;
-        rows short of negatives are dropped), and a report with per-group counts and score statistics.
-    """
-    from datasets import DatasetDict
-    from sentence_transformers.util import mine_hard_negatives
-
-    for column in (QUERY_COLUMN, DOCUMENT_COLUMN) + ((config.group_by,) if config.group_by else ()):
-        if column not in pairs.column_names:
-            raise ValueError(f"mining: the pairs have no column {column!r} (columns: {pairs.column_names})")
-
-    groups = sorted(set(pairs[config.group_by])) if config.group_by else [None]
-    mined_groups, report_groups = {}, {}
-    for group in groups:
-        subset = (
-            pairs if group is None else pairs.filter(lambda g, group=group: g == group, input_columns=config.group_by)
-        )
-        subset = subset.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])
-        corpus = sorted(set(subset[DOCUMENT_COLUMN]))
-        random.seed(seed)
-        mined = mine_hard_negatives(
-            subset,
-            teacher,
-            anchor_column_name=QUERY_COLUMN,
-            positive_column_name=DOCUMENT_COLUMN,
-            corpus=corpus,
-            num_negatives=config.num_negatives,
-            range_min=config.range_min,
-            range_max=config.range_max,
-            relative_margin=config.relative_margin,
-            sampling_strategy="top",
-            output_format="n-tuple",
-            output_scores=True,
-            batch_size=config.batch_size,
-            use_faiss=True,
-            verbose=False,
-            cache_folder=str(cache_folder) if cache_folder else None,
-        )
-        scores = np.asarray(mined["scores"], dtype=np.float32).reshape(len(mined), -1) if len(mined) else None
-        key = str(group) if group is not None else "all"
-        report_groups[key] = {
-            "pairs": len(subset),
-            "corpus": len(corpus),
-            "kept": len(mined),
-            "dropped_short_of_negatives": len(subset) - len(mined),
-            "mean_positive_score": float(scores[:, 0].mean()) if scores is not None else None,
-            "mean_negative_score": float(scores[:, 1:].mean()) if scores is not None else None,
-        }
-        # The teacher's scores (positive, negative_1, ...) become the label column: losses that distill or mask
-        # with a teacher read them, the others ignore labels.
-        mined = mined.rename_column("scores", LABEL_COLUMN)
-        mined_groups[key] = mined.shuffle(seed=seed).flatten_indices()
-
-    mined = DatasetDict(mined_groups)
-    rows_out = sum(len(split) for split in mined.values())
-    report = {
-        "rows_in": len(pairs),
-        "rows_out": rows_out,
-        "num_negatives": config.num_negatives,
-        "group_by": config.group_by,
-        "groups": report_groups,
-    }
-    logger.info("Mined %d of %d rows with %d negatives each", rows_out, len(pairs), config.num_negatives)
-    return mined, report
+    """One-call form of :class:`HardNegativeMiner`: returns the mined splits and the report."""
+    miner = HardNegativeMiner(teacher, config, seed=seed, cross_encoder=cross_encoder, cache_dir=cache_folder)
+    result = miner.mine(pairs, corpus=corpus, output_dir=output_dir)
+    return result.dataset, result.report
 
 
-def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, output_dir: str | Path) -> Path:
-    """Run mining on the train split written by the synth stage; saves ``dataset`` (one split per group) and
-    ``report.json``."""
-    import json
+def pool_to_ntuple(dataset: Dataset, num_negatives: int) -> Dataset:
+    """Turn a ``pool`` split into ``n-tuple`` form with the ``num_negatives`` best candidates of each pool (rows
+    with fewer are dropped), for trainers without a pool-aware collator."""
+    short = [i for i, pool in enumerate(dataset[POOL_COLUMN]) if len(pool) < num_negatives]
+    if short:
+        logger.info("pool_to_ntuple: dropping %d rows with fewer than %d candidates", len(short), num_negatives)
+        dataset = dataset.select(sorted(set(range(len(dataset))) - set(short)))
 
-    from datasets import load_from_disk
+    def to_columns(batch: dict[str, list]) -> dict[str, list]:
+        out = {QUERY_COLUMN: batch[QUERY_COLUMN], DOCUMENT_COLUMN: batch[DOCUMENT_COLUMN]}
+        for i, column in enumerate(negative_columns(num_negatives)):
+            out[column] = [pool[i] for pool in batch[POOL_COLUMN]]
+        out[LABEL_COLUMN] = [label[: num_negatives + 1] for label in batch[LABEL_COLUMN]]
+        return out
 
-    from st_retrofit.models import load_model
-
-    output_dir = Path(output_dir)
-    pairs = load_from_disk(str(synth_dataset))["train"]
-    if not config.enabled:
-        from datasets import DatasetDict
-
-        dataset = DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])})
-        report = {"enabled": False}
-    else:
-        teacher = load_model(config.teacher)
-        cache = output_dir / "embedding_cache" / _slug(config.teacher)
-        dataset, report = mine_negatives(pairs, teacher, config, seed, cache_folder=cache)
-        report["teacher"] = config.teacher
-    path = output_dir / "dataset"
-    dataset.save_to_disk(str(path))
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return path
+    columns = [QUERY_COLUMN, DOCUMENT_COLUMN, *negative_columns(num_negatives), LABEL_COLUMN]
+    return dataset.map(to_columns, batched=True, remove_columns=dataset.column_names).select_columns(columns)

@@ -1,0 +1,65 @@
+"""The ``mine`` stage of a recipe: pairs from the synth stage in, mined splits, corpus and report out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from st_retrofit.mining.miner import DOCUMENT_COLUMN, QUERY_COLUMN, HardNegativeMiner
+from st_retrofit.mining.report import plot_score_distributions
+
+if TYPE_CHECKING:
+    from st_retrofit.recipe import MiningConfig
+
+logger = logging.getLogger(__name__)
+
+
+def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, output_dir: str | Path) -> Path:
+    """Mine the train split written by the synth stage.
+
+    Writes ``dataset`` (one split per group), ``corpus`` (the texts ``negative_ids`` index), ``report.json``,
+    ``score_distributions.png``, and ``work/`` (shards and indexes; a rerun after a kill continues from them).
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    from st_retrofit.models import load_model
+
+    output_dir = Path(output_dir)
+    pairs = load_from_disk(str(synth_dataset))["train"]
+    path = output_dir / "dataset"
+    if not config.enabled:
+        DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])}).save_to_disk(str(path))
+        (output_dir / "report.json").write_text(json.dumps({"enabled": False}, indent=2), encoding="utf-8")
+        return path
+
+    teacher = load_model(config.teacher)
+    cross_encoder = None
+    if config.cross_encoder is not None:
+        from sentence_transformers import CrossEncoder
+
+        cross_encoder = CrossEncoder(config.cross_encoder)
+    miner = HardNegativeMiner(
+        teacher,
+        config,
+        seed=seed,
+        cross_encoder=cross_encoder,
+        teacher_name=config.teacher,
+        cross_encoder_name=config.cross_encoder,
+    )
+    result = miner.mine(pairs, output_dir=output_dir / "work")
+    result.dataset.save_to_disk(str(path))
+    result.corpus.save_to_disk(str(output_dir / "corpus"))
+    (output_dir / "report.json").write_text(json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot_score_distributions(result.report, output_dir / "score_distributions.png")
+    report = result.report
+    logger.info(
+        "Mining: %d of %d rows kept (%d short of negatives); removed by rule: %s; report in %s",
+        report["rows_out"],
+        report["rows_in"],
+        report["rows_short_of_negatives"],
+        report["removed"] or "none",
+        output_dir / "report.json",
+    )
+    return path
