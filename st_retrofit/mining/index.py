@@ -35,8 +35,13 @@ class Searcher(Protocol):
         ...
 
 
-def _sort_rows(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order each row by score, then by id, so ties never depend on the backend or the block layout."""
+def _finish(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad rows to ``k`` (``-inf`` / ``-1``) when the corpus is smaller, and order each row by score, then by id,
+    so ties never depend on the backend or the block layout."""
+    missing = k - scores.shape[1]
+    if missing > 0:
+        scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, missing)), constant_values=-1)
     order = np.lexsort((ids, -scores), axis=1)
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
@@ -74,11 +79,7 @@ class ExactSearcher:
             merged_ids = torch.cat([best_ids, top.indices + start], dim=1)
             keep = torch.topk(merged_scores, k=min(k_eff, merged_scores.shape[1]), dim=1).indices
             best_scores, best_ids = merged_scores.gather(1, keep), merged_ids.gather(1, keep)
-        scores, ids = best_scores.cpu().numpy(), best_ids.cpu().numpy()
-        if k > k_eff:
-            scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
-        return _sort_rows(scores, ids)
+        return _finish(best_scores.cpu().numpy(), best_ids.cpu().numpy(), k)
 
 
 class FaissSearcher:
@@ -151,11 +152,7 @@ class FaissSearcher:
             )
         k_eff = min(k, self.n)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k_eff)
-        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-        if k > k_eff:
-            scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
-        return _sort_rows(scores, ids.astype(np.int64))
+        return _finish(np.where(ids < 0, -np.inf, scores).astype(np.float32), ids.astype(np.int64), k)
 
 
 def choose_backend(config: SearchConfig, n_queries: int, n_corpus: int) -> str:

@@ -485,11 +485,10 @@ class HardNegativeMiner:
         short_rows = 0
         for i, u in enumerate(shard_units):
             chosen = self._select(int(u), int(available[i]))
-            if cfg.output == "n-tuple" and len(chosen) < cfg.num_negatives:
+            if len(chosen) < cfg.num_negatives:
                 short_rows += len(plan.unit_rows[u])
-                continue
-            if cfg.output == "pool" and len(chosen) < cfg.num_negatives:
-                short_rows += len(plan.unit_rows[u])
+                if cfg.output == "n-tuple":  # a pool keeps its short rows; a sampler can top them up in-batch
+                    continue
             neg_ids, neg_scores = ids[i, chosen].tolist(), scores[i, chosen].tolist()
             neg_texts = [plan.corpus_texts[j] for j in neg_ids]
             query = plan.query_texts[plan.unit_query[u]]
@@ -508,8 +507,9 @@ class HardNegativeMiner:
                     columns[POOL_IDS_COLUMN].append(neg_ids)
         stats["rows"] = sum(len(plan.unit_rows[u]) for u in shard_units)
         stats["rows_short"] = short_rows
-        stats["available"] = np.bincount(np.minimum(available, cfg.num_negatives), minlength=cfg.num_negatives + 1)
-        stats["available"] = stats["available"].tolist()
+        stats["available"] = np.bincount(
+            np.minimum(available, cfg.num_negatives), minlength=cfg.num_negatives + 1
+        ).tolist()
         return columns, stats
 
     def _select(self, unit: int, available: int) -> list[int]:
