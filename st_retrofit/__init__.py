@@ -1,6 +1,6 @@
 """st-retrofit: retrofit small multilingual embedding models for retrieval with sentence-transformers.
 
-The pipeline is synthesize -> mine -> train -> evaluate -> publish; each stage is usable on its own.
+The pipeline is synthesize -> mine -> mix and train -> evaluate -> publish; each part is usable on its own.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from st_retrofit.evaluate import evaluate_retrieval
 from st_retrofit.losses import CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss
 from st_retrofit.mining import EmbeddingCache, HardNegativeMiner, NegativeFilter, mine_negatives
+from st_retrofit.mixing import MixingCallback, RetrofitDataCollator, TemperatureBatchSampler
 from st_retrofit.models import OFFLINE_MODELS, load_model
 from st_retrofit.pipeline import run_pipeline, run_stage
 from st_retrofit.publish import build_release_folder, push_release
@@ -20,11 +21,14 @@ __all__ = [
     "CachedRetrofitInfoNCELoss",
     "EmbeddingCache",
     "HardNegativeMiner",
+    "MixingCallback",
     "NegativeFilter",
     "OFFLINE_MODELS",
     "Recipe",
     "RecipeError",
+    "RetrofitDataCollator",
     "RetrofitInfoNCELoss",
+    "TemperatureBatchSampler",
     "build_demo_dataset",
     "build_release_folder",
     "evaluate_retrieval",

@@ -78,9 +78,11 @@ STAGES: dict[str, Stage] = {
     for stage in (
         Stage("synth", ("synth",), (), _synth),
         Stage("mine", ("mining",), ("synth",), _mine),
-        Stage("train", ("model", "train"), ("mine",), _train),
+        Stage("train", ("model", "mixing", "train"), ("mine",), _train),
         Stage("eval", ("model", "eval"), ("synth", "train"), _eval),
-        Stage("publish", ("publish", "synth", "mining", "model", "train"), ("train",), _publish, uses=("eval",)),
+        Stage(
+            "publish", ("publish", "synth", "mining", "mixing", "model", "train"), ("train",), _publish, uses=("eval",)
+        ),
     )
 }
 

@@ -1,8 +1,9 @@
 """Recipes: typed dataclasses that a YAML file maps onto one to one.
 
-Each top-level YAML section is one dataclass (``model``, ``synth``, ``mining``, ``train``, ``eval``, ``publish``)
-and its keys are exactly the field names. :func:`load_recipe` rejects unknown keys (with a close match), wrong
-types, impossible values, missing files and unknown models before any heavy work, with one line naming the key:
+Each top-level YAML section is one dataclass (``model``, ``synth``, ``mining``, ``mixing``, ``train``, ``eval``,
+``publish``) and its keys are exactly the field names. :func:`load_recipe` rejects unknown keys (with a close
+match), wrong types, impossible values, missing files and unknown models before any heavy work, with one line
+naming the key:
 
     mining.relative_margn: unknown key (did you mean relative_margin?)
 """
@@ -259,6 +260,72 @@ class MiningConfig:
 
 
 @dataclass
+class MixingConfig:
+    """How training batches are drawn and collated (recipe section ``mixing``): a
+    :class:`~st_retrofit.mixing.TemperatureBatchSampler` and a :class:`~st_retrofit.mixing.RetrofitDataCollator`.
+
+    Each training split (the miner writes one per ``mining.group_by`` value) is a dataset; every batch comes from
+    one group.
+
+    Args:
+        alpha: mixing exponent: a group's batches are proportional to its size ** alpha (1 = proportional,
+            0 = uniform; 0.3 to 0.7 is usual).
+        weights: extra multiplier per group name.
+        caps: per group name, the most rows its size counts for.
+        group_by: what a batch may not mix: ``dataset`` (the splits), a column, or a list of them.
+        num_batches: batches per epoch; ``null`` = the (capped) rows over the batch size.
+        no_duplicates: keep repeated texts out of a batch (across every text column).
+        num_negatives: negatives drawn per row and step from a mined ``pool``; ``null`` = ``mining.num_negatives``.
+        rank_min: first pool rank drawn from.
+        rank_max: end of the drawn ranks (exclusive); ``null`` = the whole pool.
+        sampling: ``uniform``, ``teacher`` (weighted by the teacher's score) or ``top``.
+        sampling_temperature: temperature of the teacher weighting.
+        prompts: per-task prompts: one string, or ``{task: string | {query: .., document: ..}}``, ``"*"`` = any
+            other task; sides without one get the model's own prompts. Saved on the trained model.
+        prompt_side: where a string prompt goes: ``query``, ``document`` or ``both``.
+        task_column: the column naming each row's task (passed to the loss as task ids); ``null`` = none.
+        labels: what the loss receives: ``auto`` (``dict`` for st-retrofit losses, else ``teacher_scores``),
+            ``dict``, ``teacher_scores`` or ``none``.
+    """
+
+    alpha: float = field(default=0.5, metadata={"help": "Mixing exponent in [0, 1]."})
+    weights: dict[str, float] = field(default_factory=dict, metadata={"help": "Multiplier per group."})
+    caps: dict[str, int] = field(default_factory=dict, metadata={"help": "Rows counted per group, at most."})
+    group_by: str | list[str] = field(default_factory=lambda: ["dataset"], metadata={"help": "Batch groups."})
+    num_batches: int | None = field(default=None, metadata={"help": "Batches per epoch."})
+    no_duplicates: bool = field(default=True, metadata={"help": "No repeated text in a batch."})
+    num_negatives: int | None = field(default=None, metadata={"help": "Pool negatives drawn per row."})
+    rank_min: int = field(default=0, metadata={"help": "First pool rank drawn from."})
+    rank_max: int | None = field(default=None, metadata={"help": "End of drawn pool ranks."})
+    sampling: Literal["uniform", "teacher", "top"] = field(default="uniform", metadata={"help": "Draw rule."})
+    sampling_temperature: float = field(default=0.05, metadata={"help": "Teacher weighting temperature."})
+    prompts: str | dict[str, Any] | None = field(default=None, metadata={"help": "Per-task prompts."})
+    prompt_side: Literal["query", "document", "both"] = field(default="query", metadata={"help": "Prompt side."})
+    task_column: str | None = field(default="task", metadata={"help": "Column naming each row's task."})
+    labels: Literal["auto", "dict", "teacher_scores", "none"] = field(default="auto", metadata={"help": "Labels."})
+
+    def __post_init__(self) -> None:
+        from st_retrofit.mixing.settings import MixingSettingError, check_collator_settings, check_sampler_settings
+
+        try:
+            self.group_by = check_sampler_settings(
+                self.alpha, self.weights, self.caps, self.group_by, self.num_batches
+            )
+            check_collator_settings(
+                self.num_negatives if self.num_negatives is not None else 0,
+                self.rank_min,
+                self.rank_max,
+                self.sampling,
+                self.sampling_temperature,
+                self.prompt_side,
+                "dict" if self.labels == "auto" else self.labels,
+                self.prompts,
+            )
+        except MixingSettingError as exc:
+            raise RecipeError(exc.key, exc.message) from None
+
+
+@dataclass
 class TrainConfig:
     """Contrastive training through the stock ``SentenceTransformerTrainer`` (recipe section ``train``).
 
@@ -341,6 +408,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)

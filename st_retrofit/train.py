@@ -1,9 +1,11 @@
 """The ``train`` stage: contrastive training with the stock ``SentenceTransformerTrainer``, LoRA optional.
 
 The model is resolved from the recipe (:func:`st_retrofit.models.load_model`), an adapter is attached through
-sentence-transformers' own peft integration, the loss is built from its class name, and training resumes from the
-last checkpoint when a run was interrupted. At export the adapter is merged into the base weights, so the saved
-model is a plain sentence-transformers folder that needs neither peft nor st-retrofit to load.
+sentence-transformers' own peft integration, the loss is built from its class name, batches are drawn by
+:class:`~st_retrofit.mixing.TemperatureBatchSampler` and collated by
+:class:`~st_retrofit.mixing.RetrofitDataCollator` (recipe section ``mixing``), and training resumes from the last
+checkpoint when a run was interrupted. At export the adapter is merged into the base weights, so the saved model
+is a plain sentence-transformers folder that needs neither peft nor st-retrofit to load.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
     from st_retrofit.recipe import Recipe
@@ -28,13 +29,20 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "per_device_train_batch_size": 32,
     "learning_rate": 1e-4,
     "warmup_steps": 0.1,  # a float is a fraction of the total steps
-    "batch_sampler": "no_duplicates",
     "logging_steps": 5,
     "save_strategy": "steps",
     "save_steps": 50,
     "save_total_limit": 2,
     "report_to": "none",
     "disable_tqdm": False,
+}
+
+
+# Trainer arguments that the mixing section replaces: our sampler forms the batches, our collator applies prompts.
+SET_BY_MIXING = {
+    "batch_sampler": "mixing.no_duplicates and mixing.group_by",
+    "multi_dataset_batch_sampler": "mixing.alpha, mixing.weights and mixing.caps",
+    "prompts": "mixing.prompts",
 }
 
 
@@ -69,21 +77,13 @@ def training_arguments(recipe: Recipe, output_dir: str) -> SentenceTransformerTr
             raise RecipeError(f"train.args.{key}", "not an argument of SentenceTransformerTrainingArguments")
         if key == "output_dir":
             raise RecipeError("train.args.output_dir", "set by the run (<run folder>/train/checkpoints); remove it")
+        if key in SET_BY_MIXING:
+            raise RecipeError(f"train.args.{key}", f"set by the mixing section; use {SET_BY_MIXING[key]} instead")
     kwargs = {**DEFAULT_TRAINING_ARGS, "seed": recipe.seed, **recipe.train.args}
     try:
         return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
     except (ValueError, TypeError) as exc:
         raise RecipeError("train.args", str(exc).splitlines()[0]) from None
-
-
-def column_prompts(columns: list[str], prompts: dict[str, str]) -> dict[str, str]:
-    """Training prompts per column: the model's query prompt for the first column, its document prompt for the rest.
-
-    The trainer applies only ``args.prompts``, not the model's own, so a model trained with prefixes (e5's
-    ``query: `` / ``passage: ``) would otherwise be trained without them and evaluated with them.
-    """
-    query, document = prompts.get("query", ""), prompts.get("document", "")
-    return {column: (query if i == 0 else document) for i, column in enumerate(columns)}
 
 
 def build_model(recipe: Recipe, device: str | None = None) -> SentenceTransformer:
@@ -132,18 +132,47 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
     return merged
 
 
-def _as_ntuples(dataset: Dataset | DatasetDict, num_negatives: int) -> Dataset | DatasetDict:
-    """The stock collator needs one text per column: a mined ``pool`` is cut to its best ``num_negatives``."""
-    from datasets import DatasetDict
+def build_collator(recipe: Recipe, model: SentenceTransformer, router_mapping=None):
+    """The recipe's :class:`~st_retrofit.mixing.RetrofitDataCollator` for ``model``."""
+    from st_retrofit.mixing import RetrofitDataCollator
 
-    from st_retrofit.mining import pool_to_ntuple
-    from st_retrofit.mining.miner import POOL_COLUMN
+    mixing = recipe.mixing
+    labels = mixing.labels
+    if labels == "auto":
+        # st-retrofit's losses read {"teacher_scores", "task_ids"}; any other loss gets the label column as it is.
+        labels = (
+            "dict" if resolve_loss_class(recipe.train.loss).__module__.startswith("st_retrofit.") else "teacher_scores"
+        )
+    return RetrofitDataCollator(
+        model.preprocess,
+        router_mapping=router_mapping or {},
+        prompts=mixing.prompts,
+        num_negatives=mixing.num_negatives if mixing.num_negatives is not None else recipe.mining.num_negatives,
+        rank_min=mixing.rank_min,
+        rank_max=mixing.rank_max,
+        sampling=mixing.sampling,
+        sampling_temperature=mixing.sampling_temperature,
+        prompt_side=mixing.prompt_side,
+        task_column=mixing.task_column,
+        labels=labels,
+        seed=recipe.seed,
+    )
 
-    if isinstance(dataset, DatasetDict):
-        return DatasetDict({name: _as_ntuples(split, num_negatives) for name, split in dataset.items()})
-    if POOL_COLUMN in dataset.column_names:
-        return pool_to_ntuple(dataset, num_negatives)
-    return dataset
+
+def batch_sampler(recipe: Recipe, dataset_names: list[str]):
+    """The recipe's :class:`~st_retrofit.mixing.TemperatureBatchSampler`, for ``multi_dataset_batch_sampler``."""
+    from st_retrofit.mixing import TemperatureBatchSampler
+
+    mixing = recipe.mixing
+    return TemperatureBatchSampler.configure(
+        alpha=mixing.alpha,
+        weights=mixing.weights,
+        caps=mixing.caps,
+        group_by=mixing.group_by,
+        num_batches=mixing.num_batches,
+        no_duplicates=mixing.no_duplicates,
+        dataset_names=dataset_names,
+    )
 
 
 def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Path) -> Path:
@@ -157,31 +186,39 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
     from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_utils import get_last_checkpoint
 
+    from st_retrofit.mixing import MixingCallback, MixingSettingError
+    from st_retrofit.mixing.report import write_mixture_report
+    from st_retrofit.recipe import RecipeError
+
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(recipe, output_dir=str(checkpoints))
     dataset = load_from_disk(str(train_dataset))
-    dataset = _as_ntuples(dataset, recipe.mining.num_negatives)
-    if isinstance(dataset, DatasetDict):
-        # One split per group: the trainer draws each batch from one split (group-homogeneous batches).
-        dataset = DatasetDict({name: split for name, split in dataset.items() if len(split)})
-        if not dataset:
-            raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
-        columns = next(iter(dataset.values())).column_names
-    else:
-        columns = dataset.column_names
+    if not isinstance(dataset, DatasetDict):
+        dataset = DatasetDict({"train": dataset})
+    # One split per mining group; the sampler draws every batch from one group (mixing.group_by).
+    dataset = DatasetDict({name: split for name, split in dataset.items() if len(split)})
+    if not dataset:
+        raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
+    args.multi_dataset_batch_sampler = batch_sampler(recipe, list(dataset))
     model = build_model(recipe)
     loss = resolve_loss_class(recipe.train.loss)(model, **recipe.train.loss_kwargs)
-    if args.prompts is None and any(model.prompts.values()):
-        args.prompts = column_prompts(columns, model.prompts)
-        logger.info("Training with the model's prompts: %s", args.prompts)
+    collator = build_collator(recipe, model, args.router_mapping)
+    mixing = MixingCallback()
 
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[mixing]
+    )
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         logger.info("Resuming training from %s", last)
-    result = trainer.train(resume_from_checkpoint=last)
+    try:
+        result = trainer.train(resume_from_checkpoint=last)
+    except MixingSettingError as exc:  # raised while the first dataloader is built, before any step
+        raise RecipeError(f"mixing.{exc.key}", exc.message) from None
     (output_dir / "train_metrics.json").write_text(json.dumps(result.metrics, indent=2), encoding="utf-8")
+    if mixing.sampler is not None:
+        write_mixture_report(mixing.sampler, collator, output_dir)
 
     model_dir = output_dir / "model"
     if model_dir.exists():
@@ -190,6 +227,10 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
         adapter_dir = output_dir / "adapter"
         model.save_pretrained(str(adapter_dir))
         merged = merge_adapter(recipe.model.base, adapter_dir, recipe.model.max_seq_length)
+        merged.prompts = dict(model.prompts)  # with the training prompts MixingCallback saved
+        # The merged model is the trained one: keep the trainer's card (data, loss, mixing, training logs).
+        merged.model_card_data = model.model_card_data
+        merged.model_card_data.register_model(merged)
         merged.save_pretrained(str(model_dir))
     else:
         model.save_pretrained(str(model_dir))

@@ -1,4 +1,4 @@
-"""The real quickstart recipe on the rebuilt multilingual-e5-small (about 4 minutes on 2 CPU cores)."""
+"""The real quickstart recipe on the rebuilt multilingual-e5-small (about 5 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 

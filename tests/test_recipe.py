@@ -47,6 +47,13 @@ BAD_RECIPES = [
     ("model as loss arg", {"train": {"loss_kwargs": {"model": "x"}}}, "train.loss_kwargs.model", "not an argument"),
     ("unknown trainer arg", {"train": {"args": {"num_epochs": 2}}}, "train.args.num_epochs", "not an argument"),
     ("output_dir in args", {"train": {"args": {"output_dir": "x"}}}, "train.args.output_dir", "set by the run"),
+    ("mixing key typo", {"mixing": {"alfa": 0.5}}, "mixing.alfa", "did you mean alpha"),
+    ("alpha out of range", {"mixing": {"alpha": 2}}, "mixing.alpha", "[0, 1]"),
+    ("negative weight", {"mixing": {"weights": {"en": -1}}}, "mixing.weights.en", "> 0"),
+    ("fractional cap", {"mixing": {"caps": {"en": 0.5}}}, "mixing.caps.en", "integer >= 1"),
+    ("empty rank range", {"mixing": {"rank_min": 3, "rank_max": 3}}, "mixing.rank_max", "> rank_min"),
+    ("bad sampling", {"mixing": {"sampling": "hardest"}}, "mixing.sampling", "'teacher'"),
+    ("prompt not a string", {"mixing": {"prompts": {"qa": 3}}}, "mixing.prompts.qa", "expected a string"),
     ("push without repo", {"publish": {"repo_id": None, "dry_run": False}}, "publish.repo_id", "required"),
     ("bad repo id", {"publish": {"repo_id": "a/b/c"}}, "publish.repo_id", "org/name"),
     ("missing card template", {"publish": {"card_template": "nope.md"}}, "publish.card_template", "does not exist"),
@@ -128,3 +135,9 @@ def test_every_shipped_recipe_loads(path):
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
     assert yaml.safe_load(path.read_text())["name"] == recipe.name
+
+
+def test_mixing_group_by_accepts_one_name_or_a_list(tiny_recipe_data):
+    assert recipe_from_dict({**tiny_recipe_data, "mixing": {"group_by": "language"}}).mixing.group_by == ["language"]
+    both = recipe_from_dict({**tiny_recipe_data, "mixing": {"group_by": ["dataset", "task"]}})
+    assert both.mixing.group_by == ["dataset", "task"]

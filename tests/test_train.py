@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from st_retrofit.recipe import RecipeError, recipe_from_dict
-from st_retrofit.train import build_model, column_prompts, merge_adapter, resolve_loss_class, training_arguments
+from st_retrofit.train import build_collator, build_model, merge_adapter, resolve_loss_class, training_arguments
 
 
 def test_lora_model_trains_only_adapter_weights(tiny_recipe_data):
@@ -46,13 +46,23 @@ def test_merged_model_reproduces_the_adapter_model(tiny_recipe_data, tmp_path):
 def test_training_arguments_merge_defaults_recipe_and_seed(tiny_recipe_data, tmp_path):
     args = training_arguments(recipe_from_dict(tiny_recipe_data), output_dir=str(tmp_path))
     assert args.per_device_train_batch_size == 8  # from the recipe
-    assert args.batch_sampler == "no_duplicates"  # st-retrofit default
     assert args.seed == 7  # the recipe seed
 
 
-def test_column_prompts_use_query_prompt_for_the_first_column_only():
-    prompts = column_prompts(["query", "document", "negative_1"], {"query": "query: ", "document": "passage: "})
-    assert prompts == {"query": "query: ", "document": "passage: ", "negative_1": "passage: "}
+def test_trainer_arguments_that_mixing_replaces_are_refused_by_name(tiny_recipe_data):
+    for key, value in (("batch_sampler", "no_duplicates"), ("prompts", "query: ")):
+        data = {**tiny_recipe_data, "train": {"args": {key: value}}}
+        with pytest.raises(RecipeError, match=rf"^train.args.{key}: set by the mixing section; use mixing"):
+            recipe_from_dict(data)
+
+
+def test_collator_labels_follow_the_loss(tiny_recipe_data, tiny_model):
+    retrofit = {**tiny_recipe_data, "train": {"loss": "RetrofitInfoNCELoss"}}
+    assert build_collator(recipe_from_dict(retrofit), tiny_model).labels == "dict"
+    stock = {**tiny_recipe_data, "train": {"loss": "MarginMSELoss"}}
+    assert build_collator(recipe_from_dict(stock), tiny_model).labels == "teacher_scores"
+    collator = build_collator(recipe_from_dict({**tiny_recipe_data, "mixing": {"num_negatives": 5}}), tiny_model)
+    assert collator.num_negatives == 5 and collator.seed == 7
 
 
 def test_loss_is_resolved_from_sentence_transformers():
@@ -93,16 +103,52 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data,
     assert (tmp_path / "train" / "model" / "model.safetensors").is_file()
 
 
-def test_a_mined_pool_is_cut_to_ntuples_for_the_stock_collator():
+def test_train_stage_draws_negatives_from_a_mined_pool_and_records_the_mixture(tiny_recipe_data, tmp_path):
+    import json
+
     from datasets import Dataset, DatasetDict
+    from sentence_transformers import SentenceTransformer
 
-    from st_retrofit.train import _as_ntuples
+    from st_retrofit.train import train_stage
 
-    pool = Dataset.from_dict({
-        "query": ["q1", "q2"], "document": ["d1", "d2"], "negatives": [["a", "b", "c"], ["x"]],
-        "negative_ids": [[0, 1, 2], [3]], "label": [[0.9, 0.5, 0.4, 0.3], [0.8, 0.1]],
-    })  # fmt: skip
-    out = _as_ntuples(DatasetDict({"en": pool}), num_negatives=2)["en"]
-    assert out.to_list() == [
-        {"query": "q1", "document": "d1", "negative_1": "a", "negative_2": "b", "label": [0.9, 0.5, 0.4]}
-    ]
+    def pool_split(language: str, n: int) -> Dataset:
+        docs = [f"{language} document number {i}" for i in range(n)]
+        return Dataset.from_dict({
+            "query": [f"{language} query {i}" for i in range(n)],
+            "document": docs,
+            "negatives": [[docs[(i + j) % n] for j in range(1, 6)] for i in range(n)],
+            "negative_ids": [[(i + j) % n for j in range(1, 6)] for i in range(n)],
+            "label": [[0.9, 0.7, 0.6, 0.5, 0.4, 0.3] for _ in range(n)],
+        })  # fmt: skip
+
+    DatasetDict({"en": pool_split("en", 24), "de": pool_split("de", 16)}).save_to_disk(str(tmp_path / "mined"))
+    data = {
+        **tiny_recipe_data,
+        "mixing": {"alpha": 0.5, "rank_max": 4, "sampling": "teacher", "prompts": {"*": "search: "}},
+        "train": {"loss": "RetrofitInfoNCELoss", "loss_kwargs": {"distill_weight": 0.5},
+                  "args": {"per_device_train_batch_size": 4, "disable_tqdm": True}},
+    }  # fmt: skip
+    model_dir = train_stage(recipe_from_dict(data), tmp_path / "mined", tmp_path / "train")
+
+    report = json.loads((tmp_path / "train" / "mixture.json").read_text())
+    assert {g["group"] for g in report["groups"]} == {"de", "en"}
+    assert report["sampler"]["alpha"] == 0.5 and report["sampler"]["num_batches"] == 10
+    assert report["collator"]["num_negatives"] == 2  # mining.num_negatives of the tiny recipe
+    assert report["negative_sampling"]["rows"] == 40
+    assert (tmp_path / "train" / "mixture.png").stat().st_size > 0
+
+    model = SentenceTransformer(str(model_dir), device="cpu")  # merged LoRA model
+    assert model.prompts["query"] == "search: "
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert "TemperatureBatchSampler(alpha=0.5" in card and "RetrofitDataCollator(num_negatives=2" in card
+
+
+def test_a_weight_for_a_group_that_does_not_exist_names_the_recipe_key(tiny_recipe_data, tmp_path):
+    from datasets import Dataset
+
+    from st_retrofit.train import train_stage
+
+    Dataset.from_dict({"query": ["a", "b"], "document": ["c", "d"]}).save_to_disk(str(tmp_path / "mined"))
+    recipe = recipe_from_dict({**tiny_recipe_data, "mixing": {"weights": {"fr": 2.0}}})
+    with pytest.raises(RecipeError, match=r"^mixing.weights: no group named \['fr'\]; the groups are \['train'\]"):
+        train_stage(recipe, tmp_path / "mined", tmp_path / "train")

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from st_retrofit.models.resolve import role_prompt
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -68,17 +70,6 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     elif tokenizer is not None and hasattr(tokenizer, "get_vocab"):
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     return digest.hexdigest()
-
-
-def resolve_prompt(model: SentenceTransformer, role: Role, prompt: str | None) -> str:
-    """The prompt string that ``encode_query``/``encode_document`` would prepend, or ``prompt`` when given."""
-    if prompt is not None:
-        return prompt
-    names = ("query",) if role == "query" else ("document", "passage", "corpus")
-    for name in names:
-        if name in model.prompts:
-            return model.prompts[name] or ""
-    return ""
 
 
 class EmbeddingTable:
@@ -153,7 +144,7 @@ class EmbeddingCache:
         shard_size: int = 16384,
     ) -> None:
         self.model, self.role, self.shard_size = model, role, shard_size
-        self.prompt = resolve_prompt(model, role, prompt)
+        self.prompt = role_prompt(model, role) if prompt is None else prompt
         self.fingerprint = fingerprint or model_fingerprint(model)
         self.max_seq_length = getattr(model, "max_seq_length", None)
         prompt_hash = hashlib.blake2b(self.prompt.encode(), digest_size=4).hexdigest()

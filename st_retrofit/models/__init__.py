@@ -10,6 +10,7 @@ from st_retrofit.models.resolve import (
     check_model_name,
     load_model,
     resolve_model_path,
+    role_prompt,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "check_model_name",
     "load_model",
     "resolve_model_path",
+    "role_prompt",
 ]

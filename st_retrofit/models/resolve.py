@@ -15,8 +15,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +157,14 @@ def load_model(name: str, device: str | None = None):
     if base is not None and model.model_card_data.base_model is None:
         model.model_card_data.base_model = base
     return model
+
+
+def role_prompt(model: SentenceTransformer, role: str) -> str:
+    """The prompt that ``encode_query`` (role ``query``) or ``encode_document`` (role ``document``) prepends;
+    models published before those names existed call the document prompt ``passage`` or ``corpus``."""
+    names = ("query",) if role == "query" else ("document", "passage", "corpus")
+    prompts = getattr(model, "prompts", None) or {}
+    for name in names:
+        if name in prompts:
+            return prompts[name] or ""
+    return ""

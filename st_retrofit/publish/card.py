@@ -38,6 +38,27 @@ def eval_results(results: dict[str, Any], dataset_name: str) -> list:
     return entries
 
 
+def mixing_description(recipe: Recipe) -> str:
+    """One line on how batches were drawn and collated."""
+    mixing = recipe.mixing
+    # The mined splits are the mining groups (languages in the quickstart), so name those.
+    split = recipe.mining.group_by if recipe.mining.enabled and recipe.mining.group_by else "dataset"
+    groups = " and ".join(split if g == "dataset" else g for g in mixing.group_by)
+    text = f"temperature sampling with alpha={mixing.alpha}, one {groups} per batch"
+    if mixing.weights:
+        text += f", weights {mixing.weights}"
+    if mixing.caps:
+        text += f", caps {mixing.caps}"
+    if recipe.mining.enabled and recipe.mining.output == "pool":
+        k = mixing.num_negatives if mixing.num_negatives is not None else recipe.mining.num_negatives
+        end = "" if mixing.rank_max is None else mixing.rank_max
+        text += f"; {k} negatives drawn per row and epoch from the mined pool (ranks [{mixing.rank_min}, {end}), "
+        text += f"{mixing.sampling} sampling)"
+    if mixing.prompts:
+        text += "; per-task prompts (saved in the model's prompts)"
+    return text
+
+
 def render_model_card(
     recipe: Recipe,
     model: SentenceTransformer,
@@ -87,6 +108,7 @@ def render_model_card(
             if mining.enabled
             else "none (in-batch negatives only)"
         ),
+        mixing_description=mixing_description(recipe),
         loss=recipe.train.loss,
         loss_kwargs=", ".join(f"{k}={v}" for k, v in recipe.train.loss_kwargs.items()),
         adapter_description=(
