@@ -54,8 +54,9 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     score is unknown, so it is sent as ``-inf``: no probability in distillation, never masked). ``stats`` counts
     each case.
 
-    The draw is a pure function of ``(seed, epoch, task, anchor, positive)``: a resumed run samples what an
-    uninterrupted run would have, in any dataloader worker. :class:`MixingCallback` advances the epoch.
+    The draw is a pure function of the seed, the epoch and the batch (each row's generator is keyed on its task,
+    anchor and positive): a resumed run samples what an uninterrupted run would have, in any dataloader worker.
+    :class:`MixingCallback` advances the epoch.
 
     Prompts: ``prompts`` is one string, or ``{task: str | {"query"|"document"|<column>: str}}`` where ``"*"``
     stands for every other task. A string applies to the ``prompt_side`` columns (the anchor, the others, or
@@ -368,7 +369,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
                 self.stats["rows_short"] += 1
             if chosen and len(chosen) < k:
                 self.stats["negatives_repeated"] += k - len(chosen)
-                chosen += [chosen[i] for i in rng.choice(len(chosen), size=k - len(chosen))]
+                chosen += [chosen[r] for r in rng.choice(len(chosen), size=k - len(chosen))]
             chosen.sort()
             taken.update(pool[j] for j in chosen)
             picks.append(chosen)
@@ -388,7 +389,8 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
                         "one to lend; drop rows with empty pools or mine with a wider range"
                     )
                 rng = self._row_rng(tasks[i], row, columns)
-                texts = [borrowable[j] for j in rng.choice(len(borrowable), size=k)]
+                lend = rng.choice(len(borrowable), size=k, replace=len(borrowable) < k)
+                texts = [borrowable[j] for j in lend]
                 values = [float("-inf")] * k
                 self.stats["negatives_borrowed"] += k
             sampled.append(texts)

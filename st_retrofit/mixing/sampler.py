@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -205,17 +206,8 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
             settings.get("group_by", DATASET_KEY),
             settings.get("num_batches"),
         )
-        unknown = set(settings) - {
-            "alpha",
-            "weights",
-            "caps",
-            "group_by",
-            "dataset_names",
-            "num_batches",
-            "no_duplicates",
-            "text_columns",
-            "ignore_columns",
-        }
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        unknown = set(settings) - {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
         if unknown:
             raise TypeError(f"TemperatureBatchSampler.configure got unknown settings {sorted(unknown)}")
         return functools.partial(cls, **settings)

@@ -248,7 +248,7 @@ def test_short_lora_training_run_lowers_the_loss(tiny_model_path, tmp_path):
     loss = RetrofitInfoNCELoss(model, scale=20.0, query_negatives=True)
     before = loss(features_for(model, data), None).item()
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=8, per_device_train_batch_size=16, learning_rate=5e-3,
+        output_dir=str(tmp_path), num_train_epochs=8, per_device_train_batch_size=16, learning_rate=2e-2,
         report_to="none", disable_tqdm=True, save_strategy="no", seed=0,
     )  # fmt: skip
     SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
