@@ -12,7 +12,6 @@ from typing import Any
 SAMPLING_MODES = ("uniform", "teacher", "top")
 PROMPT_SIDES = ("query", "document", "both")
 LABEL_MODES = ("dict", "teacher_scores", "none")
-PROMPT_ROLES = ("query", "document")
 
 # Columns that hold labels for sentence-transformers (its DEFAULT_LABEL_COLUMNS).
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
