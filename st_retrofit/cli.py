@@ -3,6 +3,7 @@
     st-retrofit run recipes/quickstart.yaml [--stages synth,mine] [--set mining.num_negatives=5] [--force]
     st-retrofit synth|mine|train|eval|publish recipes/quickstart.yaml [--set key.path=value ...]
     st-retrofit validate recipes/quickstart.yaml
+    st-retrofit templates [--dir my_templates/]
 
 Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe`, :func:`st_retrofit.run_pipeline`).
 """
@@ -20,7 +21,7 @@ from st_retrofit.publish import PublishError
 from st_retrofit.recipe import RecipeError, load_recipe
 
 STAGE_HELP = {
-    "synth": "render the training and held-out pairs",
+    "synth": "generate the training and held-out pairs (demo data, or a corpus with templates and a backend)",
     "mine": "mine hard negatives with the teacher model",
     "train": "train (LoRA or full) and save the merged model",
     "eval": "evaluate base and retrofitted model on the held-out split",
@@ -53,7 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a recipe and print it resolved, touching nothing")
     _add_recipe_arguments(validate)
+
+    templates = commands.add_parser("templates", help="list the synthesis templates (shipped and --dir)")
+    templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
     return parser
+
+
+def _list_templates(dirs: list[str]) -> int:
+    from st_retrofit.synth import TemplateLibrary, TemplateLibraryError
+
+    try:
+        library = TemplateLibrary(dirs)
+    except TemplateLibraryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = sorted(library, key=lambda t: (t.kind, t.task_type, t.name))
+    width = max(len(t.name) for t in rows)
+    print(f"{'name':<{width}}  {'kind':<10}  {'task type':<16}  description")
+    for t in rows:
+        print(f"{t.name:<{width}}  {t.kind:<10}  {t.task_type:<16}  {t.description}")
+    return 0
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -69,6 +89,8 @@ def _setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if args.command == "templates":
+        return _list_templates(args.dirs)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "validate":

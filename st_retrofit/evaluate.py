@@ -7,6 +7,7 @@ language and their mean, for both models side by side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -28,7 +29,8 @@ def retrieval_tasks(pairs: Dataset) -> dict[str, tuple[dict[str, str], dict[str,
     tasks: dict[str, tuple[dict, dict, dict]] = {}
     for i, row in enumerate(pairs):
         queries, corpus, relevant = tasks.setdefault(row["language"], ({}, {}, {}))
-        doc_id = f"{row['language']}-e{row['entity_id']}"
+        # Documents are keyed by their text: synthesized splits repeat a passage for several queries.
+        doc_id = f"{row['language']}-d{hashlib.sha1(row['document'].encode()).hexdigest()[:16]}"
         corpus[doc_id] = row["document"]
         qid = f"{row['language']}-q{i}"
         queries[qid] = row["query"]
@@ -37,7 +39,7 @@ def retrieval_tasks(pairs: Dataset) -> dict[str, tuple[dict[str, str], dict[str,
 
 
 def evaluate_retrieval(model: SentenceTransformer, pairs: Dataset, k: int = 10, batch_size: int = 64) -> dict:
-    """Scores of ``model`` on ``pairs`` (columns ``query``, ``document``, ``language``, ``entity_id``).
+    """Scores of ``model`` on ``pairs`` (columns ``query``, ``document``, ``language``).
 
     Returns:
         ``{language: {"ndcg": ..., "recall": ..., "mrr": ...}, ..., "mean": {...}}``.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from st_retrofit.recipe import Recipe, save_recipe
+from st_retrofit.recipe import Recipe, RecipeError, save_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,16 @@ class Stage:
 
 
 def _synth(recipe: Recipe, run_dir: Path) -> Path:
-    from st_retrofit.synth import synthesize
+    from st_retrofit.synth import CorpusError, SynthBackendError, SynthSettingError, synthesize
 
-    return synthesize(recipe.synth, recipe.seed, run_dir / "synth")
+    try:
+        return synthesize(recipe.synth, recipe.seed, run_dir / "synth")
+    except SynthSettingError as exc:
+        raise RecipeError(f"synth.{exc.key}", exc.message) from None
+    except CorpusError as exc:
+        raise RecipeError(f"synth.corpus.{exc.key}", exc.message) from None
+    except SynthBackendError as exc:
+        raise StageError(f"synth: {exc}") from None
 
 
 def _mine(recipe: Recipe, run_dir: Path) -> Path:

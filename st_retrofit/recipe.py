@@ -89,27 +89,219 @@ class ModelConfig:
 
 
 @dataclass
+class CorpusConfig:
+    """The passages to synthesize from (recipe section ``synth.corpus``; see :func:`st_retrofit.synth.load_corpus`).
+
+    Args:
+        path: a jsonl/json/parquet/csv/tsv file, a folder saved by ``datasets``, or a Hub dataset name.
+        split: the split of a folder or Hub dataset.
+        config_name: the Hub dataset's configuration.
+        text_column: the passage text.
+        title_column: passage titles (optional; title templates need them).
+        language_column: language codes (optional; identified from the text when absent or empty).
+        id_column: document ids (optional; a hash of the text when absent).
+        languages: keep only passages in these languages; ``null`` = all.
+        max_documents: read at most this many passages (after the language filter).
+    """
+
+    path: str | None = field(default=None, metadata={"help": "Corpus file, folder or Hub dataset."})
+    split: str = field(default="train", metadata={"help": "Split of a folder or Hub dataset."})
+    config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    text_column: str = field(default="text", metadata={"help": "Passage text column."})
+    title_column: str | None = field(default="title", metadata={"help": "Title column (optional)."})
+    language_column: str | None = field(default="language", metadata={"help": "Language column (optional)."})
+    id_column: str | None = field(default="id", metadata={"help": "Document id column (optional)."})
+    languages: list[str] | None = field(default=None, metadata={"help": "Languages to keep; null = all."})
+    max_documents: int | None = field(default=None, metadata={"help": "Read at most this many passages."})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.max_documents is None or self.max_documents >= 1,
+            "max_documents",
+            f"expected >= 1 or null, got {self.max_documents}",
+        )
+
+
+@dataclass
+class BackendConfig:
+    """What writes the pairs (recipe section ``synth.backend``).
+
+    Args:
+        type: ``heuristic`` (no LLM: title to body, inverse cloze, cropping, fact templates), ``openai`` (any
+            OpenAI-compatible server: OpenAI, vLLM, TGI, llama.cpp, Ollama) or ``transformers`` (a local chat model).
+        model: the server's model name (``openai``, required) or a local chat model (``transformers``; ``null`` =
+            ``offline:smollm2-135m-instruct``).
+        base_url: ``openai``: the server's ``/v1`` URL; ``null`` = ``$OPENAI_BASE_URL`` or OpenAI.
+        api_key_env: ``openai``: the environment variable holding the key (the key itself never goes in a recipe).
+        concurrency: ``openai``: requests in flight.
+        max_retries: ``openai``: retries on 429, 5xx, timeouts and connection errors, with exponential backoff.
+        timeout: ``openai``: seconds per attempt.
+        temperature: sampling temperature (0 = greedy for ``transformers``).
+        top_p: nucleus sampling; ``null`` = the backend's default.
+        max_tokens: the longest answer, in tokens.
+        response_format: ``openai``: ``json_object``, ``json_schema`` (structured outputs) or ``none``.
+        send_seed: ``openai``: send a per-request seed.
+        extra_body: ``openai``: extra request fields for the server.
+        gguf_file: ``transformers``: the GGUF file in ``model``.
+        device: ``transformers``: ``cuda``, ``cpu``...; ``null`` = CUDA when available.
+        dtype: ``transformers``: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+        batch_size: ``transformers``: prompts per generation batch.
+        prefill_json: ``transformers``: start each answer with the schema's first key, stop when the JSON closes.
+    """
+
+    type: Literal["heuristic", "openai", "transformers"] = field(default="heuristic", metadata={"help": "Backend."})
+    model: str | None = field(default=None, metadata={"help": "Model name or path."})
+    base_url: str | None = field(default=None, metadata={"help": "openai: server URL ending in /v1."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: env variable with the key."})
+    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight."})
+    max_retries: int = field(default=6, metadata={"help": "openai: retries per request."})
+    timeout: float = field(default=120.0, metadata={"help": "openai: seconds per attempt."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling."})
+    max_tokens: int = field(default=1024, metadata={"help": "Longest answer in tokens."})
+    response_format: Literal["json_object", "json_schema", "none"] = field(
+        default="json_object", metadata={"help": "openai: JSON mode."}
+    )
+    send_seed: bool = field(default=True, metadata={"help": "openai: per-request seed."})
+    extra_body: dict[str, Any] = field(default_factory=dict, metadata={"help": "openai: extra request fields."})
+    gguf_file: str | None = field(default=None, metadata={"help": "transformers: GGUF file name."})
+    device: str | None = field(default=None, metadata={"help": "transformers: device."})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={"help": "dtype."})
+    batch_size: int = field(default=8, metadata={"help": "transformers: prompts per batch."})
+    prefill_json: bool = field(default=True, metadata={"help": "transformers: prefill the JSON answer."})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.type != "openai" or bool(self.model),
+            "model",
+            "the openai backend needs the model name the server serves (e.g. gpt-4o-mini)",
+        )
+        for key in ("concurrency", "max_tokens", "batch_size"):
+            _require(getattr(self, key) >= 1, key, f"expected >= 1, got {getattr(self, key)}")
+        _require(self.max_retries >= 0, "max_retries", f"expected >= 0, got {self.max_retries}")
+        _require(self.timeout > 0, "timeout", f"expected seconds > 0, got {self.timeout}")
+        _require(self.temperature >= 0, "temperature", f"expected >= 0, got {self.temperature}")
+        _require(self.top_p is None or 0 < self.top_p <= 1, "top_p", f"expected (0, 1] or null, got {self.top_p}")
+        _require(
+            not self.api_key_env.startswith(("sk-", "hf_")),
+            "api_key_env",
+            "expected the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key; never put keys in recipes",
+        )
+
+
+@dataclass
+class BrainstormConfig:
+    """The brainstorm step (recipe section ``synth.brainstorm``): an LLM invents retrieval tasks first, and each
+    request of a template that asks for it gets one of them (Wang et al., 2024).
+
+    Args:
+        enabled: run the step for templates that name a brainstorm template.
+        rounds: brainstorm calls per template (different seeds; their tasks are pooled).
+        tasks_per_round: tasks asked for per call.
+    """
+
+    enabled: bool = field(default=True, metadata={"help": "Brainstorm tasks first."})
+    rounds: int = field(default=2, metadata={"help": "Calls per template."})
+    tasks_per_round: int = field(default=20, metadata={"help": "Tasks per call."})
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "rounds", f"expected >= 1, got {self.rounds}")
+        _require(self.tasks_per_round >= 1, "tasks_per_round", f"expected >= 1, got {self.tasks_per_round}")
+
+
+@dataclass
+class ValidationConfig:
+    """Checks on generated pairs (recipe section ``synth.validation``; see :mod:`st_retrofit.synth.validation`).
+
+    Args:
+        check_language: reject a pair when language ID (py3langid) says a column is in another language than the
+            template asks for, with at least ``language_confidence``.
+        language_confidence: the probability above which a language mismatch rejects (short texts identify
+            poorly; uncertain ones pass).
+        check_lengths: apply each template's character bounds.
+        deduplicate: reject queries equal to an earlier one after normalization (case, punctuation, spacing).
+        near_duplicate_threshold: reject queries whose character 5-gram Jaccard similarity to an earlier one
+            (MinHash-LSH) is at least this; ``null`` disables.
+        num_perm: MinHash permutations.
+    """
+
+    check_language: bool = field(default=True, metadata={"help": "Language ID check."})
+    language_confidence: float = field(default=0.5, metadata={"help": "Mismatch probability that rejects."})
+    check_lengths: bool = field(default=True, metadata={"help": "Template length bounds."})
+    deduplicate: bool = field(default=True, metadata={"help": "Drop exact duplicate queries."})
+    near_duplicate_threshold: float | None = field(default=0.9, metadata={"help": "MinHash Jaccard threshold."})
+    num_perm: int = field(default=128, metadata={"help": "MinHash permutations."})
+
+    def __post_init__(self) -> None:
+        _require(
+            0 <= self.language_confidence <= 1,
+            "language_confidence",
+            f"expected a probability in [0, 1], got {self.language_confidence}",
+        )
+        _require(
+            self.near_duplicate_threshold is None or 0 < self.near_duplicate_threshold <= 1,
+            "near_duplicate_threshold",
+            f"expected (0, 1] or null, got {self.near_duplicate_threshold}",
+        )
+        _require(self.num_perm >= 16, "num_perm", f"expected >= 16, got {self.num_perm}")
+
+
+@dataclass
 class SynthConfig:
     """Training data synthesis (recipe section ``synth``).
 
+    ``source: demo`` renders the embedded multilingual fact templates (no corpus, no LLM; the quickstart).
+    ``source: corpus`` turns the user's passages into pairs with the template library and a backend, validates
+    them, and holds out ``eval_fraction`` of the documents as the ``eval`` split.
+
     Args:
-        source: ``demo`` renders the embedded multilingual fact templates (no LLM, no download).
-        languages: language codes to generate.
-        train_entities: entities (documents per language) in the train split.
-        eval_entities: entities in the held-out split, disjoint from train.
-        queries_per_document: query templates drawn per document.
+        source: ``demo`` or ``corpus``.
+        languages: ``demo``: language codes to render.
+        train_entities: ``demo``: entities (documents per language) in the train split.
+        eval_entities: ``demo``: entities in the held-out split, disjoint from train.
+        queries_per_document: ``demo``: query templates drawn per document.
+        corpus: ``corpus``: the passages.
+        backend: ``corpus``: the generation backend.
+        templates: ``corpus``: template names (exactly those), task types or ``all`` (the templates of that type
+            the backend runs: heuristic ones for ``heuristic``, LLM ones otherwise).
+        template_dirs: ``corpus``: folders of extra YAML templates (same name = replaces a shipped one).
+        brainstorm: ``corpus``: the brainstorm step.
+        validation: ``corpus``: checks on generated pairs.
+        pairs_per_document: ``corpus``: templates drawn per passage.
+        target_languages: ``corpus``: target languages of cross-lingual and bitext templates; empty = the
+            corpus's own languages.
+        max_per_language: ``corpus``: the most train pairs per language (the paper saw gains level off after a
+            few thousand); ``null`` = no cap. The eval split gets the same share of it as of the documents.
+        max_per_task: ``corpus``: the most train pairs per task type; ``null`` = no cap.
+        eval_fraction: ``corpus``: share of documents held out for the ``eval`` split (by a hash of the id).
+        chunk_size: ``corpus``: requests issued between validations and cap checks.
+        cache_dir: ``corpus``: the answer cache; ``null`` = ``$ST_RETROFIT_CACHE/synth``, shared by all runs.
     """
 
-    source: Literal["demo"] = field(default="demo", metadata={"help": "Where pairs come from."})
+    source: Literal["demo", "corpus"] = field(default="demo", metadata={"help": "Where pairs come from."})
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES), metadata={"help": "Language codes."})
     train_entities: int = field(default=120, metadata={"help": "Entities in the train split."})
     eval_entities: int = field(default=40, metadata={"help": "Entities in the held-out split."})
     queries_per_document: int = field(default=1, metadata={"help": "Queries per document, 1 to 6."})
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    templates: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "Templates or task types."})
+    template_dirs: list[str] = field(default_factory=list, metadata={"help": "Folders of extra templates."})
+    brainstorm: BrainstormConfig = field(default_factory=BrainstormConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    pairs_per_document: int = field(default=1, metadata={"help": "Templates drawn per passage."})
+    target_languages: list[str] = field(default_factory=list, metadata={"help": "Cross-lingual targets."})
+    max_per_language: int | None = field(default=None, metadata={"help": "Train pairs per language, at most."})
+    max_per_task: int | None = field(default=None, metadata={"help": "Train pairs per task type, at most."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of documents held out."})
+    chunk_size: int = field(default=256, metadata={"help": "Requests between validations."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Answer cache folder."})
 
     def __post_init__(self) -> None:
-        unknown = [lang for lang in self.languages if lang not in LANGUAGES]
-        _require(not unknown, "languages", f"unknown language(s) {unknown}; the demo source has {list(LANGUAGES)}")
-        _require(bool(self.languages), "languages", "expected at least one language")
+        if self.source == "demo":
+            unknown = [lang for lang in self.languages if lang not in LANGUAGES]
+            _require(not unknown, "languages", f"unknown language(s) {unknown}; the demo source has {list(LANGUAGES)}")
+            _require(bool(self.languages), "languages", "expected at least one language")
         _require(self.train_entities >= 2, "train_entities", f"expected >= 2, got {self.train_entities}")
         _require(self.eval_entities >= 2, "eval_entities", f"expected >= 2, got {self.eval_entities}")
         _require(
@@ -117,6 +309,19 @@ class SynthConfig:
             "queries_per_document",
             f"expected 1 to {len(QUERY_KINDS)}, got {self.queries_per_document}",
         )
+        if self.source == "corpus":
+            _require(
+                self.corpus.path is not None,
+                "corpus.path",
+                "source corpus needs a file, a datasets folder or a Hub dataset name",
+            )
+        _require(bool(self.templates), "templates", "expected at least one template name, task type or all")
+        _require(self.pairs_per_document >= 1, "pairs_per_document", f"expected >= 1, got {self.pairs_per_document}")
+        for key in ("max_per_language", "max_per_task"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key, f"expected >= 1 or null, got {value}")
+        _require(0 <= self.eval_fraction < 1, "eval_fraction", f"expected [0, 1), got {self.eval_fraction}")
+        _require(self.chunk_size >= 1, "chunk_size", f"expected >= 1, got {self.chunk_size}")
 
 
 @dataclass
@@ -526,6 +731,25 @@ def _set_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def _check_synth(config: SynthConfig) -> None:
+    """Templates, backend model and corpus path of ``source: corpus``, without reading the corpus or a model."""
+    from st_retrofit.synth import SynthBackendError, SynthSettingError, select_templates
+    from st_retrofit.synth.backends import resolve_llm
+
+    try:
+        _, templates = select_templates(config)
+    except SynthSettingError as exc:
+        raise RecipeError(f"synth.{exc.key}", exc.message) from None
+    if config.backend.type == "transformers" and any(t.kind == "llm" for t in templates):
+        try:
+            resolve_llm(config.backend.model or "offline:smollm2-135m-instruct", config.backend.gguf_file)
+        except SynthBackendError as exc:
+            raise RecipeError("synth.backend.model", str(exc)) from None
+    path = config.corpus.path
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        raise RecipeError("synth.corpus.path", f"{path} does not exist")
+
+
 def _check_environment(recipe: Recipe) -> None:
     """Checks that need the file system, the model resolver or the trainer's argument class."""
     from st_retrofit.models import ModelNotFoundError, check_model_name
@@ -540,6 +764,9 @@ def _check_environment(recipe: Recipe) -> None:
             check_model_name(name)
         except ModelNotFoundError as exc:
             raise RecipeError(key, str(exc)) from None
+
+    if recipe.synth.source == "corpus":
+        _check_synth(recipe.synth)
 
     if recipe.publish.card_template is not None and not Path(recipe.publish.card_template).is_file():
         raise RecipeError("publish.card_template", f"file {recipe.publish.card_template} does not exist")

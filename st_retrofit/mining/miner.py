@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 QUERY_COLUMN, DOCUMENT_COLUMN, LABEL_COLUMN = "query", "document", "label"
 POOL_COLUMN, POOL_IDS_COLUMN = "negatives", "negative_ids"
 ROW_COLUMN = "_row"
+# Input columns each output row carries over from its pair: the task (per-task prompts and task ids in training).
+CARRIED_COLUMNS = ("task",)
 
 
 def negative_columns(num_negatives: int) -> list[str]:
@@ -289,7 +291,7 @@ class HardNegativeMiner:
 
         Args:
             pairs: ``query`` and ``document`` columns (a query on several rows has several positives), plus the
-                ``group_by`` column when set.
+                ``group_by`` column when set. A ``task`` column is carried over to the output rows.
             corpus: extra candidate documents: a list of texts, or a Dataset with ``text`` (and the ``group_by``
                 column); the pairs' documents are always candidates.
             output_dir: where shards, the state and the faiss indexes go; a rerun with the same inputs and
@@ -368,6 +370,7 @@ class HardNegativeMiner:
         # 3. Assemble the splits in input order.
         t = time.perf_counter()
         splits, shard_stats = {}, []
+        carried = {c: pairs[c] for c in CARRIED_COLUMNS if c in pairs.column_names}
         for g, name in enumerate(plan.group_names):
             paths = sorted(shard_dir.glob(f"{g:05d}-*.parquet"))
             shard_stats += [json.loads(p.with_suffix(".json").read_text()) for p in paths]
@@ -376,7 +379,11 @@ class HardNegativeMiner:
             if not tables:
                 continue
             table = pa.concat_tables(tables)
-            table = table.take(np.argsort(table.column(ROW_COLUMN).to_numpy(), kind="stable")).drop([ROW_COLUMN])
+            table = table.take(np.argsort(table.column(ROW_COLUMN).to_numpy(), kind="stable"))
+            rows = table.column(ROW_COLUMN).to_numpy()
+            table = table.drop([ROW_COLUMN])
+            for column, values in carried.items():
+                table = table.append_column(column, pa.array([values[r] for r in rows]))
             splits[name] = Dataset(table)
         dataset = DatasetDict(splits)
         corpus_ds = Dataset.from_dict({"text": plan.corpus_texts})

@@ -16,7 +16,7 @@ LABEL_MODES = ("dict", "teacher_scores", "none")
 # Columns that hold labels for sentence-transformers (its DEFAULT_LABEL_COLUMNS).
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
 # Metadata that st-retrofit's own stages write (languages, synthetic-data provenance); never trained on as text.
-METADATA_COLUMNS = ("id", "language", "source", "template", "backend", "model", "seed")
+METADATA_COLUMNS = ("id", "language", "query_language", "source", "template", "backend", "model", "seed")
 DATASET_NAME_COLUMN = "dataset_name"
 
 

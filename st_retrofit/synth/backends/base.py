@@ -1,0 +1,68 @@
+"""What every generation backend implements: requests in, raw answer texts out, in completion order."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from st_retrofit.synth.templates import SynthTemplate
+
+
+class SynthBackendError(RuntimeError):
+    """A backend cannot work at all (bad credentials, unknown model, server unreachable): the run stops."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One call: chat ``messages`` for LLMs, or the passage ``context`` and ``template`` for heuristics.
+
+    Args:
+        key: the prompt hash that caches the answer.
+        messages: chat messages (``llm``/``brainstorm`` templates).
+        schema: the JSON schema the answer must satisfy (used for JSON modes and prefills).
+        seed: per-request seed (sent to servers that take one, used by local sampling and heuristics).
+        template: the template being rendered.
+        context: the passage fields and drawn variables.
+    """
+
+    key: str
+    messages: list[dict[str, str]]
+    schema: dict[str, Any] | None
+    seed: int
+    template: SynthTemplate | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    """A backend's answer to one request: ``text`` on success, else ``error`` (not cached; retried next run)."""
+
+    request: GenerationRequest
+    text: str | None = None
+    error: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class SynthBackend(ABC):
+    """A text generator for :class:`~st_retrofit.synth.SyntheticDataGenerator`.
+
+    ``identity()`` is everything that changes the answers (kind, model, sampling settings, never secrets); it
+    goes into each request's cache key, so a cached answer is reused only by an equivalent backend.
+    """
+
+    kind: str = ""
+    model: str = ""
+    cacheable: bool = True
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Yield one result per request as each finishes (not necessarily in order)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients or models."""

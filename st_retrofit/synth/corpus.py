@@ -1,0 +1,118 @@
+"""Reading the user's corpus: jsonl, json, parquet, csv/tsv files, a folder saved by ``datasets``, a Hub dataset,
+or a ``Dataset`` in memory, into the columns the generator reads: ``id``, ``text``, ``title``, ``language``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from st_retrofit.synth.languages import identify_language, normalize_language
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+OPTIONAL_DEFAULTS = {"title_column": "title", "language_column": "language", "id_column": "id"}
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+
+
+class CorpusError(ValueError):
+    """A corpus problem, naming the setting (``path``, ``text_column``...) and the fix."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
+def _read(source: str | Path, split: str, config_name: str | None) -> Dataset:
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        fmt = FILE_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise CorpusError("path", f"{path}: unknown file type {path.suffix!r}; use {', '.join(FILE_FORMATS)}")
+        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            data = datasets.load_from_disk(str(path))
+            if isinstance(data, datasets.DatasetDict):
+                if split not in data:
+                    raise CorpusError("split", f"{path} has the splits {list(data)}, not {split!r}")
+                data = data[split]
+            return data
+        return datasets.load_dataset(str(path), split=split)
+    if str(source).startswith((".", "/", "~")):
+        raise CorpusError("path", f"{source} does not exist")
+    try:
+        return datasets.load_dataset(str(source), config_name, split=split)
+    except Exception as exc:  # the Hub client raises many types; all mean "cannot read this name"
+        raise CorpusError(
+            "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def load_corpus(
+    source: str | Path | Dataset,
+    text_column: str = "text",
+    title_column: str | None = "title",
+    language_column: str | None = "language",
+    id_column: str | None = "id",
+    split: str = "train",
+    config_name: str | None = None,
+    languages: list[str] | None = None,
+    max_documents: int | None = None,
+) -> Dataset:
+    """The corpus as a ``Dataset`` of ``id``, ``text``, ``title``, ``language``.
+
+    Missing optional columns are filled: no ``title`` column gives empty titles, no ``id`` column gives a hash of
+    the text, and no ``language`` column (or an empty value) has the language identified from the text. Language
+    codes are normalized (``deu-Latn`` -> ``de``); ``languages`` keeps only those. Empty texts are dropped.
+
+    Raises:
+        CorpusError: naming the setting at fault (a missing column lists the columns there are).
+    """
+    from datasets import Dataset
+
+    data = source if isinstance(source, Dataset) else _read(source, split, config_name)
+    columns = data.column_names
+    if text_column not in columns:
+        raise CorpusError("text_column", f"the corpus has no column {text_column!r}; its columns are {columns}")
+    # An optional column under its default name may be absent; a name the user chose must exist.
+    for key, name in (("title_column", title_column), ("language_column", language_column), ("id_column", id_column)):
+        if name is not None and name not in columns and name != OPTIONAL_DEFAULTS[key]:
+            raise CorpusError(key, f"the corpus has no column {name!r}; its columns are {columns} (or set null)")
+    has = {name: name is not None and name in columns for name in (title_column, language_column, id_column)}
+
+    def convert(row: dict) -> dict:
+        text = row[text_column]
+        text = text.strip() if isinstance(text, str) else ""
+        language = row[language_column] if has[language_column] else None
+        language = normalize_language(language) if language else (identify_language(text)[0] if text else "")
+        doc_id = row[id_column] if has[id_column] else None
+        return {
+            "id": str(doc_id) if doc_id is not None else hashlib.sha1(text.encode()).hexdigest()[:16],
+            "text": text,
+            "title": (row[title_column] or "").strip() if has[title_column] else "",
+            "language": language,
+        }
+
+    rows = data.map(convert, remove_columns=columns, desc="Reading corpus")
+    before = len(rows)
+    rows = rows.filter(lambda row: bool(row["text"]), desc="Dropping empty texts")
+    if len(rows) < before:
+        logger.warning("Dropped %d corpus rows with an empty %r", before - len(rows), text_column)
+    if languages:
+        wanted = {normalize_language(code) for code in languages}
+        rows = rows.filter(lambda row: row["language"] in wanted, desc="Selecting languages")
+        if not len(rows):
+            raise CorpusError("languages", f"no corpus row is in {sorted(wanted)}")
+    if max_documents is not None and len(rows) > max_documents:
+        rows = rows.select(range(max_documents))
+    if not len(rows):
+        raise CorpusError("path", "the corpus has no non-empty text")
+    return rows

@@ -1,0 +1,342 @@
+"""The synthesis pipeline: corpus passages -> rendered prompts -> backend -> parsed, validated, capped pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter, defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from st_retrofit.synth.backends import GenerationRequest, HeuristicBackend, SynthBackend, SynthBackendError
+from st_retrofit.synth.cache import ResponseCache, request_key
+from st_retrofit.synth.languages import language_name, normalize_language
+from st_retrofit.synth.validation import RULES, PairValidator, parse_json_answer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from st_retrofit.recipe import BrainstormConfig, ValidationConfig
+    from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary
+
+logger = logging.getLogger(__name__)
+
+# What {{ task }} says when no brainstormed task is available (E5's instruction for web search retrieval).
+DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+OUTPUT_COLUMNS = ("query", "document", "id", "language", "query_language", "task", "template", "backend", "model",
+                  "seed")  # fmt: skip
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from any parts, stable across processes and platforms."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
+
+
+@dataclass
+class _Job:
+    index: int
+    document: dict[str, Any]
+    template: SynthTemplate
+    bucket: tuple[str, str]
+    context: dict[str, Any]
+    seed: int
+    request: GenerationRequest | None = None  # rendered when the job is issued, not for every passage up front
+
+
+@dataclass
+class SynthesisReport:
+    """What a run did: requests by outcome, rejections by rule, accepted pairs by language and task."""
+
+    documents: int = 0
+    jobs: int = 0
+    requests: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    accepted: Counter = field(default_factory=Counter)
+    tokens: Counter = field(default_factory=Counter)
+    rejected_examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    brainstormed_tasks: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        by_language, by_task = Counter(), Counter()
+        for (language, task), count in self.accepted.items():
+            by_language[language] += count
+            by_task[task] += count
+        return {
+            "documents": self.documents,
+            "jobs": self.jobs,
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "rejected": {rule: self.rejected[rule] for rule in RULES if self.rejected[rule]},
+            "accepted": sum(self.accepted.values()),
+            "accepted_by_language": dict(sorted(by_language.items())),
+            "accepted_by_task": dict(sorted(by_task.items())),
+            "tokens": dict(self.tokens),
+            "rejected_examples": dict(self.rejected_examples),
+            "brainstormed_tasks": self.brainstormed_tasks,
+        }
+
+
+class SyntheticDataGenerator:
+    """Turns corpus passages into validated (query, document) pairs with templates and a backend.
+
+    For every passage (in a seeded order) it draws ``pairs_per_document`` of the templates that apply (a template
+    needing a title skips untitled passages), renders each with the passage, a target language for cross-lingual
+    templates, one value of each template variable, and a brainstormed task. Requests go out in chunks; every
+    answer is stored in the :class:`~st_retrofit.synth.ResponseCache` as it arrives, so a killed run loses nothing
+    and a rerun makes no call twice. Answers are validated in request order (deterministic given the answers), and
+    caps per language and per task stop issuing requests for a full bucket, so a large corpus costs only what the
+    caps need. Heuristic templates are rendered without an LLM.
+
+    Args:
+        backend: the LLM backend for ``llm``/``brainstorm`` templates (``None`` if all templates are heuristic).
+        templates: the templates to draw from.
+        library: the library the brainstorm templates come from.
+        validation: the validation settings.
+        seed: the run seed; every draw and request seed derives from it.
+        cache: where answers are kept; ``None`` disables caching.
+        pairs_per_document: templates drawn per passage.
+        target_languages: target languages of cross-lingual templates; empty = the corpus's languages.
+        max_per_language: the most accepted pairs per language; ``None`` = no cap.
+        max_per_task: the most accepted pairs per task type; ``None`` = no cap.
+        brainstorm: brainstorm settings; ``None`` disables the step (``{{ task }}`` gets a generic task).
+        chunk_size: requests issued between validations (and between cap checks).
+
+    Example::
+
+        from st_retrofit.recipe import ValidationConfig
+        from st_retrofit.synth import OpenAICompatibleBackend, SyntheticDataGenerator, TemplateLibrary, load_corpus
+
+        library = TemplateLibrary()
+        backend = OpenAICompatibleBackend("Qwen/Qwen2.5-7B-Instruct", base_url="http://localhost:8000/v1")
+        generator = SyntheticDataGenerator(
+            backend, library.select(["short-long", "question-answer"]), library, ValidationConfig(), seed=0,
+            cache=ResponseCache("synth-cache"), max_per_language=4000,
+        )
+        pairs, report = generator.generate(load_corpus("wiki.parquet"))
+    """
+
+    def __init__(
+        self,
+        backend: SynthBackend | None,
+        templates: Sequence[SynthTemplate],
+        library: TemplateLibrary,
+        validation: ValidationConfig,
+        seed: int = 0,
+        cache: ResponseCache | None = None,
+        pairs_per_document: int = 1,
+        target_languages: Sequence[str] = (),
+        max_per_language: int | None = None,
+        max_per_task: int | None = None,
+        brainstorm: BrainstormConfig | None = None,
+        chunk_size: int = 256,
+    ) -> None:
+        needs_llm = [t.name for t in templates if t.kind == "llm"]
+        if needs_llm and (backend is None or isinstance(backend, HeuristicBackend)):
+            raise ValueError(f"templates {needs_llm} need an LLM backend (openai or transformers)")
+        self.backend, self.templates, self.library = backend, list(templates), library
+        self.validation, self.seed, self.cache = validation, seed, cache
+        self.pairs_per_document, self.chunk_size = pairs_per_document, chunk_size
+        self.target_languages = [normalize_language(code) for code in target_languages]
+        self.max_per_language, self.max_per_task = max_per_language, max_per_task
+        self.brainstorm = brainstorm
+        self._heuristic = HeuristicBackend()
+        self._tasks: dict[str, list[str]] | None = None
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    def _backend_for(self, template: SynthTemplate) -> SynthBackend:
+        return self._heuristic if template.kind == "heuristic" else self.backend
+
+    def _request(self, template: SynthTemplate, context: dict[str, Any], seed: int) -> GenerationRequest:
+        backend = self._backend_for(template)
+        messages = template.render(context) if template.kind != "heuristic" else []
+        identity = backend.identity() | ({"template": template.name} if template.kind == "heuristic" else {})
+        key = request_key(identity, messages or [{"context": json.dumps(context, sort_keys=True)}], seed)
+        return GenerationRequest(key, messages, template.output_schema or None, seed, template, context)
+
+    def _run(self, requests: list[GenerationRequest], report: SynthesisReport, desc: str) -> dict[str, str]:
+        """Answers by request key: cached ones first, the rest from the backends (cached as they arrive)."""
+        from tqdm.auto import tqdm
+
+        answers: dict[str, str] = {}
+        by_backend: dict[int, list[GenerationRequest]] = defaultdict(list)
+        for request in requests:
+            by_backend[id(self._backend_for(request.template))].append(request)
+        for group in by_backend.values():
+            backend = self._backend_for(group[0].template)
+            cache = self.cache if backend.cacheable else None
+            if cache is not None:
+                answers.update(cache.get_many([r.key for r in group]))
+                report.requests["cached"] += sum(r.key in answers for r in group)
+            missing = [r for r in group if r.key not in answers]
+            if not missing:
+                continue
+            progress = tqdm(total=len(missing), desc=desc, unit="req", disable=len(missing) < 32, leave=False)
+            for result in backend.generate(missing):
+                progress.update()
+                if result.text is None:
+                    report.errors[result.error or "unknown"] += 1
+                    continue
+                answers[result.request.key] = result.text
+                report.requests["generated" if backend.cacheable else "heuristic"] += 1
+                report.tokens.update(result.usage)
+                if cache is not None:
+                    cache.put(result.request.key, result.text, backend.model, result.usage)
+            progress.close()
+            failed = len(missing) - sum(r.key in answers for r in missing)
+            report.requests["failed"] += failed
+            if backend.cacheable and failed == len(missing) >= 8:
+                raise SynthBackendError(
+                    f"all {failed} requests to {backend!r} failed after retries ({dict(report.errors)}); "
+                    f"check that the server is up; answers so far are cached"
+                )
+        return answers
+
+    def brainstormed_tasks(self, report: SynthesisReport | None = None) -> dict[str, list[str]]:
+        """Task descriptions per template that asks for a brainstorm (each brainstorm round is one cached call)."""
+        if self._tasks is not None:
+            return self._tasks
+        report = report or SynthesisReport()
+        self._tasks = {}
+        wanted = [
+            t for t in self.templates if t.brainstorm and self.brainstorm is not None and self.brainstorm.enabled
+        ]
+        requests = {}
+        for template in wanted:
+            brainstorm = self.library[template.brainstorm]
+            for round_index in range(self.brainstorm.rounds):
+                context = {"count": self.brainstorm.tasks_per_round, "task_type": template.task_type}
+                seed = derive_seed(self.seed, "brainstorm", template.name, round_index)
+                requests[(template.name, round_index)] = self._request(brainstorm, context, seed)
+        answers = self._run(list(requests.values()), report, "Brainstorming") if requests else {}
+        for (name, _), request in sorted(requests.items()):
+            output, _ = parse_json_answer(answers.get(request.key, ""), request.schema)
+            tasks = self._tasks.setdefault(name, [])
+            for task in (output or {}).get("tasks", []):
+                if isinstance(task, str) and task.strip() and task.strip() not in tasks:
+                    tasks.append(task.strip())
+        for name, tasks in self._tasks.items():
+            if not tasks:
+                logger.warning("Brainstorming for %s gave no usable task; using the generic one", name)
+        report.brainstormed_tasks = {name: tasks for name, tasks in self._tasks.items()}
+        return self._tasks
+
+    def _jobs(self, corpus: Dataset, report: SynthesisReport) -> list[_Job]:
+        tasks = self.brainstormed_tasks(report)
+        corpus_languages = sorted(set(corpus["language"]))
+        order = list(range(len(corpus)))
+        random.Random(derive_seed(self.seed, "order")).shuffle(order)
+        jobs = []
+        for position in order:
+            document = corpus[position]
+            language = document["language"]
+            targets = [code for code in (self.target_languages or corpus_languages) if code != language]
+            applicable = [t for t in self.templates if t.applies_to(document) and (targets or not t.cross_lingual)]
+            rng = random.Random(derive_seed(self.seed, "templates", document["id"]))
+            for template in rng.sample(applicable, min(self.pairs_per_document, len(applicable))):
+                seed = derive_seed(self.seed, document["id"], template.name)
+                draw = random.Random(seed)
+                target = draw.choice(targets) if template.cross_lingual else language
+                context = {
+                    "passage": document["text"],
+                    "title": document["title"],
+                    "language": language,
+                    "language_name": language_name(language),
+                    "target_language": target,
+                    "target_language_name": language_name(target),
+                    "task_type": template.task_type,
+                    "task": draw.choice(tasks.get(template.name) or [DEFAULT_TASK]),
+                }
+                context.update({name: draw.choice(values) for name, values in sorted(template.variables.items())})
+                jobs.append(_Job(len(jobs), document, template, (language, template.task_type), context, seed))
+        return jobs
+
+    # -- caps ---------------------------------------------------------------------------------------------------
+
+    def _room(self, bucket: tuple[str, str], accepted: Counter, picked: Counter) -> float:
+        language, task = bucket
+        room = float("inf")
+        if self.max_per_language is not None:
+            room = min(room, self.max_per_language - accepted["l", language] - picked["l", language])
+        if self.max_per_task is not None:
+            room = min(room, self.max_per_task - accepted["t", task] - picked["t", task])
+        return room
+
+    def _next_chunk(self, queues: dict[tuple[str, str], deque[_Job]], accepted: Counter) -> list[_Job]:
+        """Up to ``chunk_size`` jobs, round-robin over buckets, none beyond a bucket's remaining room."""
+        chunk: list[_Job] = []
+        picked: Counter = Counter()
+        for bucket in [b for b, queue in queues.items() if self._room(b, accepted, Counter()) <= 0]:
+            queues[bucket].clear()  # full for good
+        while len(chunk) < self.chunk_size:
+            progressed = False
+            for bucket, queue in sorted(queues.items()):
+                if queue and len(chunk) < self.chunk_size and self._room(bucket, accepted, picked) > 0:
+                    chunk.append(queue.popleft())
+                    picked["l", bucket[0]] += 1
+                    picked["t", bucket[1]] += 1
+                    progressed = True
+            if not progressed:
+                break
+        return sorted(chunk, key=lambda job: job.index)
+
+    # -- the run ------------------------------------------------------------------------------------------------
+
+    def generate(self, corpus: Dataset) -> tuple[Dataset, SynthesisReport]:
+        """Pairs from ``corpus`` (columns ``id``, ``text``, ``title``, ``language``; see
+        :func:`~st_retrofit.synth.load_corpus`), with provenance columns :data:`OUTPUT_COLUMNS`, and the report."""
+        from datasets import Dataset
+
+        report = SynthesisReport(documents=len(corpus))
+        jobs = self._jobs(corpus, report)
+        report.jobs = len(jobs)
+        queues: dict[tuple[str, str], deque[_Job]] = defaultdict(deque)
+        for job in jobs:
+            queues[job.bucket].append(job)
+        validator, accepted, rows = PairValidator(self.validation), Counter(), []
+        while chunk := self._next_chunk(queues, accepted):
+            for job in chunk:
+                job.request = self._request(job.template, job.context, job.seed)
+            answers = self._run([job.request for job in chunk], report, "Generating")
+            for job in chunk:
+                answer = answers.get(job.request.key)
+                if answer is None:
+                    continue
+                language, task = job.bucket
+                if self._room(job.bucket, accepted, Counter()) <= 0:
+                    continue
+                pair, rule = validator.check(job.template, answer, job.context)
+                if pair is None:
+                    report.rejected[rule] += 1
+                    if len(report.rejected_examples[rule]) < 3:
+                        report.rejected_examples[rule].append(f"[{job.template.name}] {answer[:300]}")
+                    continue
+                accepted["l", language] += 1
+                accepted["t", task] += 1
+                report.accepted[language, task] += 1
+                backend = self._backend_for(job.template)
+                rows.append(
+                    {
+                        **pair,
+                        "id": job.document["id"],
+                        "language": language,
+                        "query_language": job.context["target_language"]
+                        if job.template.languages.get("query") == "target"
+                        else language,
+                        "task": task,
+                        "template": job.template.name,
+                        "backend": backend.kind,
+                        "model": backend.model,
+                        "seed": job.request.seed,
+                    }
+                )
+        logger.info(
+            "Synthesized %d pairs from %d documents (%d requests: %s; rejected: %s)",
+            len(rows), len(corpus), len(jobs), dict(report.requests), dict(report.rejected) or "none",
+        )  # fmt: skip
+        data = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in OUTPUT_COLUMNS})
+        return data.select_columns(list(OUTPUT_COLUMNS)), report
