@@ -228,11 +228,10 @@ class SyntheticDataGenerator:
     def _jobs(self, corpus: Dataset, report: SynthesisReport) -> list[_Job]:
         tasks = self.brainstormed_tasks(report)
         corpus_languages = sorted(set(corpus["language"]))
-        order = list(range(len(corpus)))
-        random.Random(derive_seed(self.seed, "order")).shuffle(order)
+        documents = corpus.to_list()  # one read; row-by-row access to a Dataset costs a lookup per row
+        random.Random(derive_seed(self.seed, "order")).shuffle(documents)
         jobs = []
-        for position in order:
-            document = corpus[position]
+        for document in documents:
             language = document["language"]
             targets = [code for code in (self.target_languages or corpus_languages) if code != language]
             applicable = [t for t in self.templates if t.applies_to(document) and (targets or not t.cross_lingual)]
@@ -307,8 +306,6 @@ class SyntheticDataGenerator:
                 if answer is None:
                     continue
                 language, task = job.bucket
-                if self._room(job.bucket, accepted, Counter()) <= 0:
-                    continue
                 pair, rule = validator.check(job.template, answer, job.context)
                 if pair is None:
                     report.rejected[rule] += 1

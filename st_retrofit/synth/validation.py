@@ -28,14 +28,34 @@ MIN_COPIED_CHARS = 20
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
+def json_object_end(text: str) -> int | None:
+    """The index just past the first complete top-level JSON object in ``text`` (braces in strings ignored)."""
+    depth, in_string, escaped, started = 0, False, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            depth, started = depth + 1, True
+        elif ch == "}" and started:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
 def parse_json_answer(text: str, schema: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """The first JSON object in ``text`` that ``schema`` accepts, and ``None``; or ``None`` and the rule it broke.
 
     Models wrap JSON in code fences or prose, or write several objects; each candidate object is tried in order.
     """
     from jsonschema import Draft202012Validator
-
-    from st_retrofit.synth.backends.transformers_local import json_object_end
 
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     objects = []

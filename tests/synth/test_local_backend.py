@@ -6,7 +6,8 @@ import pytest
 
 from st_retrofit.recipe import BrainstormConfig, ValidationConfig
 from st_retrofit.synth import ResponseCache, SyntheticDataGenerator, TemplateLibrary, TransformersBackend, load_corpus
-from st_retrofit.synth.backends.transformers_local import json_object_end, json_prefill
+from st_retrofit.synth.backends.transformers_local import json_prefill
+from st_retrofit.synth.validation import json_object_end
 
 
 def test_the_json_prefill_opens_the_first_required_key_and_the_scanner_finds_the_object_end():

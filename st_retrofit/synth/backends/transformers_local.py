@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend, SynthBackendError
+from st_retrofit.synth.validation import json_object_end
 
 logger = logging.getLogger(__name__)
 
@@ -73,28 +74,6 @@ def json_prefill(schema: dict[str, Any] | None) -> str:
     first = required[0]
     kind = (schema.get("properties") or {}).get(first, {}).get("type")
     return f'{{"{first}": "' if kind == "string" else f'{{"{first}": '
-
-
-def json_object_end(text: str) -> int | None:
-    """The index just past the first complete top-level JSON object in ``text`` (braces in strings ignored)."""
-    depth, in_string, escaped, started = 0, False, False, False
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "{":
-            depth, started = depth + 1, True
-        elif ch == "}" and started:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
 
 
 class TransformersBackend(SynthBackend):
