@@ -331,6 +331,11 @@ class SyntheticDataGenerator:
                         "seed": job.request.seed,
                     }
                 )
+        if report.requests["failed"] and not report.requests["generated"] + report.requests["cached"]:
+            raise SynthBackendError(
+                f"all {report.requests['failed']} requests to {self.backend!r} failed after retries "
+                f"({dict(report.errors)}); check that the server is up"
+            )
         logger.info(
             "Synthesized %d pairs from %d documents (%d requests: %s; rejected: %s)",
             len(rows), len(corpus), len(jobs), dict(report.requests), dict(report.rejected) or "none",

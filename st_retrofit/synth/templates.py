@@ -271,9 +271,9 @@ class TemplateLibrary:
                     if t.kind != "brainstorm" and selector in ("all", t.task_type) and kind in (None, t.kind)
                 ]  # fmt: skip
             if not matches:
-                names = [t.name for t in self if t.kind != "brainstorm"] + self.task_types
+                names = sorted({t.name for t in self if t.kind != "brainstorm"} | set(self.task_types))
                 close = difflib.get_close_matches(selector, names, n=3)
-                hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(set(names)))}"
+                hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names)}"
                 of_kind = f" with {kind} templates" if kind else ""
                 raise KeyError(f"no template or task type{of_kind} named {selector!r}; {hint}")
             chosen.update((t.name, t) for t in matches)
