@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from st_retrofit.pipeline import STAGES, StageError, run_pipeline, run_stage
+from st_retrofit.distributed import is_main_process
+from st_retrofit.pipeline import STAGES, StageError, run_pipeline, run_stage, write_manifest
 from st_retrofit.publish import PublishError
 from st_retrofit.recipe import RecipeError, load_recipe
 
@@ -102,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             outputs = run_pipeline(recipe, stages=stages, force=args.force)
         else:
             outputs = {args.command: run_stage(recipe, args.command, force=args.force)}
+            if is_main_process():
+                write_manifest(recipe)
     except (RecipeError, StageError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not is_main_process():
+        return 0
 
     table = recipe.run_dir / "eval" / "results.md"
     if "eval" in outputs and table.is_file():

@@ -1,7 +1,8 @@
 """Run the stages of a recipe in order: synth -> mine -> train -> eval -> publish.
 
 Every stage writes into its own folder of the run folder and records a ``stage.json`` with a fingerprint: the hash
-of the recipe sections it reads plus the fingerprints of the stages it depends on. A stage whose finished
+of the recipe sections it reads, a content hash of the local files it reads (corpus, data sources, models given as
+folders), and the fingerprints of the stages it depends on. A stage whose finished
 fingerprint matches is skipped; a stage that was interrupted with the same fingerprint is resumed in place (the
 trainer continues from its last checkpoint, the miner reuses its embedding cache); a stage whose inputs changed
 starts from an empty folder.
@@ -9,6 +10,8 @@ starts from an empty folder.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -56,9 +59,16 @@ def _synth(recipe: Recipe, run_dir: Path) -> Path:
 
 
 def _mine(recipe: Recipe, run_dir: Path) -> Path:
+    from st_retrofit.data import DataSourceError, training_pairs
     from st_retrofit.mining import mine_stage
 
-    return mine_stage(recipe.mining, recipe.seed, run_dir / "synth" / "dataset", run_dir / "mine")
+    try:
+        pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
+    except DataSourceError as exc:
+        raise RecipeError(f"data.{exc.key}", exc.message) from None
+    (run_dir / "mine").mkdir(parents=True, exist_ok=True)
+    (run_dir / "mine" / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
+    return mine_stage(recipe.mining, recipe.seed, pairs, run_dir / "mine")
 
 
 def _train(recipe: Recipe, run_dir: Path) -> Path:
@@ -84,14 +94,55 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         Stage("synth", ("synth",), (), _synth),
-        Stage("mine", ("mining",), ("synth",), _mine),
+        Stage("mine", ("data", "mining"), ("synth",), _mine),
         Stage("train", ("model", "mixing", "train"), ("mine",), _train),
         Stage("eval", ("model", "eval"), ("synth", "train"), _eval),
         Stage(
-            "publish", ("publish", "synth", "mining", "mixing", "model", "train"), ("train",), _publish, uses=("eval",)
+            "publish",
+            ("publish", "synth", "data", "mining", "mixing", "model", "train"),
+            ("train",),
+            _publish,
+            uses=("eval",),
         ),
     )
 }
+
+
+def local_inputs(recipe: Recipe, name: str) -> list[str]:
+    """The local files and folders a stage reads besides the recipe (corpus, data sources, template folders, models
+    given as folders); their contents count in the stage's fingerprint."""
+    from st_retrofit.data import is_local
+
+    paths: list[str] = []
+    if name == "synth" and recipe.synth.source == "corpus":
+        paths += [recipe.synth.corpus.path] + list(recipe.synth.template_dirs)
+    if name == "mine":
+        paths += [source.path for source in recipe.data.sources]
+        paths += [recipe.mining.teacher] + ([recipe.mining.cross_encoder] if recipe.mining.cross_encoder else [])
+    if name in ("train", "eval"):
+        paths.append(recipe.model.base)
+    return [path for path in paths if path and not path.startswith("offline:") and is_local(path)]
+
+
+def _stat_signature(path: Path) -> tuple:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
+
+
+@functools.lru_cache(maxsize=256)
+def _content_hash(path: str, signature: tuple) -> str:
+    from st_retrofit.data import content_hash
+
+    return content_hash([path])
+
+
+def inputs_hash(recipe: Recipe, name: str) -> str:
+    """A content hash of :func:`local_inputs` (hashed once per process while size and mtime stay the same)."""
+    parts = []
+    for path in local_inputs(recipe, name):
+        resolved = Path(path).expanduser().resolve()
+        parts.append(_content_hash(str(resolved), _stat_signature(resolved)))
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16] if parts else "-"
 
 
 def stage_state(run_dir: Path, name: str) -> dict:
@@ -100,9 +151,11 @@ def stage_state(run_dir: Path, name: str) -> dict:
 
 
 def fingerprint(recipe: Recipe, name: str) -> str:
-    """The stage's own sections plus, recursively, the fingerprints of the stages it reads."""
+    """The stage's own sections, the contents of its local input files, and, recursively, the fingerprints of the
+    stages it reads."""
     stage = STAGES[name]
-    parts = [recipe.section_hash(*stage.sections)] + [fingerprint(recipe, need) for need in stage.needs]
+    parts = [recipe.section_hash(*stage.sections), inputs_hash(recipe, name)]
+    parts += [fingerprint(recipe, need) for need in stage.needs]
     parts += [fingerprint(recipe, use) if is_up_to_date(recipe, use) else "-" for use in stage.uses]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
@@ -113,8 +166,19 @@ def is_up_to_date(recipe: Recipe, name: str) -> bool:
     return state.get("status") == "done" and state.get("fingerprint") == fingerprint(recipe, name)
 
 
+# Stages that every process of a distributed launch runs; the others run on the main process while the rest wait.
+DISTRIBUTED_STAGES = ("train",)
+
+
 def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
-    """Run one stage (its inputs must be up to date) and return its main output."""
+    """Run one stage (its inputs must be up to date) and return its main output.
+
+    Under ``torchrun`` / ``accelerate launch`` the ``train`` stage runs in every process (the trainer shards the
+    batches, DDP or DeepSpeed syncs the gradients) and the other stages run in the main process while the rest
+    wait; only the main process writes ``stage.json`` and the exported model.
+    """
+    from st_retrofit.distributed import barrier, is_distributed, is_main_process
+
     stage, run_dir = STAGES[name], recipe.run_dir
     for need in stage.needs:
         if not is_up_to_date(recipe, need):
@@ -127,15 +191,23 @@ def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
     if not force and state.get("status") == "done" and state.get("fingerprint") == fp:
         logger.info("Stage %s is up to date (%s), skipping", name, fp)
         return Path(state["output"])
-    if force or state.get("fingerprint") != fp:
-        shutil.rmtree(folder, ignore_errors=True)
-    elif state.get("status") == "running":
-        logger.info("Resuming interrupted stage %s", name)
-    folder.mkdir(parents=True, exist_ok=True)
+    main, everywhere = is_main_process(), name in DISTRIBUTED_STAGES
+    if is_distributed() and not everywhere:
+        logger.warning("Stage %s runs in the main process only; the other processes wait for it", name)
     started = time.time()
-    (folder / "stage.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
-    logger.info("Running stage %s", name)
-    output = stage.run(recipe, run_dir)
+    if main:
+        if force or state.get("fingerprint") != fp:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif state.get("status") == "running":
+            logger.info("Resuming interrupted stage %s", name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "stage.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
+        logger.info("Running stage %s", name)
+    barrier()
+    output = stage.run(recipe, run_dir) if main or everywhere else None
+    barrier()
+    if not main:
+        return Path(stage_state(run_dir, name)["output"])
     seconds = round(time.time() - started, 1)
     record = {"status": "done", "fingerprint": fp, "output": str(output), "seconds": seconds}
     (folder / "stage.json").write_text(json.dumps(record, indent=2))
@@ -143,22 +215,109 @@ def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
     return output
 
 
+MANIFEST_PACKAGES = (
+    "st-retrofit", "sentence-transformers", "transformers", "torch", "peft", "accelerate", "datasets",
+    "huggingface-hub", "mteb", "tokenizers", "faiss-cpu", "openai", "deepspeed",
+)  # fmt: skip
+
+
+def git_state(folder: Path | None = None) -> dict | None:
+    """``{"commit": ..., "dirty": bool}`` of the git checkout holding ``folder`` (default: the working directory),
+    or ``None`` outside one."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict:
+    """Processor, memory and accelerators of this machine, and the distributed world size."""
+    import os
+    import platform
+
+    import torch
+
+    info: dict = {
+        "machine": platform.machine(),
+        "system": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpus"] = [
+            {
+                "name": torch.cuda.get_device_name(i),
+                "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+    return info
+
+
+def dataset_fingerprints(run_dir: Path) -> dict:
+    """``{stage/folder: {split: fingerprint}}`` of every dataset the stages saved, read from their state files."""
+    found: dict[str, dict[str, str]] = {}
+    for state in sorted(run_dir.glob("*/*/**/state.json")):
+        try:
+            fingerprint = json.loads(state.read_text())["_fingerprint"]
+        except (ValueError, KeyError):
+            continue
+        folder = state.parent
+        dataset = folder.parent if (folder.parent / "dataset_dict.json").exists() else folder
+        split = folder.name if dataset is not folder else "-"
+        found.setdefault(str(dataset.relative_to(run_dir)), {})[split] = fingerprint
+    return found
+
+
 def write_manifest(recipe: Recipe) -> Path:
-    """``manifest.json`` in the run folder: package versions, the recipe and each stage's fingerprint."""
+    """``manifest.json`` in the run folder: what is needed to say how a result was made and to make it again.
+
+    The recipe and its hash, the seeds, package versions, the git commit of the working directory (and whether it
+    had uncommitted changes), the hardware, each stage's state and fingerprint, the fingerprints of every saved
+    dataset, and the training-data sources (``mine/sources.json``).
+    """
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
     packages = {}
-    for package in ("st-retrofit", "sentence-transformers", "transformers", "peft", "torch", "datasets"):
+    for package in MANIFEST_PACKAGES:
         try:
             packages[package] = version(package)
         except PackageNotFoundError:
             packages[package] = None
+    sources = recipe.run_dir / "mine" / "sources.json"
     manifest = {
         "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.section_hash(
+            *(f.name for f in dataclasses.fields(recipe) if f.name not in ("name", "output_dir"))
+        ),
+        "seeds": {
+            "seed": recipe.seed,
+            "train.args.seed": recipe.train.args.get("seed", recipe.seed),
+            "train.args.data_seed": recipe.train.args.get("data_seed"),
+        },
         "python": platform.python_version(),
-        "packages": packages,
+        "packages": {name: v for name, v in packages.items() if v is not None},
+        "git": git_state(),
+        "hardware": hardware(),
         "stages": {name: stage_state(recipe.run_dir, name) for name in STAGES},
+        "datasets": dataset_fingerprints(recipe.run_dir),
+        "sources": json.loads(sources.read_text()) if sources.is_file() else {},
     }
     path = recipe.run_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2))
@@ -179,11 +338,16 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, force: bool = 
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise StageError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, recipe.run_dir / "recipe.yaml")
+    from st_retrofit.distributed import barrier, is_main_process
+
+    if is_main_process():
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, recipe.run_dir / "recipe.yaml")
     outputs = {}
     for name in STAGES:
         if name in selected:
             outputs[name] = run_stage(recipe, name, force=force)
-    write_manifest(recipe)
+    if is_main_process():
+        write_manifest(recipe)
+    barrier()
     return outputs

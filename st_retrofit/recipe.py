@@ -1,7 +1,7 @@
 """Recipes: typed dataclasses that a YAML file maps onto one to one.
 
-Each top-level YAML section is one dataclass (``model``, ``synth``, ``mining``, ``mixing``, ``train``, ``eval``,
-``publish``) and its keys are exactly the field names. :func:`load_recipe` rejects unknown keys (with a close
+Each top-level YAML section is one dataclass (``model``, ``synth``, ``data``, ``mining``, ``mixing``, ``train``,
+``eval``, ``publish``) and its keys are exactly the field names. :func:`load_recipe` rejects unknown keys (with a close
 match), wrong types, impossible values, missing files and unknown models before any heavy work, with one line
 naming the key:
 
@@ -325,6 +325,77 @@ class SynthConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """One source of training pairs besides the synth stage (an entry of recipe section ``data.sources``).
+
+    Args:
+        name: what the rows' ``source`` column says (and their ``task`` unless set), e.g. ``msmarco``.
+        path: a Hub dataset (``sentence-transformers/msmarco``), a jsonl/json/parquet/csv/tsv file or a folder
+            saved by ``datasets``.
+        config_name: the Hub dataset's configuration (subset).
+        split: the split to read.
+        revision: a Hub commit, tag or branch; pin it for a reproducible run (the manifest records the dataset
+            fingerprint either way).
+        columns: our column -> the source's column, for ``query``, ``document`` and optionally ``language`` and
+            ``task`` (e.g. ``{query: question, document: answer}``).
+        language: the language code of every row when no ``language`` column is mapped; ``null`` identifies it
+            from the document.
+        task: the task of every row when no ``task`` column is mapped; ``null`` = ``name``.
+        max_rows: keep a seeded random sample of at most this many rows.
+    """
+
+    name: str = field(default="", metadata={"help": "Source name (source and default task column)."})
+    path: str = field(default="", metadata={"help": "Hub dataset, file or datasets folder."})
+    config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    split: str = field(default="train", metadata={"help": "Split to read."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision to pin."})
+    columns: dict[str, str] = field(default_factory=dict, metadata={"help": "Our column -> source column."})
+    language: str | None = field(default=None, metadata={"help": "Language of every row."})
+    task: str | None = field(default=None, metadata={"help": "Task of every row; null = name."})
+    max_rows: int | None = field(default=None, metadata={"help": "Rows kept, at most (seeded sample)."})
+
+    def __post_init__(self) -> None:
+        from st_retrofit.data import MAPPABLE
+
+        _require(
+            bool(self.name) and "/" not in self.name, "name", f"expected a short name like msmarco, got {self.name!r}"
+        )
+        _require(bool(self.path), "path", "expected a Hub dataset name, a file or a datasets folder")
+        for key, value in self.columns.items():
+            close = difflib.get_close_matches(key, MAPPABLE, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            _require(key in MAPPABLE, f"columns.{key}", f"not a column we read{hint}; map {', '.join(MAPPABLE)}")
+            _require(
+                isinstance(value, str) and bool(value), f"columns.{key}", f"expected a column name, got {value!r}"
+            )
+        _require(
+            self.max_rows is None or self.max_rows >= 1, "max_rows", f"expected >= 1 or null, got {self.max_rows}"
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where the training pairs come from (recipe section ``data``; see :mod:`st_retrofit.data`).
+
+    Args:
+        synthetic: train on the synth stage's train split (its ``eval`` split is evaluated either way).
+        sources: Hub datasets and local files added to it, each mapped onto ``query``/``document``.
+    """
+
+    synthetic: bool = field(default=True, metadata={"help": "Use the synth stage's pairs."})
+    sources: list[DataSourceConfig] = field(default_factory=list, metadata={"help": "Extra pair sources."})
+
+    def __post_init__(self) -> None:
+        names = [source.name for source in self.sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        _require(not duplicates, "sources", f"source names must be unique; repeated: {duplicates}")
+        _require(
+            "synthetic" not in names, "sources", "'synthetic' names the synth stage's rows; call the source otherwise"
+        )
+        _require(self.synthetic or bool(self.sources), "synthetic", "false leaves no training pairs; add sources")
+
+
+@dataclass
 class SearchConfig:
     """Nearest-neighbour search for mining (recipe section ``mining.search``).
 
@@ -612,6 +683,7 @@ class Recipe:
     output_dir: str = field(default="runs", metadata={"help": "Parent folder of run folders."})
     model: ModelConfig = field(default_factory=ModelConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -767,6 +839,9 @@ def _check_environment(recipe: Recipe) -> None:
 
     if recipe.synth.source == "corpus":
         _check_synth(recipe.synth)
+    for i, source in enumerate(recipe.data.sources):
+        if source.path.startswith((".", "/", "~")) and not Path(source.path).expanduser().exists():
+            raise RecipeError(f"data.sources[{i}].path", f"{source.path} does not exist")
 
     if recipe.publish.card_template is not None and not Path(recipe.publish.card_template).is_file():
         raise RecipeError("publish.card_template", f"file {recipe.publish.card_template} does not exist")

@@ -67,8 +67,10 @@ def training_arguments(recipe: Recipe, output_dir: str) -> SentenceTransformerTr
     """``SentenceTransformerTrainingArguments`` from the defaults above, ``train.args`` and the recipe seed."""
     import inspect
 
+    import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
+    from st_retrofit.distributed import is_distributed
     from st_retrofit.recipe import RecipeError
 
     accepted = inspect.signature(SentenceTransformerTrainingArguments).parameters
@@ -80,6 +82,9 @@ def training_arguments(recipe: Recipe, output_dir: str) -> SentenceTransformerTr
         if key in SET_BY_MIXING:
             raise RecipeError(f"train.args.{key}", f"set by the mixing section; use {SET_BY_MIXING[key]} instead")
     kwargs = {**DEFAULT_TRAINING_ARGS, "seed": recipe.seed, **recipe.train.args}
+    if is_distributed() and not torch.cuda.is_available():
+        # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
+        kwargs.setdefault("use_cpu", True)
     try:
         return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
     except (ValueError, TypeError) as exc:
@@ -216,11 +221,15 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
         result = trainer.train(resume_from_checkpoint=last)
     except MixingSettingError as exc:  # raised while the first dataloader is built, before any step
         raise RecipeError(f"mixing.{exc.key}", exc.message) from None
-    (output_dir / "train_metrics.json").write_text(json.dumps(result.metrics, indent=2), encoding="utf-8")
+    model_dir = output_dir / "model"
+    if not trainer.is_world_process_zero():
+        # Under a distributed launch, the main process exports; the others are done once the trainer is.
+        return model_dir
+    metrics = {**result.metrics, "world_size": args.world_size}
+    (output_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     if mixing.sampler is not None:
         write_mixture_report(mixing.sampler, collator, output_dir)
 
-    model_dir = output_dir / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
     if recipe.model.lora is not None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KEY_DTYPE = np.dtype("S16")
+BATCHES_PER_CALL = 16  # batches handed to one encode() call
 Role = Literal["query", "document"]
 
 
@@ -208,9 +209,12 @@ class EmbeddingCache:
     # -- encoding --------------------------------------------------------------------------------------------------
     def _length_order(self, texts: list[str]) -> np.ndarray:
         """Texts ordered by token count, longest first, so each batch pads to almost nothing. ``encode`` sorts by
-        character count, which in scripts with long words or many short ones misjudges the padding."""
+        character count, which in scripts with long words or many short ones misjudges the padding.
+
+        On an accelerator the forward pass is cheap next to tokenization, and counting tokens would tokenize every
+        text twice (measured on an H100: +35% encoding time with MiniLM), so there it sorts by characters too."""
         tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None:
+        if tokenizer is None or self.model.device.type != "cpu":
             lengths = np.array([len(t) for t in texts])
         else:
             lengths = np.empty(len(texts), dtype=np.int64)
@@ -222,12 +226,12 @@ class EmbeddingCache:
                 lengths = np.minimum(lengths, self.max_seq_length)
         return np.lexsort((np.arange(len(texts)), -lengths))
 
-    def _encode_batch(self, batch: list[str]) -> np.ndarray:
+    def _encode_batches(self, texts: list[str], batch_size: int) -> np.ndarray:
         encode = self.model.encode_query if self.role == "query" else self.model.encode_document
         return encode(
-            batch,
+            texts,
             prompt=self.prompt,
-            batch_size=len(batch),
+            batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
@@ -251,6 +255,7 @@ class EmbeddingCache:
             order = self._length_order(missing_texts)
             # Whole batches per shard keep the batch boundaries independent of where a previous run stopped.
             per_shard = max(batch_size, self.shard_size // batch_size * batch_size)
+            step = batch_size * BATCHES_PER_CALL
             progress = tqdm(
                 total=len(order),
                 desc="Encoding queries" if self.role == "query" else "Encoding documents",
@@ -260,10 +265,11 @@ class EmbeddingCache:
             for shard_start in range(0, len(order), per_shard):
                 shard_order = order[shard_start : shard_start + per_shard]
                 parts = []
-                for start in range(0, len(shard_order), batch_size):
-                    batch = [missing_texts[i] for i in shard_order[start : start + batch_size]]
-                    parts.append(self._encode_batch(batch).astype(np.float16))
-                    progress.update(len(batch))
+                # Several batches per encode call: on a GPU, one call per batch costs more than the forward pass.
+                for start in range(0, len(shard_order), step):
+                    chunk = [missing_texts[i] for i in shard_order[start : start + step]]
+                    parts.append(self._encode_batches(chunk, batch_size).astype(np.float16))
+                    progress.update(len(chunk))
                 self._commit(np.concatenate(parts), missing_keys[shard_order])
                 self.encoded += len(shard_order)
             progress.close()

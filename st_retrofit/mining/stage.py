@@ -11,13 +11,16 @@ from st_retrofit.mining.miner import DOCUMENT_COLUMN, QUERY_COLUMN, HardNegative
 from st_retrofit.mining.report import plot_score_distributions
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from st_retrofit.recipe import MiningConfig
 
 logger = logging.getLogger(__name__)
 
 
-def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, output_dir: str | Path) -> Path:
-    """Mine the train split written by the synth stage.
+def mine_stage(config: MiningConfig, seed: int, pairs: Dataset | str | Path, output_dir: str | Path) -> Path:
+    """Mine ``pairs``: a ``Dataset`` (:func:`st_retrofit.data.training_pairs`) or a folder saved by the synth stage,
+    whose ``train`` split is read.
 
     Writes ``dataset`` (one split per group), ``corpus`` (the texts ``negative_ids`` index), ``report.json``,
     ``score_distributions.png``, and ``work/`` (shards and indexes; a rerun after a kill continues from them).
@@ -27,7 +30,8 @@ def mine_stage(config: MiningConfig, seed: int, synth_dataset: str | Path, outpu
     from st_retrofit.models import load_model
 
     output_dir = Path(output_dir)
-    pairs = load_from_disk(str(synth_dataset))["train"]
+    if isinstance(pairs, (str, Path)):
+        pairs = load_from_disk(str(pairs))["train"]
     path = output_dir / "dataset"
     if not config.enabled:
         DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])}).save_to_disk(str(path))

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPTIONAL_DEFAULTS = {"title_column": "title", "language_column": "language", "id_column": "id"}
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
 
 class CorpusError(ValueError):
@@ -28,32 +27,12 @@ class CorpusError(ValueError):
 
 
 def _read(source: str | Path, split: str, config_name: str | None) -> Dataset:
-    import datasets
+    from st_retrofit.data import DataSourceError, read_dataset
 
-    path = Path(source).expanduser()
-    if path.is_file():
-        fmt = FILE_FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise CorpusError("path", f"{path}: unknown file type {path.suffix!r}; use {', '.join(FILE_FORMATS)}")
-        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            data = datasets.load_from_disk(str(path))
-            if isinstance(data, datasets.DatasetDict):
-                if split not in data:
-                    raise CorpusError("split", f"{path} has the splits {list(data)}, not {split!r}")
-                data = data[split]
-            return data
-        return datasets.load_dataset(str(path), split=split)
-    if str(source).startswith((".", "/", "~")):
-        raise CorpusError("path", f"{source} does not exist")
     try:
-        return datasets.load_dataset(str(source), config_name, split=split)
-    except Exception as exc:  # the Hub client raises many types; all mean "cannot read this name"
-        raise CorpusError(
-            "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
-        ) from None
+        return read_dataset(source, split, config_name)
+    except DataSourceError as exc:
+        raise CorpusError(exc.key, exc.message) from None
 
 
 def load_corpus(

@@ -69,15 +69,15 @@ def test_an_encoding_run_killed_midway_keeps_finished_shards_and_resumes_to_the_
     expected = uninterrupted.encode(TEXTS, batch_size=4, show_progress_bar=False).read()
 
     cache = EmbeddingCache(tmp_path / "b", tiny_model, "document", shard_size=8)
-    real, calls = cache._encode_batch, []
+    real, calls = cache._encode_batches, []
 
-    def dies_on_the_seventh_batch(batch):
-        calls.append(len(batch))
-        if len(calls) == 7:
+    def dies_in_the_fourth_call(texts, batch_size):
+        calls.append(len(texts))
+        if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(batch)
+        return real(texts, batch_size)
 
-    monkeypatch.setattr(cache, "_encode_batch", dies_on_the_seventh_batch)
+    monkeypatch.setattr(cache, "_encode_batches", dies_in_the_fourth_call)
     with pytest.raises(KeyboardInterrupt):
         cache.encode(TEXTS, batch_size=4, show_progress_bar=False)
     assert len(list(cache.folder.glob("*.keys.npy"))) == 3  # 3 shards of 8 texts were committed

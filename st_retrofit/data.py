@@ -1,0 +1,184 @@
+"""Training pairs from outside the synth stage: Hub datasets and local files, mapped onto ``query``/``document``.
+
+The recipe's ``data.sources`` list names each source (a Hub dataset with its configuration, split and revision, a
+jsonl/json/parquet/csv/tsv file, or a folder saved by ``datasets``) and how its columns map onto ours. The ``mine``
+stage reads :func:`training_pairs`: the synth stage's train split (unless ``data.synthetic`` is false) followed by
+every source, in the columns ``query``, ``document``, ``language``, ``task`` and ``source``, so that mining can
+scope negatives to a source (``mining.group_by: source``) and the collator can prompt per task.
+
+This is the "En-Mix + Mul-Syn" of the retrofitting paper: public English retrieval sets next to the multilingual
+synthetic pairs, mined with one teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from st_retrofit.recipe import DataConfig, DataSourceConfig
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+PAIR_COLUMNS = ("query", "document", "language", "task", "source")
+MAPPABLE = ("query", "document", "language", "task")
+
+
+class DataSourceError(ValueError):
+    """A data source problem, naming the setting (``path``, ``columns.query``...) and the fix."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
+def is_local(path: str) -> bool:
+    """Whether ``path`` names a local file or folder rather than a Hub dataset (which looks like ``org/name``)."""
+    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+
+
+def read_dataset(
+    source: str | Path, split: str = "train", config_name: str | None = None, revision: str | None = None
+):
+    """A ``Dataset`` from a file (by suffix), a folder saved by ``datasets``, a data folder, or a Hub dataset.
+
+    Raises:
+        DataSourceError: ``path`` (missing, unknown type, unreadable) or ``split`` (not in the folder).
+    """
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        fmt = FILE_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataSourceError("path", f"{path}: unknown file type {path.suffix!r}; use {', '.join(FILE_FORMATS)}")
+        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            data = datasets.load_from_disk(str(path))
+            if isinstance(data, datasets.DatasetDict):
+                if split not in data:
+                    raise DataSourceError("split", f"{path} has the splits {list(data)}, not {split!r}")
+                data = data[split]
+            return data
+        return datasets.load_dataset(str(path), split=split)
+    if str(source).startswith((".", "/", "~")):
+        raise DataSourceError("path", f"{source} does not exist")
+    try:
+        return datasets.load_dataset(str(source), config_name, split=split, revision=revision)
+    except Exception as exc:  # the Hub client raises many types; all mean "cannot read this name"
+        raise DataSourceError(
+            "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def load_source(config: DataSourceConfig, seed: int = 0) -> Dataset:
+    """One source as ``query``, ``document``, ``language``, ``task``, ``source`` rows.
+
+    ``config.columns`` maps our column names to the source's (``{query: question, document: positive}``); a
+    ``language`` or ``task`` column may be mapped too, else ``config.language`` / ``config.task`` (default: the
+    source's name) fill them, and without either the language is identified from the document. Rows with an empty
+    query or document are dropped; ``max_rows`` keeps a seeded random sample.
+
+    Raises:
+        DataSourceError: naming ``path``, ``split`` or ``columns.<name>`` (with the columns the source has).
+    """
+    from st_retrofit.synth.languages import identify_language, normalize_language
+
+    data = read_dataset(config.path, config.split, config.config_name, config.revision)
+    mapping = {"query": "query", "document": "document", **config.columns}
+    available = data.column_names
+    for ours, theirs in mapping.items():
+        if theirs not in available:
+            raise DataSourceError(
+                f"columns.{ours}", f"{config.path} has no column {theirs!r}; its columns are {available}"
+            )
+    if config.max_rows is not None and len(data) > config.max_rows:
+        data = data.shuffle(seed=seed).select(range(config.max_rows))
+    language, task = mapping.get("language"), mapping.get("task")
+    fixed_language = normalize_language(config.language) if config.language else None
+
+    def convert(row: dict) -> dict:
+        query, document = (row[mapping[c]] for c in ("query", "document"))
+        query = query.strip() if isinstance(query, str) else ""
+        document = document.strip() if isinstance(document, str) else ""
+        if language is not None and row[language]:
+            code = normalize_language(row[language])
+        else:
+            code = fixed_language or (identify_language(document)[0] if document else "")
+        return {
+            "query": query,
+            "document": document,
+            "language": code,
+            "task": str(row[task]) if task is not None else (config.task or config.name),
+            "source": config.name,
+        }
+
+    rows = data.map(convert, remove_columns=available, desc=f"Reading {config.name}")
+    before = len(rows)
+    rows = rows.filter(lambda row: bool(row["query"]) and bool(row["document"]), desc="Dropping empty pairs")
+    if len(rows) < before:
+        logger.warning("%s: dropped %d rows with an empty query or document", config.name, before - len(rows))
+    if not len(rows):
+        raise DataSourceError("path", f"{config.path} has no row with both a query and a document")
+    return rows
+
+
+def training_pairs(data: DataConfig, synth_dataset: str | Path | None, seed: int = 0) -> tuple[Dataset, dict]:
+    """The mine stage's input: the synth stage's train split (unless ``data.synthetic`` is false) and every
+    ``data.sources`` entry, and a summary ``{source: {"rows": n, "fingerprint": ...}}`` for the run manifest.
+
+    Without sources the synth split is returned as it is (with all its columns); with sources, every part is cut
+    to :data:`PAIR_COLUMNS`, synthetic rows get ``source: synthetic`` and, without a ``task`` column, ``task:
+    synthetic``.
+
+    Raises:
+        DataSourceError: with the key under ``data.sources[i]``.
+    """
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts, summary = [], {}
+    if data.synthetic and synth_dataset is not None:
+        synthetic = load_from_disk(str(synth_dataset))["train"]
+        summary["synthetic"] = {"rows": len(synthetic), "fingerprint": synthetic._fingerprint}
+        if not data.sources:
+            return synthetic, summary
+        if "task" not in synthetic.column_names:
+            synthetic = synthetic.add_column("task", ["synthetic"] * len(synthetic))
+        synthetic = synthetic.add_column("source", ["synthetic"] * len(synthetic))
+        parts.append(synthetic.select_columns(list(PAIR_COLUMNS)))
+    for i, source in enumerate(data.sources):
+        try:
+            rows = load_source(source, seed)
+        except DataSourceError as exc:
+            raise DataSourceError(f"sources[{i}].{exc.key}", exc.message) from None
+        summary[source.name] = {"rows": len(rows), "fingerprint": rows._fingerprint, "path": source.path}
+        parts.append(rows.cast(parts[0].features) if parts else rows)
+    if not parts:
+        raise DataSourceError("sources", "no training pairs: data.synthetic is false and there are no sources")
+    logger.info("Training pairs: %s", ", ".join(f"{name} {info['rows']}" for name, info in summary.items()))
+    return concatenate_datasets(parts), summary
+
+
+def content_hash(paths: list[str | Path]) -> str:
+    """A SHA-256 over the bytes of the given files (folders: every file in them, in path order); missing paths
+    count by name. Stages fingerprint their local input files with it, so an edited corpus reruns them."""
+    digest = hashlib.sha256()
+    for entry in paths:
+        path = Path(entry).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            if not file.is_file():
+                digest.update(b"<missing>")
+                continue
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
