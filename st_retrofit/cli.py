@@ -3,6 +3,7 @@
     st-retrofit run recipes/quickstart.yaml [--stages synth,mine] [--set mining.num_negatives=5] [--force]
     st-retrofit synth|mine|train|eval|publish recipes/quickstart.yaml [--set key.path=value ...]
     st-retrofit validate recipes/quickstart.yaml
+    st-retrofit ablate recipes/ablations/hard-negatives.yaml [--set ...] [--dry-run]
     st-retrofit templates [--dir my_templates/]
 
 Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe`, :func:`st_retrofit.run_pipeline`).
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a recipe and print it resolved, touching nothing")
     _add_recipe_arguments(validate)
 
+    ablate = commands.add_parser("ablate", help="run a grid of recipe variants and plot a metric across it")
+    ablate.add_argument("ablation", help="path to an ablation YAML (recipes/ablations/)")
+    ablate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value in every variant (repeatable)",
+    )  # fmt: skip
+    ablate.add_argument("--dry-run", action="store_true", help="validate and list the variants, run nothing")
+
     templates = commands.add_parser("templates", help="list the synthesis templates (shipped and --dir)")
     templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
     return parser
@@ -77,6 +86,22 @@ def _list_templates(dirs: list[str]) -> int:
     return 0
 
 
+def _ablate(path: str, overrides: list[str], dry_run: bool) -> int:
+    from st_retrofit.ablate import load_ablation, run_ablation, variant_recipes
+
+    ablation = load_ablation(path)
+    if dry_run:
+        for name, series, x, recipe in variant_recipes(ablation, overrides):
+            changes = {**(series.overrides if series else {}), **x.overrides}
+            print(f"{name:<40} {recipe.run_dir}  {changes}")
+        print(f"{len(ablation.variants())} variants OK")
+        return 0
+    folder = run_ablation(ablation, overrides)
+    print((folder / "results.md").read_text())
+    print(f"ablation: {folder} (results.json, {ablation.metric}.png)")
+    return 0
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("st_retrofit").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -92,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "templates":
         return _list_templates(args.dirs)
+    if args.command == "ablate":
+        try:
+            return _ablate(args.ablation, args.overrides, args.dry_run)
+        except (RecipeError, StageError, PublishError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "validate":

@@ -95,13 +95,15 @@ class CorpusConfig:
     Args:
         path: a jsonl/json/parquet/csv/tsv file, a folder saved by ``datasets``, or a Hub dataset name.
         split: the split of a folder or Hub dataset.
-        config_name: the Hub dataset's configuration.
+        config_name: the Hub dataset's configuration; ``{language}`` in it reads one configuration per entry of
+            ``languages`` (``20231101.{language}`` for ``wikimedia/wikipedia``).
         text_column: the passage text.
         title_column: passage titles (optional; title templates need them).
         language_column: language codes (optional; identified from the text when absent or empty).
         id_column: document ids (optional; a hash of the text when absent).
         languages: keep only passages in these languages; ``null`` = all.
-        max_documents: read at most this many passages (after the language filter).
+        max_documents: read at most this many passages (after the language filter; per language, and streamed,
+            with a ``{language}`` configuration).
     """
 
     path: str | None = field(default=None, metadata={"help": "Corpus file, folder or Hub dataset."})
@@ -860,7 +862,7 @@ def _check_environment(recipe: Recipe) -> None:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f"; it takes {', '.join(accepted)}"
             raise RecipeError(f"train.loss_kwargs.{key}", f"not an argument of {recipe.train.loss}{hint}")
-    training_arguments(recipe, output_dir=str(recipe.run_dir / "train" / "checkpoints"))
+    training_arguments(recipe, output_dir=str(recipe.run_dir / "train" / "checkpoints"), validating=True)
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, check: bool = True) -> Recipe:

@@ -63,8 +63,17 @@ def resolve_loss_class(name: str) -> type:
     return loss_class
 
 
-def training_arguments(recipe: Recipe, output_dir: str) -> SentenceTransformerTrainingArguments:
-    """``SentenceTransformerTrainingArguments`` from the defaults above, ``train.args`` and the recipe seed."""
+# Precision settings that only a GPU can check; validation on a machine without one leaves them to the train stage.
+GPU_ONLY_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
+def training_arguments(
+    recipe: Recipe, output_dir: str, validating: bool = False
+) -> SentenceTransformerTrainingArguments:
+    """``SentenceTransformerTrainingArguments`` from the defaults above, ``train.args`` and the recipe seed.
+
+    With ``validating`` on a machine without CUDA, GPU-only precision settings are skipped, so that a GPU recipe
+    validates on a laptop or CI; the train stage checks them for real."""
     import inspect
 
     import torch
@@ -85,10 +94,19 @@ def training_arguments(recipe: Recipe, output_dir: str) -> SentenceTransformerTr
     if is_distributed() and not torch.cuda.is_available():
         # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
         kwargs.setdefault("use_cpu", True)
+    if validating and not torch.cuda.is_available():
+        kwargs = {key: value for key, value in kwargs.items() if key not in GPU_ONLY_ARGS}
     try:
         return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise RecipeError("train.args", str(exc).splitlines()[0]) from None
+        message = str(exc).splitlines()[0]
+        precision = [key for key in GPU_ONLY_ARGS if kwargs.get(key) and key in message]
+        if precision:
+            raise RecipeError(
+                f"train.args.{precision[0]}",
+                f"{message} (set --set train.args.{precision[0]}=false to train without a GPU)",
+            ) from None
+        raise RecipeError("train.args", message) from None
 
 
 def build_model(recipe: Recipe, device: str | None = None) -> SentenceTransformer:

@@ -130,11 +130,38 @@ def test_section_hash_changes_only_with_its_sections(tiny_recipe_data):
     assert recipe.section_hash("eval") != changed.section_hash("eval")
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_loads(path):
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path, monkeypatch):
+    # Hub ids are checked for their form; with HF_HUB_OFFLINE=1 they would have to be in the local cache.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.chdir(REPO)  # recipes name their files relative to the repository root
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
     assert yaml.safe_load(path.read_text())["name"] == recipe.name
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_ablation_validates_all_its_variants(path, monkeypatch):
+    from st_retrofit.ablate import load_ablation, variant_recipes
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.chdir(REPO)
+    ablation = load_ablation(path)
+    recipes = variant_recipes(ablation)
+    assert len(recipes) == len(ablation.x.values) * (len(ablation.series.values) if ablation.series else 1) >= 3
+    assert len({r.run_dir for *_, r in recipes}) == len(recipes)
+
+
+def test_the_300m_recipe_documents_where_each_hyperparameter_comes_from():
+    text = (REPO / "recipes" / "retrofit-300m.yaml").read_text()
+    data = yaml.safe_load(text)
+    assert data["mining"]["teacher"] != data["model"]["base"]  # a stronger backbone mines
+    assert data["data"]["sources"] and data["synth"]["source"] == "corpus"
+    lines = text.splitlines()
+    for key in ("base:", "max_per_language:", "learning_rate:", "per_device_train_batch_size:", "scale:", "teacher:"):
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith(key))
+        sourced = any(tag in "".join(lines[i - 2 : i + 1]) for tag in ("[paper]", "[field]", "[ours]"))
+        assert sourced, f"{key} says nowhere whether it comes from the paper, the field or us"
 
 
 def test_mixing_group_by_accepts_one_name_or_a_list(tiny_recipe_data):

@@ -35,6 +35,29 @@ def _read(source: str | Path, split: str, config_name: str | None) -> Dataset:
         raise CorpusError(exc.key, exc.message) from None
 
 
+def _read_per_language(source: str, split: str, config_name: str, languages: list[str], limit: int | None):
+    """One Hub configuration per language (``wikimedia/wikipedia`` with ``20231101.{language}``), each tagged with
+    its language; with ``limit``, only the first ``limit`` rows of each are streamed instead of downloading it."""
+    import datasets
+
+    parts = []
+    for language in languages:
+        name = config_name.format(language=language)
+        try:
+            if limit is None:
+                part = datasets.load_dataset(source, name, split=split)
+            else:
+                stream = datasets.load_dataset(source, name, split=split, streaming=True).take(limit)
+                part = datasets.Dataset.from_list(list(stream))
+        except Exception as exc:  # the Hub client raises many types; all mean "cannot read this configuration"
+            raise CorpusError(
+                "config_name", f"cannot load {source!r} configuration {name!r} ({type(exc).__name__}: {exc})"
+            ) from None
+        column = "language" if "language" not in part.column_names else "language_code"
+        parts.append(part.add_column(column, [language] * len(part)))
+    return datasets.concatenate_datasets(parts)
+
+
 def load_corpus(
     source: str | Path | Dataset,
     text_column: str = "text",
@@ -52,12 +75,26 @@ def load_corpus(
     the text, and no ``language`` column (or an empty value) has the language identified from the text. Language
     codes are normalized (``deu-Latn`` -> ``de``); ``languages`` keeps only those. Empty texts are dropped.
 
+    A Hub ``config_name`` with a ``{language}`` placeholder (``20231101.{language}`` for ``wikimedia/wikipedia``)
+    reads one configuration per entry of ``languages``, tagged with it; ``max_documents`` then counts per language
+    and only that many rows of each are streamed.
+
     Raises:
         CorpusError: naming the setting at fault (a missing column lists the columns there are).
     """
     from datasets import Dataset
 
-    data = source if isinstance(source, Dataset) else _read(source, split, config_name)
+    if isinstance(source, Dataset):
+        data = source
+    elif config_name and "{language}" in config_name:
+        if not languages:
+            raise CorpusError(
+                "languages", f"config_name {config_name!r} reads one configuration per language; list them"
+            )
+        data = _read_per_language(str(source), split, config_name, languages, max_documents)
+        language_column = "language" if "language_code" not in data.column_names else "language_code"
+    else:
+        data = _read(source, split, config_name)
     columns = data.column_names
     if text_column not in columns:
         raise CorpusError("text_column", f"the corpus has no column {text_column!r}; its columns are {columns}")
@@ -90,7 +127,7 @@ def load_corpus(
         rows = rows.filter(lambda row: row["language"] in wanted, desc="Selecting languages")
         if not len(rows):
             raise CorpusError("languages", f"no corpus row is in {sorted(wanted)}")
-    if max_documents is not None and len(rows) > max_documents:
+    if max_documents is not None and len(rows) > max_documents and not (config_name and "{language}" in config_name):
         rows = rows.select(range(max_documents))
     if not len(rows):
         raise CorpusError("path", "the corpus has no non-empty text")

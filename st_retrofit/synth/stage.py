@@ -116,7 +116,13 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
         c.path, c.text_column, c.title_column, c.language_column, c.id_column, c.split, c.config_name, c.languages,
         c.max_documents,
     )  # fmt: skip
-    held_out = [is_held_out(doc_id, config.eval_fraction) for doc_id in corpus["id"]]
+    ids = corpus["id"]
+    held_out = [is_held_out(doc_id, config.eval_fraction) for doc_id in ids]
+    if config.eval_fraction > 0 and not any(held_out) and len(ids) > 1:
+        # A small corpus can draw no document below the fraction; hold out the one with the lowest hash instead.
+        first = min(range(len(ids)), key=lambda i: hashlib.sha256(ids[i].encode()).digest()[:8][::-1])
+        held_out[first] = True
+        logger.warning("eval_fraction %s held out no document of %d; holding out one", config.eval_fraction, len(ids))
     parts = {
         "train": corpus.select([i for i, h in enumerate(held_out) if not h]),
         "eval": corpus.select([i for i, h in enumerate(held_out) if h]),

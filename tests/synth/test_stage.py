@@ -105,3 +105,30 @@ def test_the_task_column_reaches_the_mined_training_splits(tiny_recipe_data, cor
     assert rows and all("task" in row for row in rows)
     task_of = {(r["query"], r["document"]): r["task"] for r in synthesized}
     assert all(task_of[row["query"], row["document"]] == row["task"] for row in rows)
+
+
+def test_a_language_placeholder_in_config_name_reads_one_configuration_per_language(tmp_path):
+    """A dataset repository with one configuration per language (like wikimedia/wikipedia), here a local folder."""
+    from st_retrofit.synth import CorpusError, load_corpus
+
+    repo = tmp_path / "wiki"
+    card = ["---", "configs:"]
+    for language, texts in {"de": ["Berlin ist eine Stadt.", "Der Rhein ist ein Fluss.", "Ein dritter Satz."],
+                            "sw": ["Nairobi ni mji mkuu.", "Mto Nile ni mrefu."]}.items():  # fmt: skip
+        (repo / language).mkdir(parents=True)
+        (repo / language / "part.jsonl").write_text(
+            "".join(json.dumps({"text": t, "title": "T"}) + "\n" for t in texts)
+        )
+        card += [
+            f"- config_name: 20231101.{language}",
+            "  data_files:",
+            f"  - split: train\n    path: {language}/*.jsonl",
+        ]
+    (repo / "README.md").write_text("\n".join(card + ["---", ""]))
+
+    corpus = load_corpus(str(repo), config_name="20231101.{language}", languages=["de", "sw"], max_documents=2)
+    assert corpus["language"] == ["de", "de", "sw", "sw"]  # two streamed per language, tagged by configuration
+    assert corpus["text"][2] == "Nairobi ni mji mkuu."
+    with pytest.raises(CorpusError) as info:
+        load_corpus(str(repo), config_name="20231101.{language}", languages=["xx"])
+    assert info.value.key == "config_name" and "20231101.xx" in info.value.message

@@ -1,0 +1,255 @@
+"""``st-retrofit ablate``: run a grid of recipe variants and plot a metric across it, like the paper's figures.
+
+An ablation file names a base recipe and one or two axes; every value of an axis is a set of recipe overrides::
+
+    name: data-scale
+    base: ../retrofit-300m.yaml           # relative to this file
+    metric: ndcg                          # ndcg, recall or mrr of the eval stage (mean over languages)
+    set: {train.args.num_train_epochs: 1}  # overrides for every variant
+    x:
+      label: synthetic pairs per language
+      key: synth.max_per_language         # a plain value list sets this key...
+      values: [500, 1000, 2000, 4000]
+    series:                               # optional: one curve per value
+      label: hard negatives
+      values:                             # ...or each value is {label, set}
+        - {label: in-batch only, set: {mining.enabled: false}}
+        - {label: mined, set: {mining.enabled: true}}
+
+Each variant is a full run in ``<output_dir>/<ablation name>/<variant>``, so the stage cache applies: a variant that
+only changes training reuses its synthesized and mined data, and a rerun after an interruption skips finished
+variants. Every variant is validated before the first one runs. The ablation folder gets ``results.json``,
+``results.md`` and ``<metric>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from st_retrofit.recipe import Recipe, RecipeError, load_recipe
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("ndcg", "recall", "mrr")
+STAGES = ["synth", "mine", "train", "eval"]
+
+
+@dataclass
+class AxisValue:
+    """One point of an axis: its label on the plot and the recipe overrides it applies."""
+
+    label: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Axis:
+    label: str
+    values: list[AxisValue]
+
+
+@dataclass
+class Ablation:
+    """A parsed ablation file (see the module docstring)."""
+
+    name: str
+    base: Path
+    x: Axis
+    series: Axis | None = None
+    metric: str = "ndcg"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def variants(self) -> list[tuple[str, AxisValue | None, AxisValue]]:
+        """``(folder name, series value, x value)`` for every cell of the grid, series first."""
+        cells = []
+        for series in self.series.values if self.series else [None]:
+            for x in self.x.values:
+                parts = ([series.label] if series else []) + [x.label]
+                cells.append(("__".join(_slug(p) for p in parts), series, x))
+        return cells
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "value"
+
+
+def _axis(data: Any, key: str) -> Axis:
+    if not isinstance(data, dict):
+        raise RecipeError(key, "expected a mapping with label, values and (for plain values) key")
+    unknown = set(data) - {"label", "key", "values"}
+    if unknown:
+        raise RecipeError(f"{key}.{sorted(unknown)[0]}", "unknown key; an axis has label, key and values")
+    values = data.get("values")
+    if not isinstance(values, list) or not values:
+        raise RecipeError(f"{key}.values", "expected a non-empty list")
+    points = []
+    for i, value in enumerate(values):
+        if isinstance(value, dict):
+            if set(value) - {"label", "set"} or not isinstance(value.get("set"), dict):
+                raise RecipeError(f"{key}.values[{i}]", "expected {label: ..., set: {recipe.key: value}}")
+            points.append(AxisValue(str(value.get("label", i)), dict(value["set"])))
+        else:
+            if not data.get("key"):
+                raise RecipeError(
+                    f"{key}.key", "plain values need the recipe key they set (e.g. synth.max_per_language)"
+                )
+            points.append(AxisValue(str(value), {data["key"]: value}))
+    labels = [p.label for p in points]
+    if len({_slug(label) for label in labels}) != len(labels):
+        raise RecipeError(f"{key}.values", f"labels must differ (also as folder names): {labels}")
+    return Axis(str(data.get("label", data.get("key", key))), points)
+
+
+def load_ablation(path: str | Path) -> Ablation:
+    """Read an ablation file; errors name the key (``x.values[2]``, ``metric``...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("ablation", f"file {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise RecipeError("ablation", f"{path} must be a mapping")
+    allowed = {"name", "base", "description", "metric", "set", "x", "series"}
+    for key in data:
+        if key not in allowed:
+            raise RecipeError(str(key), f"unknown key; an ablation has {', '.join(sorted(allowed))}")
+    for key in ("name", "base", "x"):
+        if key not in data:
+            raise RecipeError(key, "required")
+    metric = data.get("metric", "ndcg")
+    if metric not in METRICS:
+        raise RecipeError("metric", f"expected one of {METRICS}, got {metric!r}")
+    base = (path.parent / str(data["base"])).resolve()
+    if not base.is_file():
+        raise RecipeError("base", f"recipe {base} does not exist")
+    overrides = data.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise RecipeError("set", "expected a mapping of recipe.key: value")
+    return Ablation(
+        name=_slug(str(data["name"])),
+        base=base,
+        x=_axis(data["x"], "x"),
+        series=_axis(data["series"], "series") if data.get("series") else None,
+        metric=metric,
+        overrides=overrides,
+        description=str(data.get("description", "")),
+    )
+
+
+def _assignments(overrides: dict[str, Any]) -> list[str]:
+    # --set parses values as YAML, so JSON (a YAML subset) carries lists and mappings through unchanged.
+    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
+def variant_recipes(
+    ablation: Ablation, extra: list[str] | None = None
+) -> list[tuple[str, AxisValue | None, AxisValue, Recipe]]:
+    """Every variant's recipe, validated. Errors name the variant and the key."""
+    base_output = load_recipe(ablation.base, extra, check=False).output_dir
+    out = []
+    for folder, series, x in ablation.variants():
+        overrides = {**ablation.overrides, **(series.overrides if series else {}), **x.overrides}
+        assignments = _assignments(overrides) + list(extra or [])
+        assignments += [f"name={folder}", f"output_dir={json.dumps(str(Path(base_output) / ablation.name))}"]
+        try:
+            recipe = load_recipe(ablation.base, assignments)
+        except RecipeError as exc:
+            raise RecipeError(exc.key, f"{exc.message} (in variant {folder})") from None
+        out.append((folder, series, x, recipe))
+    return out
+
+
+def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
+    """Run every variant (finished ones are skipped), then write the table and the plot. Returns the folder."""
+    from st_retrofit.pipeline import run_pipeline
+
+    variants = variant_recipes(ablation, extra)
+    folder = variants[0][3].run_dir.parent
+    rows = []
+    for i, (name, series, x, recipe) in enumerate(variants, 1):
+        logger.info("Ablation %s: variant %d of %d, %s", ablation.name, i, len(variants), name)
+        run_pipeline(recipe, stages=STAGES)
+        results = json.loads((recipe.run_dir / "eval" / "results.json").read_text())
+        rows.append({
+            "variant": name,
+            "series": series.label if series else None,
+            "x": x.label,
+            "retrofitted": {m: results["retrofitted"]["mean"][m] for m in METRICS},
+            "base": {m: results["base"]["mean"][m] for m in METRICS},
+            "run_dir": str(recipe.run_dir),
+        })  # fmt: skip
+    summary = {
+        "name": ablation.name,
+        "description": ablation.description,
+        "base_recipe": str(ablation.base),
+        "metric": ablation.metric,
+        "x": ablation.x.label,
+        "series": ablation.series.label if ablation.series else None,
+        "rows": rows,
+    }
+    (folder / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (folder / "results.md").write_text(results_table(summary) + "\n", encoding="utf-8")
+    plot_ablation(summary, folder / f"{ablation.metric}.png")
+    return folder
+
+
+def results_table(summary: dict) -> str:
+    """Markdown: one row per variant with the base and retrofitted metric."""
+    metric = summary["metric"]
+    head = ([summary["series"]] if summary["series"] else []) + [
+        summary["x"],
+        f"base {metric}",
+        f"retrofitted {metric}",
+        "Δ",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary["rows"]:
+        b, t = row["base"][metric], row["retrofitted"][metric]
+        cells = ([row["series"]] if summary["series"] else []) + [row["x"], f"{b:.4f}", f"{t:.4f}", f"{t - b:+.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_ablation(summary: dict, path: Path) -> None:
+    """The metric against the x axis, one line per series, the base model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = summary["metric"]
+    labels = list(dict.fromkeys(row["x"] for row in summary["rows"]))
+    positions = {label: i for i, label in enumerate(labels)}
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) + 2), 3.6), dpi=150)
+    bases = {round(row["base"][metric], 6) for row in summary["rows"]}
+    for series in dict.fromkeys(row["series"] for row in summary["rows"]):
+        rows = [row for row in summary["rows"] if row["series"] == series]
+        (line,) = ax.plot([positions[r["x"]] for r in rows], [r["retrofitted"][metric] for r in rows], marker="o",
+                          label=series or "retrofitted")  # fmt: skip
+        if len(bases) > 1:  # the series evaluate on different held-out data: one base line each
+            ax.plot([positions[r["x"]] for r in rows], [r["base"][metric] for r in rows], linestyle="--",
+                    linewidth=1, color=line.get_color(), label=f"{series}: base model")  # fmt: skip
+    if len(bases) == 1:
+        base = summary["rows"][0]["base"][metric]
+        ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"base model ({base:.3f})")
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=20 if max(map(len, labels)) > 8 else 0,
+        ha="right" if max(map(len, labels)) > 8 else "center",
+    )
+    ax.set_xlabel(summary["x"])
+    ax.set_ylabel(f"mean {metric}@k (held-out)")
+    ax.set_title(summary["name"])
+    ax.grid(alpha=0.3)
+    ax.legend(title=summary["series"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

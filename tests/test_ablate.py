@@ -1,0 +1,98 @@
+"""`st-retrofit ablate`: a grid of recipe variants run through the pipeline, a table and a plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from st_retrofit.ablate import load_ablation, variant_recipes
+from st_retrofit.cli import main
+from st_retrofit.recipe import RecipeError
+
+
+@pytest.fixture
+def base_recipe(tiny_recipe_data, tmp_path):
+    path = tmp_path / "recipes" / "tiny.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(tiny_recipe_data))
+    return path
+
+
+def write_ablation(base_recipe, **fields):
+    data = {"name": "Hard negatives", "base": "tiny.yaml", "metric": "ndcg", **fields}
+    path = base_recipe.parent / "ablation.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+GRID = {
+    "set": {"train.args.num_train_epochs": 1},
+    "x": {"label": "negatives", "values": [
+        {"label": "in-batch only", "set": {"mining.enabled": False}},
+        {"label": "mined", "set": {"mining.enabled": True}},
+    ]},
+    "series": {"label": "train entities", "key": "synth.train_entities", "values": [8, 12]},
+}  # fmt: skip
+
+
+def test_an_ablation_runs_every_variant_and_writes_a_table_and_a_plot(base_recipe, tmp_path, capsys):
+    path = write_ablation(base_recipe, **GRID)
+    assert main(["ablate", str(path)]) == 0
+    folder = tmp_path / "runs" / "hard-negatives"
+    summary = json.loads((folder / "results.json").read_text())
+    assert [(r["series"], r["x"]) for r in summary["rows"]] == [
+        ("8", "in-batch only"), ("8", "mined"), ("12", "in-batch only"), ("12", "mined")
+    ]  # fmt: skip
+    assert all(0 <= r["retrofitted"]["ndcg"] <= 1 for r in summary["rows"])
+    # Each variant is its own run with its own settings.
+    mined = json.loads((folder / "8__mined" / "mine" / "report.json").read_text())
+    in_batch = json.loads((folder / "8__in-batch-only" / "mine" / "report.json").read_text())
+    assert mined.get("enabled", True) is True and in_batch == {"enabled": False}
+    assert yaml.safe_load((folder / "12__mined" / "recipe.yaml").read_text())["synth"]["train_entities"] == 12
+    with Image.open(folder / "ndcg.png") as image:
+        assert image.size[0] > 500
+    out = capsys.readouterr().out
+    assert "| train entities | negatives | base ndcg | retrofitted ndcg | Δ |" in out
+
+    # Run again: every stage of every variant is up to date, so nothing is recomputed.
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*/train/stage.json")}
+    assert main(["ablate", str(path)]) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in folder.glob("*/train/stage.json")}
+
+
+def test_every_variant_is_validated_before_any_runs(base_recipe, tmp_path, capsys):
+    grid = {**GRID, "series": {"label": "bad", "key": "mining.num_negatives", "values": [2, 0]}}
+    path = write_ablation(base_recipe, **grid)
+    assert main(["ablate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "mining.num_negatives: expected >= 1, got 0 (in variant 0__in-batch-only)" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"x": {"values": [1, 2]}}, "x.key"),
+        ({"x": {"key": "seed", "values": []}}, "x.values"),
+        ({"x": {"key": "seed", "values": [1]}, "metric": "bleu"}, "metric"),
+        ({"x": {"key": "seed", "values": [1]}, "sets": {}}, "sets"),
+        ({"x": {"values": [{"label": "a", "overrides": {}}]}}, "x.values[0]"),
+        ({"x": {"key": "seed", "values": ["a b", "a-b"]}}, "x.values"),
+    ],
+)
+def test_bad_ablation_files_name_the_key(base_recipe, fields, key):
+    with pytest.raises(RecipeError) as info:
+        load_ablation(write_ablation(base_recipe, **fields))
+    assert info.value.key == key
+
+
+def test_dry_run_lists_the_variants_with_their_run_folders(base_recipe, tmp_path, capsys):
+    assert main(["ablate", str(write_ablation(base_recipe, **GRID)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 variants OK" in out and str(tmp_path / "runs" / "hard-negatives" / "12__mined") in out
+    assert not (tmp_path / "runs").exists()
+    recipes = variant_recipes(load_ablation(base_recipe.parent / "ablation.yaml"))
+    assert [r.mining.enabled for *_, r in recipes] == [False, True, False, True]
