@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test test-slow bench lint format clean
+.PHONY: help install quickstart test test-slow test-gpu bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,13 +23,19 @@ quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, abo
 test: install lint ## Lint, then run the default test suite (slow and GPU tests deselected)
 	$(BIN)/pytest
 
-test-slow: install ## Run only the slow tests (the real quickstart recipe end to end, SmolLM2 generation)
+test-slow: install ## Run only the slow tests (the quickstart end to end, SmolLM2 generation, 2-process gloo training)
 	$(BIN)/pytest -m slow
+
+test-gpu: install ## Run the GPU tests (bf16 training on CUDA)
+	$(BIN)/pytest -m gpu
 
 bench: install ## Run the benchmarks: ratios against sentence-transformers measured in the same run (~10 min)
 	$(BIN)/python benchmarks/loss_overhead.py
 	$(BIN)/python benchmarks/mining.py
 	$(BIN)/python benchmarks/mixing.py
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(BIN)/python benchmarks/train_throughput.py --workers 4; \
+	else echo "benchmarks/train_throughput.py skipped: it measures bf16 training of a 278M encoder on a CUDA GPU"; fi
 
 lint: install ## ruff check and ruff format --check
 	$(BIN)/ruff check .
