@@ -25,7 +25,9 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
-def _process_group():
+def join_process_group():
+    """``torch.distributed`` with this process in the group, joined on first use with :data:`BARRIER_TIMEOUT`.
+    Call it before the trainer's arguments are built, or accelerate joins with the 30-minute default."""
     import torch
     import torch.distributed as dist
 
@@ -37,7 +39,7 @@ def _process_group():
 
 
 def rank() -> int:
-    return _process_group().get_rank() if is_distributed() else 0
+    return join_process_group().get_rank() if is_distributed() else 0
 
 
 def is_main_process() -> bool:
@@ -48,4 +50,4 @@ def is_main_process() -> bool:
 def barrier() -> None:
     """Wait until every process gets here (no-op in a single process)."""
     if is_distributed():
-        _process_group().barrier()
+        join_process_group().barrier()

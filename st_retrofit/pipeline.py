@@ -201,18 +201,23 @@ def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
         elif state.get("status") == "running":
             logger.info("Resuming interrupted stage %s", name)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "stage.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
+        _write_state(folder, {"status": "running", "fingerprint": fp})
         logger.info("Running stage %s", name)
     barrier()
     output = stage.run(recipe, run_dir) if main or everywhere else None
-    barrier()
-    if not main:
-        return Path(stage_state(run_dir, name)["output"])
-    seconds = round(time.time() - started, 1)
-    record = {"status": "done", "fingerprint": fp, "output": str(output), "seconds": seconds}
-    (folder / "stage.json").write_text(json.dumps(record, indent=2))
-    logger.info("Stage %s done in %.1f s", name, seconds)
-    return output
+    if main:
+        seconds = round(time.time() - started, 1)
+        _write_state(folder, {"status": "done", "fingerprint": fp, "output": str(output), "seconds": seconds})
+        logger.info("Stage %s done in %.1f s", name, seconds)
+    barrier()  # the other processes read the record the main one wrote
+    return output if main else Path(stage_state(run_dir, name)["output"])
+
+
+def _write_state(folder: Path, record: dict) -> None:
+    # Replaced in one step: other processes (and a crash) never see a half-written record.
+    tmp = folder / ".stage.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(folder / "stage.json")
 
 
 MANIFEST_PACKAGES = (

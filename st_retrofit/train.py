@@ -79,7 +79,7 @@ def training_arguments(
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
-    from st_retrofit.distributed import is_distributed
+    from st_retrofit.distributed import is_distributed, join_process_group
     from st_retrofit.recipe import RecipeError
 
     accepted = inspect.signature(SentenceTransformerTrainingArguments).parameters
@@ -91,9 +91,11 @@ def training_arguments(
         if key in SET_BY_MIXING:
             raise RecipeError(f"train.args.{key}", f"set by the mixing section; use {SET_BY_MIXING[key]} instead")
     kwargs = {**DEFAULT_TRAINING_ARGS, "seed": recipe.seed, **recipe.train.args}
-    if is_distributed() and not torch.cuda.is_available():
-        # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
-        kwargs.setdefault("use_cpu", True)
+    if is_distributed():
+        join_process_group()  # before accelerate does, so that the barriers get our timeout
+        if not torch.cuda.is_available():
+            # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
+            kwargs.setdefault("use_cpu", True)
     if validating and not torch.cuda.is_available():
         kwargs = {key: value for key, value in kwargs.items() if key not in GPU_ONLY_ARGS}
     try:
