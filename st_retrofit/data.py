@@ -67,7 +67,7 @@ def read_dataset(
                     raise DataSourceError("split", f"{path} has the splits {list(data)}, not {split!r}")
                 data = data[split]
             return data
-        return datasets.load_dataset(str(path), split=split)
+        return datasets.load_dataset(str(path), config_name, split=split)
     if str(source).startswith((".", "/", "~")):
         raise DataSourceError("path", f"{source} does not exist")
     try:
@@ -76,6 +76,51 @@ def read_dataset(
         raise DataSourceError(
             "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def local_columns(source: str | Path, split: str = "train") -> list[str] | None:
+    """The column names of a local file or saved dataset, read from its header alone (first jsonl line, csv
+    header, parquet schema, ``dataset_info.json``), so that a recipe is checked before any data is loaded.
+    ``None`` when that cannot be told cheaply (a Hub dataset, a data folder, a json array)."""
+    import csv
+    import json
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                first = next((line for line in handle if line.strip()), "")
+            try:
+                row = json.loads(first)
+            except ValueError:
+                return None
+            return list(row) if isinstance(row, dict) else None
+        if suffix in (".csv", ".tsv"):
+            with path.open(encoding="utf-8", newline="") as handle:
+                return next(csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ","), None)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        return None
+    info = path / split / "dataset_info.json" if (path / "dataset_dict.json").exists() else path / "dataset_info.json"
+    if info.is_file():
+        features = json.loads(info.read_text()).get("features")
+        return list(features) if isinstance(features, dict) else None
+    return None
+
+
+def check_source_columns(config: DataSourceConfig) -> None:
+    """Raise :class:`DataSourceError` naming ``columns.<key>`` when a local source lacks a mapped column."""
+    columns = local_columns(config.path, config.split)
+    if columns is None:
+        return
+    for ours, theirs in {"query": "query", "document": "document", **config.columns}.items():
+        if theirs not in columns:
+            raise DataSourceError(
+                f"columns.{ours}", f"{config.path} has no column {theirs!r}; its columns are {columns}"
+            )
 
 
 def load_source(config: DataSourceConfig, seed: int = 0) -> Dataset:

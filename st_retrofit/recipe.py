@@ -822,6 +822,14 @@ def _check_synth(config: SynthConfig) -> None:
     path = config.corpus.path
     if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
         raise RecipeError("synth.corpus.path", f"{path} does not exist")
+    from st_retrofit.data import local_columns
+
+    columns = local_columns(path, config.corpus.split)
+    if columns is not None and config.corpus.text_column not in columns:
+        raise RecipeError(
+            "synth.corpus.text_column",
+            f"the corpus has no column {config.corpus.text_column!r}; its columns are {columns}",
+        )
 
 
 def _check_environment(recipe: Recipe) -> None:
@@ -841,9 +849,15 @@ def _check_environment(recipe: Recipe) -> None:
 
     if recipe.synth.source == "corpus":
         _check_synth(recipe.synth)
+    from st_retrofit.data import DataSourceError, check_source_columns
+
     for i, source in enumerate(recipe.data.sources):
         if source.path.startswith((".", "/", "~")) and not Path(source.path).expanduser().exists():
             raise RecipeError(f"data.sources[{i}].path", f"{source.path} does not exist")
+        try:
+            check_source_columns(source)
+        except DataSourceError as exc:
+            raise RecipeError(f"data.sources[{i}].{exc.key}", exc.message) from None
 
     if recipe.publish.card_template is not None and not Path(recipe.publish.card_template).is_file():
         raise RecipeError("publish.card_template", f"file {recipe.publish.card_template} does not exist")

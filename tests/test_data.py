@@ -97,15 +97,44 @@ def test_bad_data_sections_name_the_key(tiny_recipe_data, patch, key, text):
     assert info.value.key == key and text in info.value.message
 
 
-def test_a_source_that_cannot_be_read_at_run_time_names_its_recipe_key(tiny_recipe_data, tmp_path):
+def test_a_local_source_missing_a_column_is_named_when_the_recipe_loads(tiny_recipe_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    data = {**tiny_recipe_data, "data": {"sources": [{"name": "faq", "path": str(bad)}]}}
-    recipe = recipe_from_dict(data)
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({**tiny_recipe_data, "data": {"sources": [{"name": "faq", "path": str(bad)}]}})
+    assert info.value.key == "data.sources[0].columns.query" and "'question'" in info.value.message
+
+
+def hub_style_repo(folder):
+    """A dataset repository laid out like one on the Hub: two configurations declared in its card."""
+    for config, rows in {"triplet": [{"anchor": "a query", "positive": "its passage", "negative": "another"}],
+                         "pair": [{"anchor": "q", "positive": "p"}]}.items():  # fmt: skip
+        (folder / config).mkdir(parents=True)
+        (folder / config / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = ["---", "configs:"]
+    for config in ("triplet", "pair"):
+        card += [f"- config_name: {config}", "  data_files:", f"  - split: train\n    path: {config}/*.jsonl"]
+    (folder / "README.md").write_text("\n".join(card + ["---", ""]))
+    return folder
+
+
+def test_a_hub_style_dataset_reads_its_configuration_and_maps_columns(tmp_path):
+    repo = hub_style_repo(tmp_path / "hotpotqa")
+    rows = load_source(DataSourceConfig(name="hotpotqa", path=str(repo), config_name="triplet", language="en",
+                                        columns={"query": "anchor", "document": "positive"}))  # fmt: skip
+    assert rows[0] == {"query": "a query", "document": "its passage", "language": "en", "task": "hotpotqa",
+                       "source": "hotpotqa"}  # fmt: skip
+
+
+def test_a_source_whose_columns_show_only_when_read_is_named_at_run_time(tiny_recipe_data, tmp_path):
+    repo = hub_style_repo(tmp_path / "hotpotqa")  # like a Hub dataset: columns unknown until it is read
+    source = {"name": "hotpotqa", "path": str(repo), "config_name": "pair", "columns": {"query": "question"}}
+    recipe = recipe_from_dict({**tiny_recipe_data, "data": {"sources": [source]}})
     run_pipeline(recipe, stages=["synth"])
     with pytest.raises(RecipeError) as info:
         run_pipeline(recipe, stages=["mine"])
     assert info.value.key == "data.sources[0].columns.query"
+    assert "['anchor', 'positive']" in info.value.message
 
 
 def test_mining_reads_the_sources_and_scopes_negatives_to_them(tiny_recipe_data, qa_file):
@@ -142,7 +171,8 @@ def counting_stages(monkeypatch):
 
 
 def test_an_edited_source_file_reruns_mining_and_what_follows(tiny_recipe_data, qa_file, counting_stages):
-    data = {**tiny_recipe_data, "data": {"sources": [{"name": "faq", "path": str(qa_file)}]}}
+    faq = {"name": "faq", "path": str(qa_file), "columns": {"query": "question", "document": "answer"}}
+    data = {**tiny_recipe_data, "data": {"sources": [faq]}}
     run_pipeline(recipe_from_dict(data))
     counting_stages.clear()
     run_pipeline(recipe_from_dict(data))
@@ -190,3 +220,17 @@ def test_git_state_reads_the_commit_of_a_checkout(tmp_path):
     (tmp_path / "f").write_text("y")
     assert pipeline.git_state(tmp_path)["dirty"] is True
     assert pipeline.git_state(tmp_path.parent / "not-a-repo-") is None
+
+
+def test_local_columns_are_read_from_headers_alone(tmp_path):
+    from st_retrofit.data import local_columns
+
+    rows = [{"question": "q", "answer": "a"}]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "f.parquet"))
+    Dataset.from_list(rows).to_csv(str(tmp_path / "f.csv"), index=False)
+    (tmp_path / "f.tsv").write_text("question\tanswer\nq\ta\n")
+    (tmp_path / "f.jsonl").write_text("\n" + json.dumps(rows[0]) + "\n")
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "saved"))
+    for name in ("f.parquet", "f.csv", "f.tsv", "f.jsonl", "saved"):
+        assert local_columns(tmp_path / name) == ["question", "answer"], name
+    assert local_columns("org/hub-dataset") is None
