@@ -248,7 +248,7 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
     metrics = {**result.metrics, "world_size": args.world_size}
     (output_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     if mixing.sampler is not None:
-        write_mixture_report(mixing.sampler, collator, output_dir)
+        write_mixture_report(mixing.sampler, collator, output_dir, args.dataloader_num_workers)
 
     if model_dir.exists():
         shutil.rmtree(model_dir)

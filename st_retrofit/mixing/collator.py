@@ -51,8 +51,9 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     positive anywhere in the batch are never drawn (they would be a row's own positive counted as a negative),
     and each row prefers texts no other row drew. A row whose range runs short tops up from the rest of its pool,
     then repeats its own negatives, and only with an empty pool borrows other rows' negatives (whose teacher
-    score is unknown, so it is sent as ``-inf``: no probability in distillation, never masked). ``stats`` counts
-    each case.
+    score is unknown, so it is sent as ``-inf``: no probability in distillation, never masked). A batch in which
+    no row has a usable candidate is collated without negative columns (in-batch negatives only; with
+    ``gather_across_devices`` such batches would not line up across processes). ``stats`` counts each case.
 
     The draw is a pure function of the seed, the epoch and the batch (each row's generator is keyed on its task,
     anchor and positive): a resumed run samples what an uninterrupted run would have, in any dataloader worker.
@@ -181,7 +182,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
                 teacher = [[float(row[self.label_column][0])] for row in features] if has_scores else None
             else:
                 sampled, teacher = self._sample_negatives(features, columns, tasks)
-                for j in range(self.num_negatives):
+                for j in range(self.num_negatives if sampled is not None else 0):
                     column = f"negative_{j + 1}"
                     columns.append(column)
                     texts[column] = [negatives[j] for negatives in sampled]
@@ -330,7 +331,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
 
     def _sample_negatives(
         self, features: list[dict[str, Any]], columns: list[str], tasks: list[str | None]
-    ) -> tuple[list[list[str]], list[list[float]] | None]:
+    ) -> tuple[list[list[str]] | None, list[list[float]] | None]:
         k = self.num_negatives
         blocked = {row[c] for row in features for c in columns[:2]}
         has_scores = self.label_column in features[0]
@@ -379,15 +380,22 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
 
         sampled, teacher = [], [] if has_scores else None
         borrowable = sorted(taken - blocked)
+        if not borrowable:
+            # No row has a candidate that is not already an anchor or positive in this batch (empty pools, or a
+            # corpus small enough to fit in one batch): in-batch negatives are all there is.
+            self.stats["batches_without_negatives"] += 1
+            if self.stats["batches_without_negatives"] == 1:
+                logger.warning(
+                    "A batch had no usable hard negative in %r (empty pools, or every candidate is a positive in the "
+                    "batch); it trains on in-batch negatives alone (stats[\"batches_without_negatives\"] counts them)",
+                    self.pool_column,
+                )
+            teacher = [[float(row[self.label_column][0])] for row in features] if has_scores else None
+            return None, teacher
         for i, row in enumerate(features):
             texts = [pools[i][j] for j in picks[i]]
             values = [float(pool_scores[i][j]) for j in picks[i]] if has_scores else []
             if not texts:
-                if not borrowable:
-                    raise ValueError(
-                        f"row {i} of the batch has no usable negative in {self.pool_column!r}, and no other row has "
-                        "one to lend; drop rows with empty pools or mine with a wider range"
-                    )
                 rng = self._row_rng(tasks[i], row, columns)
                 lend = rng.choice(len(borrowable), size=k, replace=len(borrowable) < k)
                 texts = [borrowable[j] for j in lend]

@@ -35,15 +35,27 @@ def plot_mixture(groups: list[dict[str, Any]], path: str | Path, alpha: float) -
 
 
 def write_mixture_report(
-    sampler: TemperatureBatchSampler, collator: RetrofitDataCollator | None, output_dir: str | Path
+    sampler: TemperatureBatchSampler,
+    collator: RetrofitDataCollator | None,
+    output_dir: str | Path,
+    dataloader_workers: int = 0,
 ) -> Path:
-    """Write ``mixture.json`` (sampler and collator settings, groups, negative-sampling counts) and ``mixture.png``."""
+    """Write ``mixture.json`` (sampler and collator settings, groups, negative-sampling counts) and ``mixture.png``.
+
+    With ``dataloader_workers`` the collator ran in worker processes, whose counts this process never sees; the
+    report says so instead of showing zeros."""
     output_dir = Path(output_dir)
     groups = sampler.describe()
     report = {"sampler": sampler.get_config_dict(), "groups": groups}
     if collator is not None:
         report["collator"] = collator.get_config_dict()
-        report["negative_sampling"] = dict(collator.stats)
+        if dataloader_workers:
+            report["negative_sampling"] = {
+                "unavailable": f"collated in {dataloader_workers} dataloader worker processes; their counts stay "
+                "there (train with dataloader_num_workers: 0 to see them)"
+            }
+        else:
+            report["negative_sampling"] = dict(collator.stats)
     path = output_dir / "mixture.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     plot_mixture(groups, output_dir / "mixture.png", sampler.alpha)

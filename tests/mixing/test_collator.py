@@ -126,9 +126,21 @@ def test_short_pools_top_up_outside_the_range_then_repeat_then_borrow(collate, t
     assert collator.stats["negatives_borrowed"] == 2
 
 
-def test_batch_without_any_negative_names_the_fix(collate):
-    with pytest.raises(ValueError, match="drop rows with empty pools"):
-        collate(num_negatives=1)([pool_row(0, pool=[], scores=[])])
+def test_a_batch_without_any_usable_negative_trains_on_in_batch_negatives(collate, tiny_model, caplog):
+    from st_retrofit.losses import RetrofitInfoNCELoss
+
+    collator = collate(num_negatives=2)
+    # Empty pools, and pools holding only texts that are positives in the batch (a corpus that fits in a batch).
+    rows = [pool_row(0, pool=[], scores=[]), pool_row(1, pool=["answer 0", "answer 2"], scores=[0.8, 0.7]),
+            pool_row(2, pool=["answer 1"], scores=[0.8])]  # fmt: skip
+    batch = collator(rows)
+    assert [k for k in batch if k.endswith("_input_ids")] == ["query_input_ids", "document_input_ids"]
+    assert batch["label"]["teacher_scores"].shape == (3, 1)
+    assert collator.stats["batches_without_negatives"] == 1 and "in-batch negatives alone" in caplog.text
+    features = [{k[len(c) + 1 :]: v for k, v in batch.items() if k.startswith(c + "_")} for c in ("query", "document")]
+    value = RetrofitInfoNCELoss(tiny_model, distill_weight=0.5)(features, batch["label"])
+    total = sum(value.values()) if isinstance(value, dict) else value
+    assert torch.isfinite(total) and total > 0
 
 
 def test_task_ids_come_from_the_task_column_or_the_dataset_name(collate):
