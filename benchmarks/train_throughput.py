@@ -316,7 +316,8 @@ def main() -> None:
         results.append(model_only(model, initial, data, args))
     ceiling = matmul_tflops()
 
-    summary = {"device": device, "parameters": params, "settings": vars(args), "matmul_tflops": ceiling}
+    settings = {key: value for key, value in vars(args).items() if key != "output"}
+    summary = {"device": device, "parameters": params, "settings": settings, "matmul_tflops": ceiling}
     print(f"\nTraining throughput, {params / 1e6:.0f}M-parameter encoder, {device}, bf16={torch.cuda.is_available()},")
     print(f"batch {args.batch_size} x (query, positive, {args.negatives} negatives), {args.steps} steps per run after")
     print(f"{args.warmup} warm-up steps, best of {args.repeats} runs per side (runs alternate):\n")

@@ -99,3 +99,25 @@ def tiny_recipe_data(tiny_model_path, tmp_path) -> dict:
         "eval": {"k": 5, "batch_size": 16},
         "publish": {"repo_id": "test-org/tiny-retrofit", "dry_run": True},
     }  # fmt: skip
+
+
+@pytest.fixture
+def counting_stages(monkeypatch):
+    """Replace the real stages by ones that only count their runs, keeping names, sections and dependencies."""
+    from st_retrofit import pipeline
+    from st_retrofit.pipeline import STAGES, Stage
+
+    calls: list[str] = []
+
+    def make(name):
+        def run(recipe, run_dir):
+            calls.append(name)
+            marker = run_dir / name / "out.txt"
+            marker.write_text(f"{name} ran\n")
+            return marker
+
+        return run
+
+    fake = {n: Stage(n, s.sections, s.needs, make(n), s.uses) for n, s in STAGES.items()}
+    monkeypatch.setattr(pipeline, "STAGES", fake)
+    return calls

@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from st_retrofit import pipeline
 from st_retrofit.data import DataSourceError, load_source, training_pairs
-from st_retrofit.pipeline import STAGES, Stage, run_pipeline
+from st_retrofit.pipeline import run_pipeline
 from st_retrofit.recipe import DataConfig, DataSourceConfig, RecipeError, recipe_from_dict
 
 QA = [
@@ -150,24 +150,6 @@ def test_mining_reads_the_sources_and_scopes_negatives_to_them(tiny_recipe_data,
     assert set(mined["faq"]["negative_1"]) <= {row["answer"] for row in QA}
     sources = json.loads((recipe.run_dir / "mine" / "sources.json").read_text())
     assert sources["faq"]["rows"] == 3
-
-
-@pytest.fixture
-def counting_stages(monkeypatch):
-    calls: list[str] = []
-
-    def make(name):
-        def run(recipe, run_dir):
-            calls.append(name)
-            (run_dir / name / "out.txt").write_text(name)
-            return run_dir / name / "out.txt"
-
-        return run
-
-    monkeypatch.setattr(
-        pipeline, "STAGES", {n: Stage(n, s.sections, s.needs, make(n), s.uses) for n, s in STAGES.items()}
-    )
-    return calls
 
 
 def test_an_edited_source_file_reruns_mining_and_what_follows(tiny_recipe_data, qa_file, counting_stages):

@@ -9,7 +9,7 @@ from sentence_transformers import SentenceTransformer
 
 from st_retrofit import pipeline
 from st_retrofit.cli import main
-from st_retrofit.pipeline import STAGES, Stage, StageError, run_pipeline, stage_state
+from st_retrofit.pipeline import STAGES, StageError, run_pipeline, stage_state
 from st_retrofit.recipe import recipe_from_dict
 
 
@@ -46,25 +46,6 @@ def test_pipeline_trains_with_the_retrofit_loss_and_teacher_scores(tiny_recipe_d
     metrics = json.loads((recipe.run_dir / "train" / "train_metrics.json").read_text())
     assert metrics["train_loss"] > 0
     assert (outputs["train"] / "model.safetensors").is_file()
-
-
-@pytest.fixture
-def counting_stages(monkeypatch):
-    """Replace the real stages by ones that only count their runs, keeping names, sections and dependencies."""
-    calls: list[str] = []
-
-    def make(name):
-        def run(recipe, run_dir):
-            calls.append(name)
-            marker = run_dir / name / "out.txt"
-            marker.write_text(f"{name} ran\n")
-            return marker
-
-        return run
-
-    fake = {n: Stage(n, s.sections, s.needs, make(n), s.uses) for n, s in STAGES.items()}
-    monkeypatch.setattr(pipeline, "STAGES", fake)
-    return calls
 
 
 def test_unchanged_stages_are_skipped(tiny_recipe_data, counting_stages):

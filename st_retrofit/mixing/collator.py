@@ -387,7 +387,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
             if self.stats["batches_without_negatives"] == 1:
                 logger.warning(
                     "A batch had no usable hard negative in %r (empty pools, or every candidate is a positive in the "
-                    "batch); it trains on in-batch negatives alone (stats[\"batches_without_negatives\"] counts them)",
+                    'batch); it trains on in-batch negatives alone (stats["batches_without_negatives"] counts them)',
                     self.pool_column,
                 )
             teacher = [[float(row[self.label_column][0])] for row in features] if has_scores else None
