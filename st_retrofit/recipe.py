@@ -627,14 +627,21 @@ class EvalConfig:
     Args:
         k: cut-off for nDCG@k and Recall@k.
         batch_size: encoding batch size.
+        mteb_tasks: also evaluate both models with mteb on these: benchmark names (``MTEB(Multilingual, v2)``),
+            task names (``MIRACLRetrieval``) or local BEIR-style folders (see :mod:`st_retrofit.mteb_eval`).
+        mteb_baselines: ``{label: folder}`` of mteb results of other models, added as columns of the comparison.
     """
 
     k: int = field(default=10, metadata={"help": "Cut-off for nDCG@k and Recall@k."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+    mteb_tasks: list[str] = field(default_factory=list, metadata={"help": "mteb benchmarks, tasks or folders."})
+    mteb_baselines: dict[str, str] = field(default_factory=dict, metadata={"help": "Label -> mteb results folder."})
 
     def __post_init__(self) -> None:
         _require(self.k >= 1, "k", f"expected >= 1, got {self.k}")
         _require(self.batch_size >= 1, "batch_size", f"expected >= 1, got {self.batch_size}")
+        for label, folder in self.mteb_baselines.items():
+            _require(Path(folder).expanduser().is_dir(), f"mteb_baselines.{label}", f"folder {folder} does not exist")
 
 
 @dataclass
@@ -858,6 +865,15 @@ def _check_environment(recipe: Recipe) -> None:
             check_source_columns(source)
         except DataSourceError as exc:
             raise RecipeError(f"data.sources[{i}].{exc.key}", exc.message) from None
+
+    if recipe.eval.mteb_tasks:
+        from st_retrofit.mteb_eval import MtebTaskError, resolve_tasks
+
+        for i, spec in enumerate(recipe.eval.mteb_tasks):
+            try:
+                resolve_tasks([spec])
+            except MtebTaskError as exc:
+                raise RecipeError(f"eval.mteb_tasks[{i}]", str(exc)) from None
 
     if recipe.publish.card_template is not None and not Path(recipe.publish.card_template).is_file():
         raise RecipeError("publish.card_template", f"file {recipe.publish.card_template} does not exist")

@@ -1,0 +1,98 @@
+"""mteb evaluation on local BEIR-style folders with the tiny model, and the eval stage's mteb comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from st_retrofit.mteb_eval import MtebTaskError, beir_task, comparison, mteb_prompts, read_results, run_mteb
+from st_retrofit.pipeline import run_pipeline
+from st_retrofit.recipe import RecipeError, recipe_from_dict
+from st_retrofit.synth import build_demo_dataset
+
+
+def write_beir(folder, language="en", entities=8):
+    """The demo pairs of one language as a BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv."""
+    rows = [r for r in build_demo_dataset(languages=[language], train_entities=2, eval_entities=entities,
+                                          queries_per_document=1, seed=3)["eval"]]  # fmt: skip
+    (folder / "qrels").mkdir(parents=True)
+    docs = {r["document"]: f"d{i}" for i, r in enumerate(rows)}
+    with (folder / "corpus.jsonl").open("w") as f:
+        for text, doc_id in docs.items():
+            f.write(json.dumps({"_id": doc_id, "title": "", "text": text}, ensure_ascii=False) + "\n")
+    with (folder / "queries.jsonl").open("w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps({"_id": f"q{i}", "text": r["query"]}, ensure_ascii=False) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"] + [f"q{i}\t{docs[r['document']]}\t1" for i, r in enumerate(rows)]
+    (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_beir_folder_runs_as_an_mteb_task_and_writes_mteb_results(tiny_model_path, tmp_path):
+    task = beir_task(write_beir(tmp_path / "towns-en"))
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    scores = run_mteb(model, "test-org/tiny", [task], tmp_path / "out", batch_size=16)
+    assert set(scores) == {"towns-en"} and 0 < scores["towns-en"] <= 1
+    files = list((tmp_path / "out" / "results" / "test-org__tiny").rglob("towns-en.json"))
+    assert len(files) == 1  # mteb's own layout: results/<model>/<revision>/<task>.json
+    saved = json.loads(files[0].read_text())
+    assert saved["scores"]["test"][0]["main_score"] == pytest.approx(scores["towns-en"])
+    assert read_results(tmp_path / "out") == pytest.approx(scores)
+
+
+def test_a_folder_without_beir_files_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MtebTaskError, match="corpus.jsonl"):
+        beir_task(tmp_path / "empty")
+
+
+def test_prompts_are_handed_to_mteb_under_its_names(tiny_model):
+    tiny_model.prompts = {"query": "query: ", "passage": "passage: ", "nq-query": "q: ", "nq-passage": "p: ", "x": ""}
+    assert mteb_prompts(tiny_model) == {"query": "query: ", "document": "passage: ", "nq-query": "q: ",
+                                        "nq-document": "p: "}  # fmt: skip
+
+
+def test_the_comparison_has_a_column_per_model_and_a_mean_over_shared_tasks():
+    data, table = comparison({"base": {"a": 0.5, "b": 0.6}, "gte": {"a": 0.7}, "retrofitted": {"a": 0.6, "b": 0.8}})
+    assert data["shared_tasks"] == ["a"] and data["mean"]["retrofitted"] == pytest.approx(0.6)
+    assert "| b | 0.6000 | - | 0.8000 | +0.2000 |" in table
+    assert table.splitlines()[0] == "| task | base | gte | retrofitted | Δ retrofitted vs base |"
+
+
+def test_the_eval_stage_adds_the_mteb_comparison(tiny_recipe_data, tmp_path):
+    beir = write_beir(tmp_path / "towns-ru", language="ru")
+    baseline = tmp_path / "baseline"
+    model = SentenceTransformer(str(tiny_recipe_data["model"]["base"]), device="cpu")
+    run_mteb(model, "other/model", [beir_task(beir)], baseline, batch_size=16)
+    data = {**tiny_recipe_data, "eval": {**tiny_recipe_data["eval"], "mteb_tasks": [str(beir)],
+                                         "mteb_baselines": {"other": str(baseline)}}}  # fmt: skip
+    recipe = recipe_from_dict(data)
+    outputs = run_pipeline(recipe, stages=["synth", "mine", "train", "eval"])
+    results = json.loads(outputs["eval"].read_text())
+    assert results["mteb"]["models"] == ["base", "other", "retrofitted"]
+    assert results["mteb"]["rows"][0]["task"] == "towns-ru"
+    # The baseline is the base model evaluated the same way: the same score.
+    assert results["mteb"]["rows"][0]["other"] == pytest.approx(results["mteb"]["rows"][0]["base"])
+    assert (recipe.run_dir / "eval" / "mteb_comparison.md").read_text().startswith("| task | base | other |")
+    assert list((recipe.run_dir / "eval" / "mteb" / "results").iterdir())
+
+
+def test_unknown_mteb_entries_and_missing_baselines_name_the_key(tiny_recipe_data, tmp_path):
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({**tiny_recipe_data, "eval": {"mteb_tasks": ["NoSuchTaskAnywhere"]}})
+    assert info.value.key == "eval.mteb_tasks[0]" and "NoSuchTaskAnywhere" in info.value.message
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({**tiny_recipe_data, "eval": {"mteb_baselines": {"gte": str(tmp_path / "nope")}}})
+    assert info.value.key == "eval.mteb_baselines.gte"
+
+
+def test_benchmarks_tasks_and_task_types_resolve_without_data(tmp_path):
+    from st_retrofit.mteb_eval import resolve_tasks
+
+    retrieval = resolve_tasks(["MTEB(Multilingual, v2):Retrieval"])
+    assert len(retrieval) > 10 and {t.metadata.type for t in retrieval} == {"Retrieval"}
+    assert [t.metadata.name for t in resolve_tasks(["MIRACLRetrieval"])] == ["MIRACLRetrieval"]
+    with pytest.raises(MtebTaskError, match="has no STS task"):
+        resolve_tasks(["NanoBEIR-multilingual:STS"])
