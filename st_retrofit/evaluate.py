@@ -133,6 +133,8 @@ def mteb_stage(recipe: Recipe, model_dir: str | Path, output_dir: Path) -> dict[
     # Baselines between the two, so that the last column's change is retrofitted against base.
     baselines = {label: read_results(folder) for label, folder in recipe.eval.mteb_baselines.items()}
     data, table = comparison({"base": scores["base"], **baselines, "retrofitted": scores["retrofitted"]})
+    data["main_scores"] = {task.metadata.name: task.metadata.main_score for task in tasks}
+    data["task_types"] = {task.metadata.name: task.metadata.type for task in tasks}
     (output_dir / "mteb_comparison.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
     (output_dir / "mteb_comparison.md").write_text(table + "\n", encoding="utf-8")
     return data

@@ -87,6 +87,7 @@ def _publish(recipe: Recipe, run_dir: Path) -> Path:
     from st_retrofit.publish import publish_stage
 
     eval_dir = run_dir / "eval" if is_up_to_date(recipe, "eval") else None
+    write_manifest(recipe)  # the release carries the manifest of the run it comes from
     return publish_stage(recipe, run_dir / "train" / "model", eval_dir, run_dir / "publish")
 
 

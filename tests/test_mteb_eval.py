@@ -61,7 +61,7 @@ def test_the_comparison_has_a_column_per_model_and_a_mean_over_shared_tasks():
     assert table.splitlines()[0] == "| task | base | gte | retrofitted | Δ retrofitted vs base |"
 
 
-def test_the_eval_stage_adds_the_mteb_comparison(tiny_recipe_data, tmp_path):
+def test_the_eval_stage_adds_the_mteb_comparison_and_the_release_carries_it(tiny_recipe_data, tmp_path):
     beir = write_beir(tmp_path / "towns-ru", language="ru")
     baseline = tmp_path / "baseline"
     model = SentenceTransformer(str(tiny_recipe_data["model"]["base"]), device="cpu")
@@ -69,7 +69,7 @@ def test_the_eval_stage_adds_the_mteb_comparison(tiny_recipe_data, tmp_path):
     data = {**tiny_recipe_data, "eval": {**tiny_recipe_data["eval"], "mteb_tasks": [str(beir)],
                                          "mteb_baselines": {"other": str(baseline)}}}  # fmt: skip
     recipe = recipe_from_dict(data)
-    outputs = run_pipeline(recipe, stages=["synth", "mine", "train", "eval"])
+    outputs = run_pipeline(recipe)
     results = json.loads(outputs["eval"].read_text())
     assert results["mteb"]["models"] == ["base", "other", "retrofitted"]
     assert results["mteb"]["rows"][0]["task"] == "towns-ru"
@@ -77,6 +77,18 @@ def test_the_eval_stage_adds_the_mteb_comparison(tiny_recipe_data, tmp_path):
     assert results["mteb"]["rows"][0]["other"] == pytest.approx(results["mteb"]["rows"][0]["base"])
     assert (recipe.run_dir / "eval" / "mteb_comparison.md").read_text().startswith("| task | base | other |")
     assert list((recipe.run_dir / "eval" / "mteb" / "results").iterdir())
+
+    # The release: mteb's results folder, the manifest, and the scores as model-index metadata the Hub reads.
+    from huggingface_hub import ModelCard
+
+    release = outputs["publish"]
+    assert list((release / "mteb_results" / "test-org__tiny-retrofit").rglob("towns-ru.json"))
+    assert json.loads((release / "manifest.json").read_text())["recipe"]["name"] == "tiny"
+    card = ModelCard.load(release / "README.md")
+    mteb_entries = [r for r in card.data.eval_results if r.dataset_name == "MTEB towns-ru"]
+    assert len(mteb_entries) == 1 and mteb_entries[0].metric_type == "ndcg_at_10"
+    assert mteb_entries[0].metric_value == pytest.approx(results["mteb"]["rows"][0]["retrofitted"], abs=1e-4)
+    assert "| towns-ru |" in card.text
 
 
 def test_unknown_mteb_entries_and_missing_baselines_name_the_key(tiny_recipe_data, tmp_path):

@@ -38,6 +38,51 @@ def eval_results(results: dict[str, Any], dataset_name: str) -> list:
     return entries
 
 
+def mteb_eval_results(mteb: dict[str, Any]) -> list:
+    """``huggingface_hub.EvalResult`` entries for the retrofitted model's mteb scores (one per task, its main
+    score), named the way MTEB results are on the Hub (``MTEB <task>``)."""
+    from huggingface_hub import EvalResult
+
+    entries = []
+    for row in mteb["rows"]:
+        task, value = row["task"], row.get("retrofitted")
+        if value is None:
+            continue
+        entries.append(
+            EvalResult(
+                task_type=mteb.get("task_types", {}).get(task, "Retrieval"),
+                dataset_type=f"mteb/{task}",
+                dataset_name=f"MTEB {task}",
+                dataset_config="default",
+                dataset_split="test",
+                metric_type=mteb.get("main_scores", {}).get(task, "main_score"),
+                metric_value=round(value, 4),
+                source_name="MTEB",
+                source_url="https://github.com/embeddings-benchmark/mteb",
+            )
+        )
+    return entries
+
+
+def data_description(recipe: Recipe) -> str:
+    """One line on the training data: the synthetic pairs and the other sources."""
+    synth = recipe.synth
+    if synth.source == "demo":
+        parts = [f"demo pairs in {len(synth.languages)} languages ({', '.join(synth.languages)}), "
+                 f"{synth.train_entities} training entities"]  # fmt: skip
+    else:
+        languages = synth.corpus.languages
+        scope = f" in {len(languages)} languages ({', '.join(languages)})" if languages else ""
+        cap = f", at most {synth.max_per_language} per language" if synth.max_per_language else ""
+        writer = synth.backend.model if synth.backend.type != "heuristic" else "heuristics"
+        parts = [f"pairs written by {writer} from `{synth.corpus.path}`{scope} with the templates "
+                 f"{', '.join(synth.templates)}{cap}"]  # fmt: skip
+    if not recipe.data.synthetic:
+        parts = []
+    parts += [f"`{s.path}`" + (f" ({s.config_name})" if s.config_name else "") for s in recipe.data.sources]
+    return "; ".join(parts)
+
+
 def mixing_description(recipe: Recipe) -> str:
     """One line on how batches were drawn and collated."""
     mixing = recipe.mixing
@@ -74,15 +119,20 @@ def render_model_card(
     base = base_model_id(recipe.model.base) or recipe.model.base
     repo_id = recipe.publish.repo_id or f"<org>/{recipe.name}"
     model_name = repo_id.split("/")[-1]
+    languages = recipe.synth.languages if recipe.synth.source == "demo" else recipe.synth.corpus.languages or []
     card_data = ModelCardData(
-        language=list(recipe.synth.languages),
+        language=list(languages) or None,
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
         tags=["sentence-transformers", "feature-extraction", "retrieval", "st-retrofit", "retrofitting"]
         + (["lora"] if recipe.model.lora else []),
         base_model=base,
         model_name=model_name,
-        eval_results=eval_results(results, f"{recipe.name}-heldout") if results else None,
+        eval_results=(
+            eval_results(results, f"{recipe.name}-heldout") + mteb_eval_results(results.get("mteb") or {"rows": []})
+            if results
+            else None
+        ),
     )
     lora = recipe.model.lora
     mining = recipe.mining
@@ -98,10 +148,7 @@ def render_model_card(
         example_query="How many people live in Mikaro?",
         example_document="Mikaro is a town on the Sadu river with 12,400 inhabitants.",
         results_table=results_table or "No evaluation results were published with this model.",
-        data_description=(
-            f"{recipe.synth.source} pairs in {len(recipe.synth.languages)} languages "
-            f"({', '.join(recipe.synth.languages)}), {recipe.synth.train_entities} training entities"
-        ),
+        data_description=data_description(recipe),
         mining_description=(
             f"{mining.num_negatives} per query mined with `{mining.teacher}` "
             f"(relative margin {mining.relative_margin}, scoped by {mining.group_by or 'nothing'})"

@@ -1,7 +1,8 @@
 """The ``publish`` stage: assemble the release folder and, unless it is a dry run, push it to the Hub.
 
 The release folder is exactly what gets uploaded: the merged model (safetensors, tokenizer, sentence-transformers
-configuration with prompts), ``README.md`` (the model card), ``eval_results.json`` and ``recipe.yaml``. The Hub
+configuration with prompts), ``README.md`` (the model card), ``eval_results.json``, ``recipe.yaml``, the mteb
+results (``mteb_results/``, mteb's layout) and the run manifest when there are any. The Hub
 token comes from ``HF_TOKEN`` or the ``huggingface-cli login`` store; it is passed to the client and never
 printed, logged or written.
 """
@@ -41,6 +42,9 @@ def build_release_folder(
         )
     table_path = Path(eval_dir) / "results.md" if eval_dir else None
     table = table_path.read_text() if table_path and table_path.is_file() else None
+    mteb_table = Path(eval_dir) / "mteb_comparison.md" if eval_dir else None
+    if table and mteb_table and mteb_table.is_file():
+        table += "\n**MTEB** (main score per task):\n\n" + mteb_table.read_text()
 
     output_dir = Path(output_dir)
     if output_dir.exists():
@@ -52,6 +56,12 @@ def build_release_folder(
     if results is not None:
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     save_recipe(recipe, output_dir / "recipe.yaml")
+    mteb_results = Path(eval_dir) / "mteb" / "results" if eval_dir else None
+    if mteb_results and mteb_results.is_dir():
+        shutil.copytree(mteb_results, output_dir / "mteb_results")  # mteb's layout: <model>/<revision>/<task>.json
+    manifest = recipe.run_dir / "manifest.json"
+    if manifest.is_file():
+        shutil.copy(manifest, output_dir / "manifest.json")
     return output_dir
 
 
