@@ -65,20 +65,69 @@ def build_release_folder(
     return output_dir
 
 
-def push_release(folder: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
-    """Upload ``folder`` to ``repo_id`` in one commit and return the commit URL."""
+def push_release(
+    folder: str | Path, repo_id: str, private: bool = True, token: str | None = None, endpoint: str | None = None
+) -> str:
+    """Upload ``folder`` to ``repo_id`` in one commit, check every file against the Hub's listing, and return the
+    commit URL.
+
+    The commit is atomic on the Hub's side: large files go to LFS storage first and the commit that makes them part
+    of the repository comes last, so a failure anywhere leaves the previous revision as it was, and running again
+    uploads only what is missing. ``endpoint`` defaults to ``$HF_ENDPOINT`` (read now, not at import) or the Hub.
+
+    Raises:
+        PublishError: no token, or a file whose hash on the Hub differs from the local one.
+    """
+    import os
+
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()
     if not token:
         raise PublishError("no Hub token: set HF_TOKEN or run `hf auth login` (the token is never printed)")
-    api = HfApi(token=token)
+    api = HfApi(token=token, endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     commit = api.upload_folder(
         repo_id=repo_id, folder_path=str(folder), commit_message="Publish with st-retrofit", repo_type="model"
     )
-    logger.info("Pushed %s to %s", folder, repo_id)
+    verify_upload(api, repo_id, folder, commit.oid)
+    logger.info("Pushed %s to %s (%s)", folder, repo_id, commit.oid)
     return commit.commit_url
+
+
+def verify_upload(api, repo_id: str, folder: str | Path, revision: str) -> None:
+    """Compare every file of ``folder`` with the Hub's listing at ``revision``: the sha256 of LFS files, the git
+    blob hash of the others.
+
+    Raises:
+        PublishError: listing the files that are missing or differ.
+    """
+    import hashlib
+
+    from huggingface_hub.hf_api import RepoFile
+
+    remote = {
+        entry.path: entry
+        for entry in api.list_repo_tree(repo_id, revision=revision, recursive=True)
+        if isinstance(entry, RepoFile)
+    }
+    folder = Path(folder)
+    problems = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        entry = remote.get(name)
+        if entry is None:
+            problems.append(f"{name} (missing)")
+            continue
+        data = path.read_bytes()
+        if entry.lfs is not None:
+            ok = entry.lfs.sha256 == hashlib.sha256(data).hexdigest()
+        else:
+            ok = entry.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if not ok:
+            problems.append(f"{name} (hash differs)")
+    if problems:
+        raise PublishError(f"{repo_id}@{revision[:12]} does not match the release folder: {', '.join(problems)}")
 
 
 def publish_stage(recipe: Recipe, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path) -> Path:

@@ -1,0 +1,91 @@
+"""Publishing with the real huggingface_hub client against a Hub-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import pytest
+from huggingface_hub import HfApi, constants, snapshot_download
+from sentence_transformers import SentenceTransformer
+
+from st_retrofit.publish import PublishError, build_release_folder, push_release
+from st_retrofit.recipe import recipe_from_dict
+
+from .hub_server import LFS_THRESHOLD, HubServer
+
+TOKEN = "hf_test_publish_token_0123456789"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        # The client reads these at import time; the test flips them for this server: HTTP on, and the Git LFS
+        # upload path instead of Xet (which the real Hub uses when hf_xet is installed).
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
+
+
+@pytest.fixture
+def release(tiny_recipe_data, tiny_model_path, tmp_path):
+    data = {**tiny_recipe_data, "publish": {"repo_id": "test-org/tiny-retrofit", "dry_run": True,
+                                            "require_eval": False}}  # fmt: skip
+    return build_release_folder(recipe_from_dict(data), tiny_model_path, None, tmp_path / "release")
+
+
+def test_publish_uploads_weights_through_lfs_in_one_commit_and_the_model_loads_back(
+    hub, release, tmp_path, caplog, capsys
+):
+    caplog.set_level(logging.DEBUG)
+    weights = release / "model.safetensors"
+    assert weights.stat().st_size > LFS_THRESHOLD
+    url = push_release(release, "test-org/tiny-retrofit", private=True)
+
+    repo = hub.state.repos["test-org/tiny-retrofit"]
+    assert repo["private"] and len(repo["commits"]) == 1 and url.endswith(repo["commits"][0]["sha"])
+    files = repo["commits"][0]["files"]
+    assert files["model.safetensors"][0] == "lfs" and files["README.md"][0] == "regular"
+    assert set(files) == {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file()}
+    assert set(hub.state.tokens_seen) == {TOKEN}  # the token reached the server, as a Bearer header
+
+    local = snapshot_download("test-org/tiny-retrofit", endpoint=hub.endpoint, cache_dir=tmp_path / "hf-cache")
+    model = SentenceTransformer(local, device="cpu")
+    expected = SentenceTransformer(str(release), device="cpu").encode(["Когда был основан город Микаро?"])
+    assert model.encode(["Когда был основан город Микаро?"]).tolist() == expected.tolist()
+
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err + caplog.text
+    assert not any(TOKEN.encode() in p.read_bytes() for p in release.rglob("*") if p.is_file())
+
+
+def test_a_server_error_mid_upload_publishes_nothing_and_a_retry_succeeds(hub, release):
+    hub.fail_next("commit", 500)  # the LFS upload went through; the commit that would publish it fails
+    with pytest.raises(Exception, match="500|injected"):
+        push_release(release, "test-org/tiny-retrofit")
+    repo = hub.state.repos["test-org/tiny-retrofit"]
+    assert repo["commits"] == []  # no half-published revision
+    weights = hashlib.sha256((release / "model.safetensors").read_bytes()).hexdigest()
+    assert weights in hub.state.lfs  # the weights wait in LFS storage, in no revision
+
+    url = push_release(release, "test-org/tiny-retrofit")
+    assert len(repo["commits"]) == 1 and url.endswith(repo["commits"][0]["sha"])
+    assert "model.safetensors" in repo["commits"][0]["files"]
+
+
+def test_a_file_that_differs_on_the_hub_is_named(hub, release):
+    push_release(release, "test-org/tiny-retrofit")
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    commit = hub.state.repos["test-org/tiny-retrofit"]["commits"][-1]
+    commit["files"]["README.md"] = ("regular", b"someone else's card")
+    from st_retrofit.publish.release import verify_upload
+
+    with pytest.raises(PublishError, match=r"README.md \(hash differs\)"):
+        verify_upload(api, "test-org/tiny-retrofit", release, commit["sha"])
+    (release / "extra.json").write_text(json.dumps({"late": True}))
+    with pytest.raises(PublishError, match=r"extra.json \(missing\)"):
+        verify_upload(api, "test-org/tiny-retrofit", release, commit["sha"])
