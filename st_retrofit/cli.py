@@ -2,6 +2,7 @@
 
     st-retrofit run recipes/quickstart.yaml [--stages synth,mine] [--set mining.num_negatives=5] [--force]
     st-retrofit synth|mine|train|eval|publish recipes/quickstart.yaml [--set key.path=value ...]
+    st-retrofit publish runs/quickstart --repo my-org/retrofit-e5-small [--private] [--dry-run]
     st-retrofit validate recipes/quickstart.yaml
     st-retrofit ablate recipes/ablations/hard-negatives.yaml [--set ...] [--dry-run]
     st-retrofit templates [--dir my_templates/]
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         stage = commands.add_parser(name, help=help_text)
         _add_recipe_arguments(stage)
         stage.add_argument("--force", action="store_true", help="re-run even when up to date")
+        if name == "publish":
+            stage.help = "a recipe, or a run folder (RUN_DIR) whose recipe.yaml is used"
+            stage.add_argument("--repo", help="the Hub repository, ORG/NAME (sets publish.repo_id)")
+            stage.add_argument("--private", action="store_true", default=None, help="create the repository private")
+            stage.add_argument("--dry-run", action="store_true", default=None, help="only write the release folder")
 
     validate = commands.add_parser("validate", help="check a recipe and print it resolved, touching nothing")
     _add_recipe_arguments(validate)
@@ -102,6 +108,31 @@ def _ablate(path: str, overrides: list[str], dry_run: bool) -> int:
     return 0
 
 
+def _publish_arguments(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``publish RUN_DIR``: the run's own recipe.yaml, pointed at that folder; --repo/--private/--dry-run become
+    overrides. Pushing is explicit: with --repo and without --dry-run, publish.dry_run turns false."""
+    recipe, overrides = args.recipe, list(args.overrides)
+    folder = Path(recipe)
+    if folder.is_dir():
+        if not (folder / "recipe.yaml").is_file():
+            raise SystemExit(f"error: {folder} is not a run folder (no recipe.yaml); pass a recipe or a run folder")
+        overrides = [
+            f"output_dir={json.dumps(str(folder.resolve().parent))}",
+            f"name={folder.resolve().name}",
+            *overrides,
+        ]
+        recipe = str(folder / "recipe.yaml")
+    if args.repo:
+        overrides.append(f"publish.repo_id={args.repo}")
+        if args.dry_run is None:
+            overrides.append("publish.dry_run=false")
+    if args.dry_run:
+        overrides.append("publish.dry_run=true")
+    if args.private:
+        overrides.append("publish.private=true")
+    return recipe, overrides
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("st_retrofit").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -123,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         except (RecipeError, StageError, PublishError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "publish":
+        args.recipe, args.overrides = _publish_arguments(args)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "validate":

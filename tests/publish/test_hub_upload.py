@@ -89,3 +89,30 @@ def test_a_file_that_differs_on_the_hub_is_named(hub, release):
     (release / "extra.json").write_text(json.dumps({"late": True}))
     with pytest.raises(PublishError, match=r"extra.json \(missing\)"):
         verify_upload(api, "test-org/tiny-retrofit", release, commit["sha"])
+
+
+def test_publish_a_run_folder_from_the_command_line(hub, tiny_recipe_data, tmp_path, capsys):
+    from st_retrofit.cli import main
+    from st_retrofit.pipeline import run_pipeline
+
+    recipe = recipe_from_dict(tiny_recipe_data)
+    run_pipeline(recipe, stages=["synth", "mine", "train", "eval"])
+    run_dir = str(recipe.run_dir)
+
+    assert main(["publish", run_dir, "--repo", "test-org/from-cli", "--dry-run"]) == 0
+    assert "test-org/from-cli" not in hub.state.repos  # a dry run writes the folder and pushes nothing
+    release = recipe.run_dir / "publish" / "release"
+    assert (release / "README.md").is_file() and (release / "manifest.json").is_file()
+
+    assert main(["publish", run_dir, "--repo", "test-org/from-cli", "--private"]) == 0
+    repo = hub.state.repos["test-org/from-cli"]
+    assert repo["private"] and len(repo["commits"]) == 1
+    assert set(repo["commits"][0]["files"]) == {p.relative_to(release).as_posix() for p in release.rglob("*")
+                                                 if p.is_file()}  # fmt: skip
+    pushed = json.loads((recipe.run_dir / "publish" / "pushed.json").read_text())
+    assert pushed["repo_id"] == "test-org/from-cli"
+    assert TOKEN not in capsys.readouterr().out
+
+    (tmp_path / "not-a-run").mkdir()
+    with pytest.raises(SystemExit, match="not a run folder"):
+        main(["publish", str(tmp_path / "not-a-run"), "--repo", "test-org/x"])
