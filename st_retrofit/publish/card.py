@@ -163,6 +163,7 @@ def render_model_card(
             if lora
             else "none (full fine-tuning)"
         ),
+        training_args=", ".join(f"{k}={v}" for k, v in recipe.train.args.items()),
         seed=recipe.seed,
     )
     return str(card)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,12 @@ def build_release_folder(
     manifest = recipe.run_dir / "manifest.json"
     if manifest.is_file():
         shutil.copy(manifest, output_dir / "manifest.json")
+    # Some writers create files 0600 (a temporary file renamed into place); a release is meant to be read by others.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in output_dir.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
     return output_dir
 
 

@@ -82,3 +82,18 @@ def test_token_never_lands_in_the_release_folder(tiny_recipe_data, tiny_model_pa
 def test_push_without_token_is_refused(tmp_path):
     with pytest.raises(PublishError, match="HF_TOKEN"):
         push_release(tmp_path, "test-org/tiny-retrofit")
+
+
+def test_release_files_are_readable_by_others_and_the_card_lists_training_arguments(
+    tiny_recipe_data, tiny_model_path, eval_dir, tmp_path
+):
+    import os
+
+    folder = build_release_folder(recipe_from_dict(tiny_recipe_data), tiny_model_path, eval_dir, tmp_path / "r")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in folder.rglob("*") if p.is_file())
+    assert (
+        "**Training arguments:** per_device_train_batch_size=8, learning_rate=0.001"
+        in (folder / "README.md").read_text()
+    )
