@@ -95,41 +95,34 @@ def eval_stage(recipe: Recipe, synth_dataset: str | Path, model_dir: str | Path,
     output_dir = Path(output_dir)
     pairs = load_from_disk(str(synth_dataset))["eval"]
     results: dict[str, Any] = {"k": recipe.eval.k, "base_model": recipe.model.base}
-    for label, model in (
-        ("base", load_model(recipe.model.base)),
-        ("retrofitted", SentenceTransformer(str(model_dir))),
-    ):
+    models = {"base": load_model(recipe.model.base), "retrofitted": SentenceTransformer(str(model_dir))}
+    for label, model in models.items():
         if recipe.model.max_seq_length is not None:
             model.max_seq_length = recipe.model.max_seq_length
         logger.info("Evaluating the %s model", label)
         results[label] = evaluate_retrieval(model, pairs, k=recipe.eval.k, batch_size=recipe.eval.batch_size)
     if recipe.eval.mteb_tasks:
-        results["mteb"] = mteb_stage(recipe, model_dir, output_dir)
+        results["mteb"] = mteb_stage(recipe, models, output_dir)
     path = output_dir / "results.json"
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     (output_dir / "results.md").write_text(comparison_table(results, recipe.eval.k) + "\n", encoding="utf-8")
     return path
 
 
-def mteb_stage(recipe: Recipe, model_dir: str | Path, output_dir: Path) -> dict[str, Any]:
-    """``eval.mteb_tasks`` for the base and the retrofitted model (and ``eval.mteb_baselines``): mteb's results
+def mteb_stage(recipe: Recipe, models: dict[str, SentenceTransformer], output_dir: Path) -> dict[str, Any]:
+    """``eval.mteb_tasks`` for the ``base`` and ``retrofitted`` models (and ``eval.mteb_baselines``): mteb's results
     under ``output_dir/mteb``, the comparison as ``mteb_comparison.json`` and ``mteb_comparison.md``."""
-    from sentence_transformers import SentenceTransformer
-
-    from st_retrofit.models import load_model
     from st_retrofit.mteb_eval import comparison, read_results, resolve_tasks, run_mteb
 
     tasks = resolve_tasks(recipe.eval.mteb_tasks)
-    retrofitted_name = recipe.publish.repo_id or f"st-retrofit/{recipe.name}"
+    names = {
+        "base": recipe.model.base.replace("offline:", "offline/"),
+        "retrofitted": recipe.publish.repo_id or f"st-retrofit/{recipe.name}",
+    }
     scores = {}
-    for label, name, model in (
-        ("base", recipe.model.base.replace("offline:", "offline/"), load_model(recipe.model.base)),
-        ("retrofitted", retrofitted_name, SentenceTransformer(str(model_dir))),
-    ):
-        if recipe.model.max_seq_length is not None:
-            model.max_seq_length = recipe.model.max_seq_length
+    for label, model in models.items():
         logger.info("mteb: %d task(s) for the %s model", len(tasks), label)
-        scores[label] = run_mteb(model, name, tasks, output_dir / "mteb", recipe.eval.batch_size)
+        scores[label] = run_mteb(model, names[label], tasks, output_dir / "mteb", recipe.eval.batch_size)
     # Baselines between the two, so that the last column's change is retrofitted against base.
     baselines = {label: read_results(folder) for label, folder in recipe.eval.mteb_baselines.items()}
     data, table = comparison({"base": scores["base"], **baselines, "retrofitted": scores["retrofitted"]})
