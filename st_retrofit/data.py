@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -227,3 +228,28 @@ def content_hash(paths: list[str | Path]) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def cached_content_hash(path: str | Path) -> str:
+    """:func:`content_hash` of one file or folder, remembered in ``$ST_RETROFIT_CACHE/content-hashes.json`` under
+    its path, sizes and modification times, so that a large corpus is read once, not at every run."""
+    import json
+
+    from st_retrofit.models import cache_dir
+
+    path = Path(path).expanduser().resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    signature = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    key = hashlib.sha256(json.dumps(signature).encode()).hexdigest()
+    store = cache_dir() / "content-hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = content_hash([path])
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(store)  # concurrent runs may each write; the last complete file wins and entries are facts
+    return known[key]

@@ -11,7 +11,6 @@ starts from an empty folder.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -125,24 +124,11 @@ def local_inputs(recipe: Recipe, name: str) -> list[str]:
     return [path for path in paths if path and not path.startswith("offline:") and is_local(path)]
 
 
-def _stat_signature(path: Path) -> tuple:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
-
-
-@functools.lru_cache(maxsize=256)
-def _content_hash(path: str, signature: tuple) -> str:
-    from st_retrofit.data import content_hash
-
-    return content_hash([path])
-
-
 def inputs_hash(recipe: Recipe, name: str) -> str:
-    """A content hash of :func:`local_inputs` (hashed once per process while size and mtime stay the same)."""
-    parts = []
-    for path in local_inputs(recipe, name):
-        resolved = Path(path).expanduser().resolve()
-        parts.append(_content_hash(str(resolved), _stat_signature(resolved)))
+    """A content hash of :func:`local_inputs` (each file read once while its size and mtime stay the same)."""
+    from st_retrofit.data import cached_content_hash
+
+    parts = [cached_content_hash(path) for path in local_inputs(recipe, name)]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16] if parts else "-"
 
 
