@@ -279,8 +279,8 @@ def dataset_fingerprints(run_dir: Path) -> dict:
 def write_manifest(recipe: Recipe) -> Path:
     """``manifest.json`` in the run folder: what is needed to say how a result was made and to make it again.
 
-    The recipe and its hash, the seeds, package versions, the git commit of the working directory (and whether it
-    had uncommitted changes), the hardware, each stage's state and fingerprint, the fingerprints of every saved
+    The recipe and its hash, the seeds, package versions, the git commit of the working directory and of
+    st-retrofit's own source when it runs from a checkout (each with whether it had uncommitted changes), the hardware, each stage's state and fingerprint, the fingerprints of every saved
     dataset, and the training-data sources (``mine/sources.json``).
     """
     import platform
@@ -305,7 +305,8 @@ def write_manifest(recipe: Recipe) -> Path:
         },
         "python": platform.python_version(),
         "packages": {name: v for name, v in packages.items() if v is not None},
-        "git": git_state(),
+        "git": git_state(),  # the working directory: usually the project holding the recipe
+        "st_retrofit_git": git_state(Path(__file__).parent),  # the code that ran, when installed from a checkout
         "hardware": hardware(),
         "stages": {name: stage_state(recipe.run_dir, name) for name in STAGES},
         "datasets": dataset_fingerprints(recipe.run_dir),

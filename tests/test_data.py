@@ -186,6 +186,7 @@ def test_the_manifest_records_versions_commit_hardware_seeds_and_dataset_fingerp
     assert set(manifest["datasets"]["mine/dataset"]) == {"en", "ru", "ja"}
     assert manifest["sources"]["synthetic"]["rows"] > 0
     assert "git" in manifest  # the commit, or null when the working directory is not a checkout
+    assert len(manifest["st_retrofit_git"]["commit"]) == 40  # these tests run from the st-retrofit checkout
     assert manifest["stages"]["train"] == {}
 
 
