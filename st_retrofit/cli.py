@@ -115,7 +115,9 @@ def _publish_arguments(args: argparse.Namespace) -> tuple[str, list[str]]:
     folder = Path(recipe)
     if folder.is_dir():
         if not (folder / "recipe.yaml").is_file():
-            raise SystemExit(f"error: {folder} is not a run folder (no recipe.yaml); pass a recipe or a run folder")
+            raise RecipeError(
+                "recipe", f"{folder} is not a run folder (no recipe.yaml); pass a recipe or a run folder"
+            )
         overrides = [
             f"output_dir={json.dumps(str(folder.resolve().parent))}",
             f"name={folder.resolve().name}",
@@ -154,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         except (RecipeError, StageError, PublishError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.command == "publish":
-        args.recipe, args.overrides = _publish_arguments(args)
     try:
+        if args.command == "publish":
+            args.recipe, args.overrides = _publish_arguments(args)
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "validate":
             print(json.dumps(recipe.to_dict(), indent=2))
