@@ -18,20 +18,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def mine_stage(config: MiningConfig, seed: int, pairs: Dataset | str | Path, output_dir: str | Path) -> Path:
-    """Mine ``pairs``: a ``Dataset`` (:func:`st_retrofit.data.training_pairs`) or a folder saved by the synth stage,
-    whose ``train`` split is read.
+def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str | Path) -> Path:
+    """Mine ``pairs`` (:func:`st_retrofit.data.training_pairs`: the synth stage's train split and the data sources).
 
     Writes ``dataset`` (one split per group), ``corpus`` (the texts ``negative_ids`` index), ``report.json``,
     ``score_distributions.png``, and ``work/`` (shards and indexes; a rerun after a kill continues from them).
     """
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict
 
     from st_retrofit.models import load_model
 
     output_dir = Path(output_dir)
-    if isinstance(pairs, (str, Path)):
-        pairs = load_from_disk(str(pairs))["train"]
     path = output_dir / "dataset"
     if not config.enabled:
         DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])}).save_to_disk(str(path))
