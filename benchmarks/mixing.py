@@ -66,7 +66,7 @@ def bench_collate(args) -> dict:
     ours = RetrofitDataCollator(
         model.preprocess,
         num_negatives=3,
-        rank_max=10,
+        range_max=10,
         sampling="teacher",
         prompts={"qa": "Given a question, retrieve the passage that answers it: "},
     )

@@ -179,7 +179,7 @@ def run_one(side: str, model, initial_state, data, args, output_dir: Path) -> di
     else:
         loss = RetrofitInfoNCELoss(model, false_negative_margin=0.1, teacher_margin=0.05, distill_weight=0.5)
         collator = RetrofitDataCollator(
-            model.preprocess, num_negatives=args.negatives, rank_max=10, sampling="teacher"
+            model.preprocess, num_negatives=args.negatives, range_max=10, sampling="teacher"
         )
         train = data[1]
         training_args.multi_dataset_batch_sampler = TemperatureBatchSampler.configure(

@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from st_retrofit.recipe import Recipe, RecipeError, load_recipe
+from st_retrofit.config import ConfigError
+from st_retrofit.recipe import Recipe, load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -83,28 +84,28 @@ def _slug(text: str) -> str:
 
 def _axis(data: Any, key: str) -> Axis:
     if not isinstance(data, dict):
-        raise RecipeError(key, "expected a mapping with label, values and (for plain values) key")
+        raise ConfigError(key, "expected a mapping with label, values and (for plain values) key")
     unknown = set(data) - {"label", "key", "values"}
     if unknown:
-        raise RecipeError(f"{key}.{sorted(unknown)[0]}", "unknown key; an axis has label, key and values")
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key; an axis has label, key and values")
     values = data.get("values")
     if not isinstance(values, list) or not values:
-        raise RecipeError(f"{key}.values", "expected a non-empty list")
+        raise ConfigError(f"{key}.values", "expected a non-empty list")
     points = []
     for i, value in enumerate(values):
         if isinstance(value, dict):
             if set(value) - {"label", "set"} or not isinstance(value.get("set"), dict):
-                raise RecipeError(f"{key}.values[{i}]", "expected {label: ..., set: {recipe.key: value}}")
+                raise ConfigError(f"{key}.values[{i}]", "expected {label: ..., set: {recipe.key: value}}")
             points.append(AxisValue(str(value.get("label", i)), dict(value["set"])))
         else:
             if not data.get("key"):
-                raise RecipeError(
+                raise ConfigError(
                     f"{key}.key", "plain values need the recipe key they set (e.g. synth.max_per_language)"
                 )
             points.append(AxisValue(str(value), {data["key"]: value}))
     labels = [p.label for p in points]
     if len({_slug(label) for label in labels}) != len(labels):
-        raise RecipeError(f"{key}.values", f"labels must differ (also as folder names): {labels}")
+        raise ConfigError(f"{key}.values", f"labels must differ (also as folder names): {labels}")
     return Axis(str(data.get("label", data.get("key", key))), points)
 
 
@@ -112,26 +113,26 @@ def load_ablation(path: str | Path) -> Ablation:
     """Read an ablation file; errors name the key (``x.values[2]``, ``metric``...)."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError("ablation", f"file {path} does not exist")
+        raise ConfigError("ablation", f"file {path} does not exist")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
-        raise RecipeError("ablation", f"{path} must be a mapping")
+        raise ConfigError("ablation", f"{path} must be a mapping")
     allowed = {"name", "base", "description", "metric", "set", "x", "series"}
     for key in data:
         if key not in allowed:
-            raise RecipeError(str(key), f"unknown key; an ablation has {', '.join(sorted(allowed))}")
+            raise ConfigError(str(key), f"unknown key; an ablation has {', '.join(sorted(allowed))}")
     for key in ("name", "base", "x"):
         if key not in data:
-            raise RecipeError(key, "required")
+            raise ConfigError(key, "required")
     metric = data.get("metric", "ndcg")
     if metric not in METRICS:
-        raise RecipeError("metric", f"expected one of {METRICS}, got {metric!r}")
+        raise ConfigError("metric", f"expected one of {METRICS}, got {metric!r}")
     base = (path.parent / str(data["base"])).resolve()
     if not base.is_file():
-        raise RecipeError("base", f"recipe {base} does not exist")
+        raise ConfigError("base", f"recipe {base} does not exist")
     overrides = data.get("set") or {}
     if not isinstance(overrides, dict):
-        raise RecipeError("set", "expected a mapping of recipe.key: value")
+        raise ConfigError("set", "expected a mapping of recipe.key: value")
     return Ablation(
         name=_slug(str(data["name"])),
         base=base,
@@ -160,8 +161,8 @@ def variant_recipes(
         assignments += [f"name={folder}", f"output_dir={json.dumps(str(Path(base_output) / ablation.name))}"]
         try:
             recipe = load_recipe(ablation.base, assignments)
-        except RecipeError as exc:
-            raise RecipeError(exc.key, f"{exc.message} (in variant {folder})") from None
+        except ConfigError as exc:
+            raise ConfigError(exc.key, f"{exc.message} (in variant {folder})") from None
         out.append((folder, series, x, recipe))
     return out
 
@@ -219,10 +220,11 @@ def results_table(summary: dict) -> str:
 
 def plot_ablation(summary: dict, path: Path) -> None:
     """The metric against the x axis, one line per series, the base model dashed."""
-    import matplotlib
+    from st_retrofit.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path.name)
+    if plt is None:
+        return
 
     metric = summary["metric"]
     labels = list(dict.fromkeys(row["x"] for row in summary["rows"]))

@@ -6,6 +6,7 @@
     st-retrofit validate recipes/quickstart.yaml
     st-retrofit ablate recipes/ablations/hard-negatives.yaml [--set ...] [--dry-run]
     st-retrofit templates [--dir my_templates/]
+    st-retrofit schema > recipe.schema.json
 
 Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe`, :func:`st_retrofit.run_pipeline`).
 """
@@ -13,15 +14,18 @@ Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+from st_retrofit.config import ConfigError
 from st_retrofit.distributed import is_main_process
 from st_retrofit.pipeline import STAGES, StageError, run_pipeline, run_stage, write_manifest
-from st_retrofit.publish import PublishError
-from st_retrofit.recipe import RecipeError, load_recipe
+from st_retrofit.publish.release import PublishError
+from st_retrofit.recipe import load_recipe
 
 STAGE_HELP = {
     "synth": "generate the training and held-out pairs (demo data, or a corpus with templates and a backend)",
@@ -32,8 +36,8 @@ STAGE_HELP = {
 }
 
 
-def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="path to a YAML recipe")
+def _add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str = "path to a YAML recipe") -> None:
+    parser.add_argument("recipe", help=recipe_help)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set train.args.num_train_epochs=2 (repeatable)",
@@ -41,29 +45,37 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="st-retrofit", description="Retrofit small multilingual embedding models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # -v works before or after the command: every subcommand takes it too (SUPPRESS keeps an earlier -v).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="st-retrofit", description="Retrofit small multilingual embedding models.", parents=[common]
+    )
+    parser.set_defaults(verbose=False)
     commands = parser.add_subparsers(dest="command", required=True)
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    run = commands.add_parser("run", help="run the whole pipeline (or --stages) of a recipe")
+    run = add_command("run", help="run the whole pipeline (or --stages) of a recipe")
     _add_recipe_arguments(run)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     run.add_argument("--force", action="store_true", help="re-run stages even when they are up to date")
 
     for name, help_text in STAGE_HELP.items():
-        stage = commands.add_parser(name, help=help_text)
-        _add_recipe_arguments(stage)
+        stage = add_command(name, help=help_text)
+        if name == "publish":
+            _add_recipe_arguments(stage, "a run folder (runs/NAME; its recipe.yaml is used) or a recipe")
+        else:
+            _add_recipe_arguments(stage)
         stage.add_argument("--force", action="store_true", help="re-run even when up to date")
         if name == "publish":
-            stage.help = "a recipe, or a run folder (RUN_DIR) whose recipe.yaml is used"
             stage.add_argument("--repo", help="the Hub repository, ORG/NAME (sets publish.repo_id)")
             stage.add_argument("--private", action="store_true", default=None, help="create the repository private")
             stage.add_argument("--dry-run", action="store_true", default=None, help="only write the release folder")
 
-    validate = commands.add_parser("validate", help="check a recipe and print it resolved, touching nothing")
+    validate = add_command("validate", help="check a recipe and print it resolved, touching nothing")
     _add_recipe_arguments(validate)
 
-    ablate = commands.add_parser("ablate", help="run a grid of recipe variants and plot a metric across it")
+    ablate = add_command("ablate", help="run a grid of recipe variants and plot a metric across it")
     ablate.add_argument("ablation", help="path to an ablation YAML (recipes/ablations/)")
     ablate.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -71,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ablate.add_argument("--dry-run", action="store_true", help="validate and list the variants, run nothing")
 
-    templates = commands.add_parser("templates", help="list the synthesis templates (shipped and --dir)")
+    templates = add_command("templates", help="list the synthesis templates (shipped and --dir)")
     templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
+
+    add_command("schema", help="print the JSON Schema of a recipe (for editors: yaml-language-server)")
     return parser
 
 
@@ -115,7 +129,7 @@ def _publish_arguments(args: argparse.Namespace) -> tuple[str, list[str]]:
     folder = Path(recipe)
     if folder.is_dir():
         if not (folder / "recipe.yaml").is_file():
-            raise RecipeError(
+            raise ConfigError(
                 "recipe", f"{folder} is not a run folder (no recipe.yaml); pass a recipe or a run folder"
             )
         overrides = [
@@ -139,10 +153,12 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("st_retrofit").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
-        # One bar per filter/save/flatten call drowns the stage logs; training and encoding keep theirs.
-        import datasets
-
-        datasets.disable_progress_bars()
+        # One bar per filter/save/flatten call drowns the stage logs; training and encoding keep theirs. Set through
+        # the environment so that commands which never read data do not import datasets.
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+        else:
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,10 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "templates":
         return _list_templates(args.dirs)
+    if args.command == "schema":
+        from st_retrofit.recipe import recipe_schema
+
+        print(json.dumps(recipe_schema(), indent=2))
+        return 0
     if args.command == "ablate":
         try:
             return _ablate(args.ablation, args.overrides, args.dry_run)
-        except (RecipeError, StageError, PublishError) as exc:
+        except (ConfigError, StageError, PublishError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
@@ -171,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs = {args.command: run_stage(recipe, args.command, force=args.force)}
             if is_main_process():
                 write_manifest(recipe)
-    except (RecipeError, StageError, PublishError) as exc:
+    except (ConfigError, StageError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not is_main_process():

@@ -10,7 +10,6 @@ starts from an empty folder.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from st_retrofit.recipe import Recipe, RecipeError, save_recipe
+from st_retrofit.config import ConfigError, SectionView
+from st_retrofit.recipe import SECTIONS, Recipe, save_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class StageError(RuntimeError):
 class Stage:
     """One pipeline step: the recipe sections it reads, the stages it reads from, and how to run it.
 
+    ``run`` receives a :class:`~st_retrofit.config.SectionView` holding only ``sections`` (and the seed and run
+    folder), so the fingerprint, made of exactly those sections, covers everything the stage can read.
     ``uses`` are stages read when they have run (publish takes evaluation results when there are any); their
     fingerprints count as inputs then, so new results make the stage run again.
     """
@@ -40,53 +42,62 @@ class Stage:
     name: str
     sections: tuple[str, ...]
     needs: tuple[str, ...]
-    run: Callable[[Recipe, Path], Path]
+    run: Callable[[SectionView, Path], Path]
     uses: tuple[str, ...] = ()
 
+    def view(self, recipe: Recipe) -> SectionView:
+        return SectionView(recipe, self.name, self.sections)
 
-def _synth(recipe: Recipe, run_dir: Path) -> Path:
-    from st_retrofit.synth import CorpusError, SynthBackendError, SynthSettingError, synthesize
+    def local_inputs(self, recipe: Recipe) -> list[str]:
+        """The local files and folders its sections name (corpus, data sources, template folders, models given
+        as folders); their contents count in the fingerprint."""
+        from st_retrofit.data.sources import is_local
+
+        paths = [path for section in self.sections for path in getattr(recipe, section).local_inputs()]
+        return [path for path in dict.fromkeys(paths) if path and not path.startswith("offline:") and is_local(path)]
+
+
+def _synth(recipe: SectionView, run_dir: Path) -> Path:
+    from st_retrofit.synth.backends.base import SynthBackendError
 
     try:
-        return synthesize(recipe.synth, recipe.seed, run_dir / "synth")
-    except SynthSettingError as exc:
-        raise RecipeError(f"synth.{exc.key}", exc.message) from None
-    except CorpusError as exc:
-        raise RecipeError(f"synth.corpus.{exc.key}", exc.message) from None
+        return recipe.synth.source_entry.run(recipe.synth, recipe.seed, run_dir / "synth")
+    except ConfigError as exc:
+        raise exc.under("synth") from None
     except SynthBackendError as exc:
         raise StageError(f"synth: {exc}") from None
 
 
-def _mine(recipe: Recipe, run_dir: Path) -> Path:
-    from st_retrofit.data import DataSourceError, training_pairs
-    from st_retrofit.mining import mine_stage
+def _mine(recipe: SectionView, run_dir: Path) -> Path:
+    from st_retrofit.data.sources import training_pairs
+    from st_retrofit.mining.stage import mine_stage
 
     try:
         pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
-    except DataSourceError as exc:
-        raise RecipeError(f"data.{exc.key}", exc.message) from None
+    except ConfigError as exc:
+        raise exc.under("data") from None
     (run_dir / "mine").mkdir(parents=True, exist_ok=True)
     (run_dir / "mine" / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
     return mine_stage(recipe.mining, recipe.seed, pairs, run_dir / "mine")
 
 
-def _train(recipe: Recipe, run_dir: Path) -> Path:
-    from st_retrofit.train import train_stage
+def _train(recipe: SectionView, run_dir: Path) -> Path:
+    from st_retrofit.train.stage import train_stage
 
     return train_stage(recipe, run_dir / "mine" / "dataset", run_dir / "train")
 
 
-def _eval(recipe: Recipe, run_dir: Path) -> Path:
-    from st_retrofit.evaluate import eval_stage
+def _eval(recipe: SectionView, run_dir: Path) -> Path:
+    from st_retrofit.evaluation.stage import eval_stage
 
     return eval_stage(recipe, run_dir / "synth" / "dataset", run_dir / "train" / "model", run_dir / "eval")
 
 
-def _publish(recipe: Recipe, run_dir: Path) -> Path:
-    from st_retrofit.publish import publish_stage
+def _publish(recipe: SectionView, run_dir: Path) -> Path:
+    from st_retrofit.publish.release import publish_stage
 
-    eval_dir = run_dir / "eval" if is_up_to_date(recipe, "eval") else None
-    write_manifest(recipe)  # the release carries the manifest of the run it comes from
+    eval_dir = run_dir / "eval" if is_up_to_date(recipe._recipe, "eval") else None
+    write_manifest(recipe._recipe)  # the release carries the manifest of the run it comes from
     return publish_stage(recipe, run_dir / "train" / "model", eval_dir, run_dir / "publish")
 
 
@@ -95,40 +106,21 @@ STAGES: dict[str, Stage] = {
     for stage in (
         Stage("synth", ("synth",), (), _synth),
         Stage("mine", ("data", "mining"), ("synth",), _mine),
-        Stage("train", ("model", "mixing", "train"), ("mine",), _train),
+        # mining: the pool's negatives per row when mixing.num_negatives is null.
+        Stage("train", ("model", "mining", "mixing", "train"), ("mine",), _train),
         Stage("eval", ("model", "eval"), ("synth", "train"), _eval),
-        Stage(
-            "publish",
-            ("publish", "synth", "data", "mining", "mixing", "model", "train"),
-            ("train",),
-            _publish,
-            uses=("eval",),
-        ),
+        # publish: the release carries the whole recipe and the card describes every part of the run.
+        Stage("publish", ("model", "synth", "data", "mining", "mixing", "train", "eval", "publish"), ("train",),
+              _publish, uses=("eval",)),
     )
-}
-
-
-def local_inputs(recipe: Recipe, name: str) -> list[str]:
-    """The local files and folders a stage reads besides the recipe (corpus, data sources, template folders, models
-    given as folders); their contents count in the stage's fingerprint."""
-    from st_retrofit.data import is_local
-
-    paths: list[str] = []
-    if name == "synth" and recipe.synth.source == "corpus":
-        paths += [recipe.synth.corpus.path] + list(recipe.synth.template_dirs)
-    if name == "mine":
-        paths += [source.path for source in recipe.data.sources]
-        paths += [recipe.mining.teacher] + ([recipe.mining.cross_encoder] if recipe.mining.cross_encoder else [])
-    if name in ("train", "eval"):
-        paths.append(recipe.model.base)
-    return [path for path in paths if path and not path.startswith("offline:") and is_local(path)]
+}  # fmt: skip
 
 
 def inputs_hash(recipe: Recipe, name: str) -> str:
-    """A content hash of :func:`local_inputs` (each file read once while its size and mtime stay the same)."""
-    from st_retrofit.data import cached_content_hash
+    """A content hash of the stage's local inputs (each file read once while its size and mtime stay the same)."""
+    from st_retrofit.data.sources import cached_content_hash
 
-    parts = [cached_content_hash(path) for path in local_inputs(recipe, name)]
+    parts = [cached_content_hash(path) for path in STAGES[name].local_inputs(recipe)]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16] if parts else "-"
 
 
@@ -191,7 +183,7 @@ def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
         _write_state(folder, {"status": "running", "fingerprint": fp})
         logger.info("Running stage %s", name)
     barrier()
-    output = stage.run(recipe, run_dir) if main or everywhere else None
+    output = stage.run(stage.view(recipe), run_dir) if main or everywhere else None
     if main:
         seconds = round(time.time() - started, 1)
         _write_state(folder, {"status": "done", "fingerprint": fp, "output": str(output), "seconds": seconds})
@@ -295,9 +287,7 @@ def write_manifest(recipe: Recipe) -> Path:
     sources = recipe.run_dir / "mine" / "sources.json"
     manifest = {
         "recipe": recipe.to_dict(),
-        "recipe_hash": recipe.section_hash(
-            *(f.name for f in dataclasses.fields(recipe) if f.name not in ("name", "output_dir"))
-        ),
+        "recipe_hash": recipe.section_hash(*SECTIONS),
         "seeds": {
             "seed": recipe.seed,
             "train.args.seed": recipe.train.args.get("seed", recipe.seed),

@@ -10,7 +10,7 @@ from PIL import Image
 
 from st_retrofit.ablate import load_ablation, variant_recipes
 from st_retrofit.cli import main
-from st_retrofit.recipe import RecipeError
+from st_retrofit.config import ConfigError
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_every_variant_is_validated_before_any_runs(base_recipe, tmp_path, capsy
     ],
 )
 def test_bad_ablation_files_name_the_key(base_recipe, fields, key):
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         load_ablation(write_ablation(base_recipe, **fields))
     assert info.value.key == key
 

@@ -8,9 +8,11 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from st_retrofit import pipeline
-from st_retrofit.data import DataSourceError, load_source, training_pairs
+from st_retrofit.config import ConfigError
+from st_retrofit.data.config import DataConfig, DataSourceConfig
+from st_retrofit.data.sources import load_source, training_pairs
 from st_retrofit.pipeline import run_pipeline
-from st_retrofit.recipe import DataConfig, DataSourceConfig, RecipeError, recipe_from_dict
+from st_retrofit.recipe import recipe_from_dict
 
 QA = [
     {"question": "When was Mikaro founded?", "answer": "Mikaro was founded in 1723 on the Luse river.", "lang": "en"},
@@ -48,7 +50,7 @@ def test_a_saved_dataset_folder_reads_its_split_with_fixed_language_task_and_a_s
     first, again, other = load_source(config, seed=1), load_source(config, seed=1), load_source(config, seed=2)
     assert len(first) == 5 and set(first["language"]) == {"en"} and set(first["task"]) == {"web-search"}
     assert first["query"] == again["query"] != other["query"]
-    with pytest.raises(DataSourceError, match="splits") as info:
+    with pytest.raises(ConfigError, match="splits") as info:
         load_source(
             DataSourceConfig(name="x", path=str(folder), split="test", columns={"query": "q", "document": "d"})
         )
@@ -56,7 +58,7 @@ def test_a_saved_dataset_folder_reads_its_split_with_fixed_language_task_and_a_s
 
 
 def test_a_missing_column_names_the_mapping_and_lists_the_columns(qa_file):
-    with pytest.raises(DataSourceError) as info:
+    with pytest.raises(ConfigError) as info:
         load_source(DataSourceConfig(name="faq", path=str(qa_file), columns={"query": "question"}))
     assert info.value.key == "columns.document"
     assert "'answer'" in info.value.message and "'document'" in info.value.message
@@ -92,7 +94,7 @@ def test_synthetic_pairs_and_sources_are_concatenated_with_their_source(tmp_path
     ],
 )  # fmt: skip
 def test_bad_data_sections_name_the_key(tiny_recipe_data, patch, key, text):
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         recipe_from_dict({**tiny_recipe_data, "data": patch})
     assert info.value.key == key and text in info.value.message
 
@@ -100,7 +102,7 @@ def test_bad_data_sections_name_the_key(tiny_recipe_data, patch, key, text):
 def test_a_local_source_missing_a_column_is_named_when_the_recipe_loads(tiny_recipe_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         recipe_from_dict({**tiny_recipe_data, "data": {"sources": [{"name": "faq", "path": str(bad)}]}})
     assert info.value.key == "data.sources[0].columns.query" and "'question'" in info.value.message
 
@@ -131,7 +133,7 @@ def test_a_source_whose_columns_show_only_when_read_is_named_at_run_time(tiny_re
     source = {"name": "hotpotqa", "path": str(repo), "config_name": "pair", "columns": {"query": "question"}}
     recipe = recipe_from_dict({**tiny_recipe_data, "data": {"sources": [source]}})
     run_pipeline(recipe, stages=["synth"])
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         run_pipeline(recipe, stages=["mine"])
     assert info.value.key == "data.sources[0].columns.query"
     assert "['anchor', 'positive']" in info.value.message
@@ -206,7 +208,7 @@ def test_git_state_reads_the_commit_of_a_checkout(tmp_path):
 
 
 def test_local_columns_are_read_from_headers_alone(tmp_path):
-    from st_retrofit.data import local_columns
+    from st_retrofit.data.sources import local_columns
 
     rows = [{"question": "q", "answer": "a"}]
     Dataset.from_list(rows).to_parquet(str(tmp_path / "f.parquet"))
@@ -220,7 +222,7 @@ def test_local_columns_are_read_from_headers_alone(tmp_path):
 
 
 def test_content_hashes_are_read_once_and_follow_edits(tmp_path, monkeypatch):
-    import st_retrofit.data as data
+    import st_retrofit.data.sources as data
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "a"}\n')

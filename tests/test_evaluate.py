@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from st_retrofit.evaluate import comparison_table, evaluate_retrieval, retrieval_tasks
+from st_retrofit.evaluation.heldout import comparison_table, evaluate_retrieval, retrieval_tasks
 from st_retrofit.synth import build_demo_dataset
 
 

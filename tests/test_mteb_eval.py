@@ -7,9 +7,10 @@ import json
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from st_retrofit.mteb_eval import MtebTaskError, beir_task, comparison, mteb_prompts, read_results, run_mteb
+from st_retrofit.config import ConfigError
+from st_retrofit.evaluation.mteb import beir_task, comparison, mteb_prompts, read_results, run_mteb
 from st_retrofit.pipeline import run_pipeline
-from st_retrofit.recipe import RecipeError, recipe_from_dict
+from st_retrofit.recipe import recipe_from_dict
 from st_retrofit.synth import build_demo_dataset
 
 
@@ -44,7 +45,7 @@ def test_a_beir_folder_runs_as_an_mteb_task_and_writes_mteb_results(tiny_model_p
 
 def test_a_folder_without_beir_files_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MtebTaskError, match="corpus.jsonl"):
+    with pytest.raises(ConfigError, match="corpus.jsonl"):
         beir_task(tmp_path / "empty")
 
 
@@ -92,19 +93,19 @@ def test_the_eval_stage_adds_the_mteb_comparison_and_the_release_carries_it(tiny
 
 
 def test_unknown_mteb_entries_and_missing_baselines_name_the_key(tiny_recipe_data, tmp_path):
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         recipe_from_dict({**tiny_recipe_data, "eval": {"mteb_tasks": ["NoSuchTaskAnywhere"]}})
     assert info.value.key == "eval.mteb_tasks[0]" and "NoSuchTaskAnywhere" in info.value.message
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         recipe_from_dict({**tiny_recipe_data, "eval": {"mteb_baselines": {"gte": str(tmp_path / "nope")}}})
     assert info.value.key == "eval.mteb_baselines.gte"
 
 
 def test_benchmarks_tasks_and_task_types_resolve_without_data(tmp_path):
-    from st_retrofit.mteb_eval import resolve_tasks
+    from st_retrofit.evaluation.mteb import resolve_tasks
 
     retrieval = resolve_tasks(["MTEB(Multilingual, v2):Retrieval"])
     assert len(retrieval) > 10 and {t.metadata.type for t in retrieval} == {"Retrieval"}
     assert [t.metadata.name for t in resolve_tasks(["MIRACLRetrieval"])] == ["MIRACLRetrieval"]
-    with pytest.raises(MtebTaskError, match="has no STS task"):
+    with pytest.raises(ConfigError, match="has no STS task"):
         resolve_tasks(["NanoBEIR-multilingual:STS"])

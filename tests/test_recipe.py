@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from st_retrofit.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict, save_recipe
+from st_retrofit.config import ConfigError
+from st_retrofit.recipe import Recipe, load_recipe, recipe_from_dict, save_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ BAD_RECIPES = [
     ("alpha out of range", {"mixing": {"alpha": 2}}, "mixing.alpha", "[0, 1]"),
     ("negative weight", {"mixing": {"weights": {"en": -1}}}, "mixing.weights.en", "> 0"),
     ("fractional cap", {"mixing": {"caps": {"en": 0.5}}}, "mixing.caps.en", "integer >= 1"),
-    ("empty rank range", {"mixing": {"rank_min": 3, "rank_max": 3}}, "mixing.rank_max", "> rank_min"),
+    ("empty rank range", {"mixing": {"range_min": 3, "range_max": 3}}, "mixing.range_max", "> range_min"),
     ("bad sampling", {"mixing": {"sampling": "hardest"}}, "mixing.sampling", "'teacher'"),
     ("prompt not a string", {"mixing": {"prompts": {"qa": 3}}}, "mixing.prompts.qa", "expected a string"),
     ("push without repo", {"publish": {"repo_id": None, "dry_run": False}}, "publish.repo_id", "required"),
@@ -69,7 +70,7 @@ def _merge(base: dict, patch: dict) -> dict:
 
 @pytest.mark.parametrize(("description", "patch", "key", "text"), BAD_RECIPES, ids=[c[0] for c in BAD_RECIPES])
 def test_bad_recipe_error_names_the_key(tiny_recipe_data, description, patch, key, text):
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(ConfigError) as info:
         recipe_from_dict(_merge(tiny_recipe_data, patch))
     assert info.value.key == key
     assert text in str(info.value)
@@ -101,19 +102,19 @@ def test_overrides_are_parsed_as_yaml_values(tiny_recipe_data):
 
 
 def test_override_with_an_unknown_key_is_rejected(tiny_recipe_data):
-    with pytest.raises(RecipeError, match="mining.num_negative: unknown key"):
+    with pytest.raises(ConfigError, match="mining.num_negative: unknown key"):
         recipe_from_dict(tiny_recipe_data, ["mining.num_negative=5"])
 
 
 def test_missing_recipe_file_names_the_file(tmp_path):
-    with pytest.raises(RecipeError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "absent.yaml")
 
 
 def test_invalid_yaml_is_reported(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("model: [unclosed\n")
-    with pytest.raises(RecipeError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(path)
 
 

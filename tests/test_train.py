@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from st_retrofit.recipe import RecipeError, recipe_from_dict
-from st_retrofit.train import build_collator, build_model, merge_adapter, resolve_loss_class, training_arguments
+from st_retrofit.config import ConfigError
+from st_retrofit.recipe import recipe_from_dict
+from st_retrofit.train import build_collator, build_model, merge_adapter, resolve_loss_class
 
 
 def test_lora_model_trains_only_adapter_weights(tiny_recipe_data):
@@ -44,7 +45,8 @@ def test_merged_model_reproduces_the_adapter_model(tiny_recipe_data, tmp_path):
 
 
 def test_training_arguments_merge_defaults_recipe_and_seed(tiny_recipe_data, tmp_path):
-    args = training_arguments(recipe_from_dict(tiny_recipe_data), output_dir=str(tmp_path))
+    recipe = recipe_from_dict(tiny_recipe_data)
+    args = recipe.train.training_arguments(output_dir=str(tmp_path), seed=recipe.seed)
     assert args.per_device_train_batch_size == 8  # from the recipe
     assert args.seed == 7  # the recipe seed
 
@@ -52,7 +54,7 @@ def test_training_arguments_merge_defaults_recipe_and_seed(tiny_recipe_data, tmp
 def test_trainer_arguments_that_mixing_replaces_are_refused_by_name(tiny_recipe_data):
     for key, value in (("batch_sampler", "no_duplicates"), ("prompts", "query: ")):
         data = {**tiny_recipe_data, "train": {"args": {key: value}}}
-        with pytest.raises(RecipeError, match=rf"^train.args.{key}: set by the mixing section; use mixing"):
+        with pytest.raises(ConfigError, match=rf"^train.args.{key}: set by the mixing section; use mixing"):
             recipe_from_dict(data)
 
 
@@ -73,7 +75,7 @@ def test_loss_is_resolved_from_sentence_transformers():
 
 def test_invalid_trainer_value_names_train_args(tiny_recipe_data):
     data = {**tiny_recipe_data, "train": {"args": {"lr_scheduler_type": "zigzag"}}}
-    with pytest.raises(RecipeError, match="^train.args"):
+    with pytest.raises(ConfigError, match="^train.args"):
         recipe_from_dict(data)
 
 
@@ -124,7 +126,7 @@ def test_train_stage_draws_negatives_from_a_mined_pool_and_records_the_mixture(t
     DatasetDict({"en": pool_split("en", 24), "de": pool_split("de", 16)}).save_to_disk(str(tmp_path / "mined"))
     data = {
         **tiny_recipe_data,
-        "mixing": {"alpha": 0.5, "rank_max": 4, "sampling": "teacher", "prompts": {"*": "search: "}},
+        "mixing": {"alpha": 0.5, "range_max": 4, "sampling": "teacher", "prompts": {"*": "search: "}},
         "train": {"loss": "RetrofitInfoNCELoss", "loss_kwargs": {"distill_weight": 0.5},
                   "args": {"per_device_train_batch_size": 4, "disable_tqdm": True}},
     }  # fmt: skip
@@ -150,5 +152,5 @@ def test_a_weight_for_a_group_that_does_not_exist_names_the_recipe_key(tiny_reci
 
     Dataset.from_dict({"query": ["a", "b"], "document": ["c", "d"]}).save_to_disk(str(tmp_path / "mined"))
     recipe = recipe_from_dict({**tiny_recipe_data, "mixing": {"weights": {"fr": 2.0}}})
-    with pytest.raises(RecipeError, match=r"^mixing.weights: no group named \['fr'\]; the groups are \['train'\]"):
+    with pytest.raises(ConfigError, match=r"^mixing.weights: no group named \['fr'\]; the groups are \['train'\]"):
         train_stage(recipe, tmp_path / "mined", tmp_path / "train")

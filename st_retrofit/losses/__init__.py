@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from st_retrofit.losses.cached_retrofit_infonce import CachedRetrofitInfoNCELoss
-from st_retrofit.losses.retrofit_infonce import RetrofitInfoNCELoss
+from typing import TYPE_CHECKING
 
-__all__ = ["CachedRetrofitInfoNCELoss", "RetrofitInfoNCELoss"]
+from st_retrofit._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from st_retrofit.losses.cached_retrofit_infonce import CachedRetrofitInfoNCELoss
+    from st_retrofit.losses.retrofit_infonce import RetrofitInfoNCELoss
+
+_EXPORTS = {
+    "CachedRetrofitInfoNCELoss": "st_retrofit.losses.cached_retrofit_infonce",
+    "RetrofitInfoNCELoss": "st_retrofit.losses.retrofit_infonce",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

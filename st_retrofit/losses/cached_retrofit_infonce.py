@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
@@ -54,6 +54,10 @@ class CachedRetrofitInfoNCELoss(CachedLossMixin, nn.Module):
             args = SentenceTransformerTrainingArguments(output_dir="out", per_device_train_batch_size=4096)
             trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
     """
+
+    # What the recipe's collator hands this loss as labels with ``mixing.labels: auto``: teacher scores and task
+    # ids in a dict. A subclass inherits it; another loss class can declare it the same way.
+    collator_labels: ClassVar[str] = "dict"
 
     def __init__(
         self,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,10 @@ class RetrofitInfoNCELoss(nn.Module):
             trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
             trainer.train()
     """
+
+    # What the recipe's collator hands this loss as labels with ``mixing.labels: auto``: teacher scores and task
+    # ids in a dict. A subclass inherits it; another loss class can declare it the same way.
+    collator_labels: ClassVar[str] = "dict"
 
     def __init__(
         self,

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
-from st_retrofit.mining.cache import EmbeddingCache, EmbeddingTable, model_fingerprint
-from st_retrofit.mining.filters import NegativeFilter, normalize_text
-from st_retrofit.mining.index import ExactSearcher, FaissSearcher, build_searcher
-from st_retrofit.mining.miner import HardNegativeMiner, MiningResult, mine_negatives, negative_columns, pool_to_ntuple
-from st_retrofit.mining.report import plot_score_distributions
-from st_retrofit.mining.stage import mine_stage
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "EmbeddingCache",
-    "EmbeddingTable",
-    "ExactSearcher",
-    "FaissSearcher",
-    "HardNegativeMiner",
-    "MiningResult",
-    "NegativeFilter",
-    "build_searcher",
-    "mine_negatives",
-    "mine_stage",
-    "model_fingerprint",
-    "negative_columns",
-    "normalize_text",
-    "plot_score_distributions",
-    "pool_to_ntuple",
-]
+from st_retrofit._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from st_retrofit.mining.cache import EmbeddingCache, EmbeddingTable, model_fingerprint
+    from st_retrofit.mining.config import MiningConfig, SearchConfig
+    from st_retrofit.mining.filters import NegativeFilter, normalize_text
+    from st_retrofit.mining.index import ExactSearcher, FaissSearcher, build_searcher
+    from st_retrofit.mining.miner import (
+        HardNegativeMiner,
+        MiningResult,
+        mine_negatives,
+        negative_columns,
+        pool_to_ntuple,
+    )
+    from st_retrofit.mining.report import plot_score_distributions
+    from st_retrofit.mining.stage import mine_stage
+
+_EXPORTS = {
+    "EmbeddingCache": "st_retrofit.mining.cache",
+    "EmbeddingTable": "st_retrofit.mining.cache",
+    "model_fingerprint": "st_retrofit.mining.cache",
+    "NegativeFilter": "st_retrofit.mining.filters",
+    "normalize_text": "st_retrofit.mining.filters",
+    "ExactSearcher": "st_retrofit.mining.index",
+    "FaissSearcher": "st_retrofit.mining.index",
+    "build_searcher": "st_retrofit.mining.index",
+    "HardNegativeMiner": "st_retrofit.mining.miner",
+    "MiningResult": "st_retrofit.mining.miner",
+    "mine_negatives": "st_retrofit.mining.miner",
+    "negative_columns": "st_retrofit.mining.miner",
+    "pool_to_ntuple": "st_retrofit.mining.miner",
+    "plot_score_distributions": "st_retrofit.mining.report",
+    "mine_stage": "st_retrofit.mining.stage",
+    "MiningConfig": "st_retrofit.mining.config",
+    "SearchConfig": "st_retrofit.mining.config",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

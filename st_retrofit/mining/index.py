@@ -20,7 +20,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from st_retrofit.mining.cache import EmbeddingTable
-    from st_retrofit.recipe import SearchConfig
+    from st_retrofit.mining.config import SearchConfig
+
+from st_retrofit.extras import require_module
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +97,7 @@ class FaissSearcher:
     def __init__(
         self, corpus: EmbeddingTable, config: SearchConfig, seed: int = 0, index_path: str | Path | None = None
     ) -> None:
-        import faiss
-
+        faiss = require_module("faiss", f"mining.search.backend {config.backend}")
         self.config, self.n = config, len(corpus)
         index_path = Path(index_path) if index_path else None
         index = faiss.read_index(str(index_path)) if index_path is not None and index_path.exists() else None
@@ -174,10 +175,9 @@ def build_searcher(
     index_path: str | Path | None = None,
 ) -> tuple[Searcher, str]:
     """The searcher the config asks for (resolving ``auto``), and the backend's name."""
-    import dataclasses
 
     backend = choose_backend(config, n_queries, len(corpus))
     if backend == "exact":
         return ExactSearcher(corpus, memory_mb=config.memory_mb), backend
-    resolved = dataclasses.replace(config, backend=backend)
+    resolved = config.model_copy(update={"backend": backend})
     return FaissSearcher(corpus, resolved, seed=seed, index_path=index_path), backend

@@ -27,8 +27,9 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from st_retrofit.recipe import MiningConfig
+    from st_retrofit.mining.config import MiningConfig
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class HardNegativeMiner:
 
             from sentence_transformers import SentenceTransformer
             from st_retrofit.mining import HardNegativeMiner
-            from st_retrofit.recipe import MiningConfig
+            from st_retrofit.mining.config import MiningConfig
 
             teacher = SentenceTransformer("intfloat/multilingual-e5-large")
             miner = HardNegativeMiner(teacher, MiningConfig(num_negatives=7, max_positive_ratio=0.95,
@@ -266,7 +267,7 @@ class HardNegativeMiner:
 
     def _run_fingerprint(self, plan: _Plan, teacher_fp: str, ce_fp: str | None) -> str:
         digest = hashlib.blake2b(digest_size=16)
-        settings = asdict(self.config)
+        settings = self.config.model_dump(mode="json")
         settings.pop("cache_dir")
         settings.pop("shard_size")  # checked on its own: shards of another size cannot be reused
         digest.update(json.dumps([settings, self.seed, teacher_fp, ce_fp, plan.group_names], sort_keys=True).encode())
@@ -578,13 +579,21 @@ def mine_negatives(
     teacher: SentenceTransformer,
     config: MiningConfig,
     seed: int = 0,
-    cache_folder: str | Path | None = None,
+    cache_dir: str | Path | None = None,
     corpus: Dataset | Sequence[str] | None = None,
     cross_encoder: CrossEncoder | None = None,
     output_dir: str | Path | None = None,
+    cache_folder: str | Path | None = None,
 ) -> tuple[DatasetDict, dict[str, Any]]:
-    """One-call form of :class:`HardNegativeMiner`: returns the mined splits and the report."""
-    miner = HardNegativeMiner(teacher, config, seed=seed, cross_encoder=cross_encoder, cache_dir=cache_folder)
+    """One-call form of :class:`HardNegativeMiner`: returns the mined splits and the report.
+
+    ``cache_folder`` is the pre-0.2 name of ``cache_dir`` (the miner's and the recipe's name); it still works, with
+    a warning, for one release.
+    """
+    if cache_folder is not None:
+        warnings.warn("mine_negatives(cache_folder=) is now cache_dir=", FutureWarning, stacklevel=2)
+        cache_dir = cache_dir or cache_folder
+    miner = HardNegativeMiner(teacher, config, seed=seed, cross_encoder=cross_encoder, cache_dir=cache_dir)
     result = miner.mine(pairs, corpus=corpus, output_dir=output_dir)
     return result.dataset, result.report
 

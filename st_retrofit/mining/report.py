@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
-    from st_retrofit.recipe import MiningConfig
+    from st_retrofit.mining.config import MiningConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def build_report(
     return {
         "teacher": teacher,
         "cross_encoder": cross_encoder,
-        "settings": dataclasses.asdict(config),
+        "settings": config.model_dump(mode="json"),
         "range_max": config.resolved_range_max,
         "seed": seed,
         "output": config.output,
@@ -144,10 +143,11 @@ def plot_score_distributions(report: dict[str, Any], path: str | Path) -> Path |
     histogram = report.get("histogram")
     if not histogram:
         return None
-    import matplotlib
+    from st_retrofit.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(Path(path).name)
+    if plt is None:
+        return None
 
     edges = np.asarray(histogram["edges"])
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)

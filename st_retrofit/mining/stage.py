@@ -13,7 +13,7 @@ from st_retrofit.mining.report import plot_score_distributions
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from st_retrofit.recipe import MiningConfig
+    from st_retrofit.mining.config import MiningConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
     """
     from datasets import DatasetDict
 
-    from st_retrofit.models import load_model
+    from st_retrofit.models.resolve import load_model
 
     output_dir = Path(output_dir)
     path = output_dir / "dataset"

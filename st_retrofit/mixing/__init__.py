@@ -3,16 +3,23 @@ mined pools at every step, with per-task prompts. Each part plugs into the stock
 
 from __future__ import annotations
 
-from st_retrofit.mixing.callback import MixingCallback
-from st_retrofit.mixing.collator import RetrofitDataCollator, task_id
-from st_retrofit.mixing.sampler import TemperatureBatchSampler, mixture_probabilities
-from st_retrofit.mixing.settings import MixingSettingError
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "MixingCallback",
-    "MixingSettingError",
-    "RetrofitDataCollator",
-    "TemperatureBatchSampler",
-    "mixture_probabilities",
-    "task_id",
-]
+from st_retrofit._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from st_retrofit.mixing.callback import MixingCallback
+    from st_retrofit.mixing.collator import RetrofitDataCollator, task_id
+    from st_retrofit.mixing.config import MixingConfig
+    from st_retrofit.mixing.sampler import TemperatureBatchSampler, mixture_probabilities
+
+_EXPORTS = {
+    "MixingCallback": "st_retrofit.mixing.callback",
+    "RetrofitDataCollator": "st_retrofit.mixing.collator",
+    "task_id": "st_retrofit.mixing.collator",
+    "TemperatureBatchSampler": "st_retrofit.mixing.sampler",
+    "mixture_probabilities": "st_retrofit.mixing.sampler",
+    "MixingConfig": "st_retrofit.mixing.config",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

@@ -18,6 +18,7 @@ from st_retrofit.mixing.settings import (
     LABEL_COLUMNS,
     METADATA_COLUMNS,
     check_collator_settings,
+    sampling_mode,
 )
 from st_retrofit.models.resolve import role_prompt
 
@@ -46,7 +47,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     - ``label``: the teacher's scores, positive first, then one per pool entry (or per fixed negative);
     - ``task`` (``task_column``): the row's task; without it the trainer's ``dataset_name`` is used when present.
 
-    Negatives are drawn from pool ranks ``[rank_min, rank_max)``: uniformly, by the teacher's score
+    Negatives are drawn from pool ranks ``[range_min, range_max)``: uniformly, by the teacher's score
     (``softmax(score / sampling_temperature)``, harder ones more often) or the top ones. Texts that are an anchor or
     positive anywhere in the batch are never drawn (they would be a row's own positive counted as a negative),
     and each row prefers texts no other row drew. A row whose range runs short tops up from the rest of its pool,
@@ -70,9 +71,9 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
         preprocess_fn: ``model.preprocess``.
         prompts: per-task prompts (see above).
         num_negatives: negatives drawn per row from a pool column; ``0`` drops the pool.
-        rank_min: first pool rank drawn from (skip the very top, which holds the most false negatives).
-        rank_max: end of the drawn ranks (exclusive); ``None`` = the whole pool.
-        sampling: ``"uniform"``, ``"teacher"`` (weighted by teacher score) or ``"top"`` (no randomness).
+        range_min: first pool rank drawn from (skip the very top, which holds the most false negatives).
+        range_max: end of the drawn ranks (exclusive); ``None`` = the whole pool.
+        sampling: ``"random"`` (uniform over the range), ``"teacher"`` (weighted by teacher score) or ``"top"`` (no randomness).
         sampling_temperature: temperature of the teacher weighting; cosine scores differ by hundredths, so around
             0.05 prefers the harder candidates clearly without always taking them.
         prompt_side: where a string prompt goes: ``"query"`` (the anchor), ``"document"`` (the other columns)
@@ -108,7 +109,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
             collator = RetrofitDataCollator(
                 model.preprocess,
                 num_negatives=4,
-                rank_min=2,
+                range_min=2,
                 sampling="teacher",
                 prompts={"msmarco": "Instruct: Given a web search query, retrieve relevant passages\\nQuery: "},
             )
@@ -122,9 +123,9 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     """
 
     num_negatives: int = 3
-    rank_min: int = 0
-    rank_max: int | None = None
-    sampling: str = "uniform"
+    range_min: int = 0
+    range_max: int | None = None
+    sampling: str = "random"
     sampling_temperature: float = 0.05
     prompt_side: str = "query"
     use_model_prompts: bool = True
@@ -139,10 +140,11 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     stats: Counter = field(default_factory=Counter, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.sampling = sampling_mode(self.sampling)
         check_collator_settings(
             self.num_negatives,
-            self.rank_min,
-            self.rank_max,
+            self.range_min,
+            self.range_max,
             self.sampling,
             self.sampling_temperature,
             self.prompt_side,
@@ -323,7 +325,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
             return list(candidates)
         if self.sampling == "top":
             return candidates[:count]
-        if self.sampling == "uniform":
+        if self.sampling == "random":
             return [candidates[i] for i in rng.permutation(len(candidates))[:count]]
         # Gumbel top-k: the same law as drawing one at a time without replacement with p ∝ exp(score / T).
         keys = scores[candidates] / self.sampling_temperature + rng.gumbel(size=len(candidates))
@@ -354,9 +356,9 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
                     )
                 scores = np.asarray(label[1:], dtype=np.float64)
             rng = self._row_rng(tasks[i], row, columns)
-            end = len(pool) if self.rank_max is None else min(self.rank_max, len(pool))
+            end = len(pool) if self.range_max is None else min(self.range_max, len(pool))
             open_ = [j for j in range(len(pool)) if pool[j] not in blocked]
-            in_range = [j for j in open_ if self.rank_min <= j < end]
+            in_range = [j for j in open_ if self.range_min <= j < end]
             # Best first: in range and unused by other rows, then in range, then anywhere in the pool.
             chosen: list[int] = []
             for tier in ([j for j in in_range if pool[j] not in taken], in_range, open_):
@@ -429,8 +431,8 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "num_negatives": self.num_negatives,
-            "rank_min": self.rank_min,
-            "rank_max": self.rank_max,
+            "range_min": self.range_min,
+            "range_max": self.range_max,
             "sampling": self.sampling,
             "sampling_temperature": self.sampling_temperature,
             "prompts": self.prompts,

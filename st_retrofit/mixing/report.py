@@ -13,11 +13,13 @@ if TYPE_CHECKING:
 
 def plot_mixture(groups: list[dict[str, Any]], path: str | Path, alpha: float) -> None:
     """Bars of each group's share of the rows against its share of the batches."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from st_retrofit.extras import pyplot
+
+    plt = pyplot(Path(path).name)
+    if plt is None:
+        return
 
     names = [g["group"] for g in groups]
     x = np.arange(len(names))

@@ -15,11 +15,11 @@ from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
 from torch.utils.data import BatchSampler, ConcatDataset
 from tqdm.auto import tqdm
 
+from st_retrofit.config import ConfigError
 from st_retrofit.mixing.settings import (
     DATASET_NAME_COLUMN,
     LABEL_COLUMNS,
     METADATA_COLUMNS,
-    MixingSettingError,
     check_sampler_settings,
 )
 
@@ -245,7 +245,7 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
                 elif column in split.column_names:
                     key_columns.append([str(v) for v in _column(split, column)])
                 else:
-                    raise MixingSettingError(
+                    raise ConfigError(
                         "group_by",
                         f"dataset {self.dataset_names[i]!r} has no column {column!r} "
                         f"(columns: {split.column_names}); add it or group by {DATASET_KEY!r}",
@@ -264,7 +264,7 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
         known = {g.name for g in self.groups}
         unknown = sorted(set(mapping) - known)
         if unknown:
-            raise MixingSettingError(key, f"no group named {unknown}; the groups are {sorted(known)}")
+            raise ConfigError(key, f"no group named {unknown}; the groups are {sorted(known)}")
 
     def _duplicate_columns(self, split: Any) -> list[str]:
         if self.text_columns is not None:

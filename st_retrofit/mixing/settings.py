@@ -1,15 +1,20 @@
 """Validation shared by the mixing classes and the recipe's ``mixing`` section.
 
 Kept free of torch and sentence-transformers imports, so that a recipe is checked before anything heavy loads.
-Every error names the setting, so the recipe can report it under its key path (``mixing.alpha``).
+Every error is a :class:`~st_retrofit.config.ConfigError` naming the setting, so the recipe reports it under its
+key path (``mixing.alpha``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-SAMPLING_MODES = ("uniform", "teacher", "top")
+from st_retrofit.config import ConfigError
+
+# "random" is mining's (and mine_hard_negatives') name for the same draw; "uniform" was ours before 0.2.
+SAMPLING_MODES = ("random", "teacher", "top")
 PROMPT_SIDES = ("query", "document", "both")
 LABEL_MODES = ("dict", "teacher_scores", "none")
 
@@ -20,17 +25,17 @@ METADATA_COLUMNS = ("id", "language", "query_language", "source", "template", "b
 DATASET_NAME_COLUMN = "dataset_name"
 
 
-class MixingSettingError(ValueError):
-    """A bad mixing setting, reported as ``<setting>: <what is wrong and how to fix it>``."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}")
-
-
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
-        raise MixingSettingError(key, message)
+        raise ConfigError(key, message)
+
+
+def sampling_mode(value: str) -> str:
+    """``value``, with the pre-0.2 ``uniform`` read as ``random`` (and a warning naming the new value)."""
+    if value == "uniform":
+        warnings.warn("sampling 'uniform' is now 'random' (the name mining uses)", FutureWarning, stacklevel=3)
+        return "random"
+    return value
 
 
 def _is_number(value: Any) -> bool:
@@ -88,8 +93,8 @@ def check_prompts(prompts: str | Mapping[str, Any] | None) -> None:
 
 def check_collator_settings(
     num_negatives: int,
-    rank_min: int,
-    rank_max: int | None,
+    range_min: int,
+    range_max: int | None,
     sampling: str,
     sampling_temperature: float,
     prompt_side: str,
@@ -102,11 +107,13 @@ def check_collator_settings(
         "num_negatives",
         f"expected an integer >= 0, got {num_negatives!r}",
     )
-    _require(isinstance(rank_min, int) and rank_min >= 0, "rank_min", f"expected an integer >= 0, got {rank_min!r}")
     _require(
-        rank_max is None or (isinstance(rank_max, int) and rank_max > rank_min),
-        "rank_max",
-        f"expected an integer > rank_min ({rank_min}) or None, got {rank_max!r}",
+        isinstance(range_min, int) and range_min >= 0, "range_min", f"expected an integer >= 0, got {range_min!r}"
+    )
+    _require(
+        range_max is None or (isinstance(range_max, int) and range_max > range_min),
+        "range_max",
+        f"expected an integer > range_min ({range_min}) or None, got {range_max!r}",
     )
     _require(sampling in SAMPLING_MODES, "sampling", f"expected one of {SAMPLING_MODES}, got {sampling!r}")
     _require(

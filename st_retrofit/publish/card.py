@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from st_retrofit.recipe import Recipe
+    from st_retrofit.config import SectionView
 
 DEFAULT_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 PAPER_URL = "https://arxiv.org/abs/2510.14274"
@@ -64,26 +64,16 @@ def mteb_eval_results(mteb: dict[str, Any]) -> list:
     return entries
 
 
-def data_description(recipe: Recipe) -> str:
+def data_description(recipe: SectionView) -> str:
     """One line on the training data: the synthetic pairs and the other sources."""
-    synth = recipe.synth
-    if synth.source == "demo":
-        parts = [f"demo pairs in {len(synth.languages)} languages ({', '.join(synth.languages)}), "
-                 f"{synth.train_entities} training entities"]  # fmt: skip
-    else:
-        languages = synth.corpus.languages
-        scope = f" in {len(languages)} languages ({', '.join(languages)})" if languages else ""
-        cap = f", at most {synth.max_per_language} per language" if synth.max_per_language else ""
-        writer = synth.backend.model if synth.backend.type != "heuristic" else "heuristics"
-        parts = [f"pairs written by {writer} from `{synth.corpus.path}`{scope} with the templates "
-                 f"{', '.join(synth.templates)}{cap}"]  # fmt: skip
+    parts = [recipe.synth.describe()]
     if not recipe.data.synthetic:
         parts = []
     parts += [f"`{s.path}`" + (f" ({s.config_name})" if s.config_name else "") for s in recipe.data.sources]
     return "; ".join(parts)
 
 
-def mixing_description(recipe: Recipe) -> str:
+def mixing_description(recipe: SectionView) -> str:
     """One line on how batches were drawn and collated."""
     mixing = recipe.mixing
     # The mined splits are the mining groups (languages in the quickstart), so name those.
@@ -96,8 +86,8 @@ def mixing_description(recipe: Recipe) -> str:
         text += f", caps {mixing.caps}"
     if recipe.mining.enabled and recipe.mining.output == "pool":
         k = mixing.num_negatives if mixing.num_negatives is not None else recipe.mining.num_negatives
-        end = "" if mixing.rank_max is None else mixing.rank_max
-        text += f"; {k} negatives drawn per row and epoch from the mined pool (ranks [{mixing.rank_min}, {end}), "
+        end = "" if mixing.range_max is None else mixing.range_max
+        text += f"; {k} negatives drawn per row and epoch from the mined pool (ranks [{mixing.range_min}, {end}), "
         text += f"{mixing.sampling} sampling)"
     if mixing.prompts:
         text += "; per-task prompts (saved in the model's prompts)"
@@ -105,7 +95,7 @@ def mixing_description(recipe: Recipe) -> str:
 
 
 def render_model_card(
-    recipe: Recipe,
+    recipe: SectionView,
     model: SentenceTransformer,
     results: dict[str, Any] | None,
     results_table: str | None,
@@ -119,7 +109,7 @@ def render_model_card(
     base = base_model_id(recipe.model.base) or recipe.model.base
     repo_id = recipe.publish.repo_id or f"<org>/{recipe.name}"
     model_name = repo_id.split("/")[-1]
-    languages = recipe.synth.languages if recipe.synth.source == "demo" else recipe.synth.corpus.languages or []
+    languages = recipe.synth.pair_languages()
     card_data = ModelCardData(
         language=list(languages) or None,
         library_name="sentence-transformers",

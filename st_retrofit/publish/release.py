@@ -16,8 +16,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 if TYPE_CHECKING:
-    from st_retrofit.recipe import Recipe
+    from st_retrofit.config import SectionView
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +29,12 @@ class PublishError(RuntimeError):
 
 
 def build_release_folder(
-    recipe: Recipe, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path
+    recipe: SectionView, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path
 ) -> Path:
     """Write the folder that would be pushed into ``output_dir`` (replacing what was there)."""
     from sentence_transformers import SentenceTransformer
 
     from st_retrofit.publish.card import render_model_card
-    from st_retrofit.recipe import save_recipe
 
     results_path = Path(eval_dir) / "results.json" if eval_dir else None
     results = json.loads(results_path.read_text()) if results_path and results_path.is_file() else None
@@ -56,10 +57,14 @@ def build_release_folder(
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     if results is not None:
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    save_recipe(recipe, output_dir / "recipe.yaml")
+    (output_dir / "recipe.yaml").write_text(
+        yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     mteb_results = Path(eval_dir) / "mteb" / "results" if eval_dir else None
     if mteb_results and mteb_results.is_dir():
-        shutil.copytree(mteb_results, output_dir / "mteb_results")  # mteb's layout: <model>/<revision>/<task>.json
+        copy_mteb_results(
+            mteb_results, output_dir / "mteb_results", f"st-retrofit/{recipe.name}", recipe.publish.repo_id
+        )
     manifest = recipe.run_dir / "manifest.json"
     if manifest.is_file():
         shutil.copy(manifest, output_dir / "manifest.json")
@@ -70,6 +75,21 @@ def build_release_folder(
         if path.is_file():
             path.chmod(0o666 & ~umask)
     return output_dir
+
+
+def copy_mteb_results(source: Path, target: Path, run_model: str, repo_id: str | None) -> None:
+    """Copy mteb's results folder (``<model>/<revision>/<task>.json``), naming the retrofitted model's results after
+    the repository it is published to: the eval stage names them after the run, since it reads no publish setting."""
+    shutil.copytree(source, target)
+    folder = target / run_model.replace("/", "__")
+    if repo_id is None or not folder.is_dir():
+        return
+    renamed = target / repo_id.replace("/", "__")
+    folder.rename(renamed)
+    for meta in renamed.glob("*/model_meta.json"):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        data["name"] = repo_id
+        meta.write_text(json.dumps(data, indent=4), encoding="utf-8")
 
 
 def push_release(
@@ -137,7 +157,9 @@ def verify_upload(api, repo_id: str, folder: str | Path, revision: str) -> None:
         raise PublishError(f"{repo_id}@{revision[:12]} does not match the release folder: {', '.join(problems)}")
 
 
-def publish_stage(recipe: Recipe, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path) -> Path:
+def publish_stage(
+    recipe: SectionView, model_dir: str | Path, eval_dir: str | Path | None, output_dir: str | Path
+) -> Path:
     """Build the release folder; push it unless ``publish.dry_run``."""
     folder = build_release_folder(recipe, model_dir, eval_dir, Path(output_dir) / "release")
     if recipe.publish.dry_run:

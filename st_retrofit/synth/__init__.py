@@ -11,51 +11,62 @@
 
 from __future__ import annotations
 
-from st_retrofit.synth.backends import (
-    GenerationRequest,
-    GenerationResult,
-    HeuristicBackend,
-    OpenAICompatibleBackend,
-    SynthBackend,
-    SynthBackendError,
-    TransformersBackend,
-)
-from st_retrofit.synth.cache import ResponseCache, request_key
-from st_retrofit.synth.corpus import CorpusError, load_corpus
-from st_retrofit.synth.demo import LANGUAGES, TEMPLATES, build_demo_dataset
-from st_retrofit.synth.generator import OUTPUT_COLUMNS, SynthesisReport, SyntheticDataGenerator
-from st_retrofit.synth.languages import identify_language, normalize_language
-from st_retrofit.synth.stage import SynthSettingError, build_backend, select_templates, synthesize
-from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary, TemplateLibraryError
-from st_retrofit.synth.validation import PairValidator, parse_json_answer
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "LANGUAGES",
-    "OUTPUT_COLUMNS",
-    "TEMPLATES",
-    "CorpusError",
-    "GenerationRequest",
-    "GenerationResult",
-    "HeuristicBackend",
-    "OpenAICompatibleBackend",
-    "PairValidator",
-    "ResponseCache",
-    "SynthBackend",
-    "SynthBackendError",
-    "SynthSettingError",
-    "SynthTemplate",
-    "SynthesisReport",
-    "SyntheticDataGenerator",
-    "TemplateLibrary",
-    "TemplateLibraryError",
-    "TransformersBackend",
-    "build_backend",
-    "build_demo_dataset",
-    "identify_language",
-    "load_corpus",
-    "normalize_language",
-    "parse_json_answer",
-    "request_key",
-    "select_templates",
-    "synthesize",
-]
+from st_retrofit._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from st_retrofit.synth.backends import (
+        GenerationRequest,
+        GenerationResult,
+        HeuristicBackend,
+        OpenAICompatibleBackend,
+        SynthBackend,
+        SynthBackendError,
+        TransformersBackend,
+    )
+    from st_retrofit.synth.cache import ResponseCache, request_key
+    from st_retrofit.synth.config import BACKENDS, SOURCES, BackendConfig, SynthConfig
+    from st_retrofit.synth.corpus import load_corpus
+    from st_retrofit.synth.demo import LANGUAGES, TEMPLATES, build_demo_dataset
+    from st_retrofit.synth.generator import OUTPUT_COLUMNS, SynthesisReport, SyntheticDataGenerator
+    from st_retrofit.synth.languages import identify_language, normalize_language
+    from st_retrofit.synth.stage import select_templates, synthesize, synthesize_corpus, synthesize_demo
+    from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary, TemplateLibraryError
+    from st_retrofit.synth.validation import PairValidator, parse_json_answer
+
+_EXPORTS = {
+    "GenerationRequest": "st_retrofit.synth.backends",
+    "GenerationResult": "st_retrofit.synth.backends",
+    "HeuristicBackend": "st_retrofit.synth.backends",
+    "OpenAICompatibleBackend": "st_retrofit.synth.backends",
+    "SynthBackend": "st_retrofit.synth.backends",
+    "SynthBackendError": "st_retrofit.synth.backends",
+    "TransformersBackend": "st_retrofit.synth.backends",
+    "ResponseCache": "st_retrofit.synth.cache",
+    "request_key": "st_retrofit.synth.cache",
+    "load_corpus": "st_retrofit.synth.corpus",
+    "LANGUAGES": "st_retrofit.synth.demo",
+    "TEMPLATES": "st_retrofit.synth.demo",
+    "build_demo_dataset": "st_retrofit.synth.demo",
+    "OUTPUT_COLUMNS": "st_retrofit.synth.generator",
+    "SynthesisReport": "st_retrofit.synth.generator",
+    "SyntheticDataGenerator": "st_retrofit.synth.generator",
+    "identify_language": "st_retrofit.synth.languages",
+    "normalize_language": "st_retrofit.synth.languages",
+    "select_templates": "st_retrofit.synth.stage",
+    "synthesize": "st_retrofit.synth.stage",
+    "SynthTemplate": "st_retrofit.synth.templates",
+    "TemplateLibrary": "st_retrofit.synth.templates",
+    "TemplateLibraryError": "st_retrofit.synth.templates",
+    "PairValidator": "st_retrofit.synth.validation",
+    "parse_json_answer": "st_retrofit.synth.validation",
+    "SynthConfig": "st_retrofit.synth.config",
+    "BackendConfig": "st_retrofit.synth.config",
+    "SOURCES": "st_retrofit.synth.config",
+    "BACKENDS": "st_retrofit.synth.config",
+    "synthesize_demo": "st_retrofit.synth.stage",
+    "synthesize_corpus": "st_retrofit.synth.stage",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

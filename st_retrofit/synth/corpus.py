@@ -13,26 +13,17 @@ from st_retrofit.synth.languages import identify_language, normalize_language
 if TYPE_CHECKING:
     from datasets import Dataset
 
+from st_retrofit.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 OPTIONAL_DEFAULTS = {"title_column": "title", "language_column": "language", "id_column": "id"}
 
 
-class CorpusError(ValueError):
-    """A corpus problem, naming the setting (``path``, ``text_column``...) and the fix."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}")
-
-
 def _read(source: str | Path, split: str, config_name: str | None) -> Dataset:
-    from st_retrofit.data import DataSourceError, read_dataset
+    from st_retrofit.data.sources import read_dataset
 
-    try:
-        return read_dataset(source, split, config_name)
-    except DataSourceError as exc:
-        raise CorpusError(exc.key, exc.message) from None
+    return read_dataset(source, split, config_name)
 
 
 def _read_per_language(source: str, split: str, config_name: str, languages: list[str], limit: int | None):
@@ -50,7 +41,7 @@ def _read_per_language(source: str, split: str, config_name: str, languages: lis
                 stream = datasets.load_dataset(source, name, split=split, streaming=True).take(limit)
                 part = datasets.Dataset.from_list(list(stream))
         except Exception as exc:  # the Hub client raises many types; all mean "cannot read this configuration"
-            raise CorpusError(
+            raise ConfigError(
                 "config_name", f"cannot load {source!r} configuration {name!r} ({type(exc).__name__}: {exc})"
             ) from None
         column = "language" if "language" not in part.column_names else "language_code"
@@ -80,7 +71,7 @@ def load_corpus(
     and only that many rows of each are streamed.
 
     Raises:
-        CorpusError: naming the setting at fault (a missing column lists the columns there are).
+        ConfigError: naming the setting at fault (a missing column lists the columns there are).
     """
     from datasets import Dataset
 
@@ -88,7 +79,7 @@ def load_corpus(
         data = source
     elif config_name and "{language}" in config_name:
         if not languages:
-            raise CorpusError(
+            raise ConfigError(
                 "languages", f"config_name {config_name!r} reads one configuration per language; list them"
             )
         data = _read_per_language(str(source), split, config_name, languages, max_documents)
@@ -97,11 +88,11 @@ def load_corpus(
         data = _read(source, split, config_name)
     columns = data.column_names
     if text_column not in columns:
-        raise CorpusError("text_column", f"the corpus has no column {text_column!r}; its columns are {columns}")
+        raise ConfigError("text_column", f"the corpus has no column {text_column!r}; its columns are {columns}")
     # An optional column under its default name may be absent; a name the user chose must exist.
     for key, name in (("title_column", title_column), ("language_column", language_column), ("id_column", id_column)):
         if name is not None and name not in columns and name != OPTIONAL_DEFAULTS[key]:
-            raise CorpusError(key, f"the corpus has no column {name!r}; its columns are {columns} (or set null)")
+            raise ConfigError(key, f"the corpus has no column {name!r}; its columns are {columns} (or set null)")
     has = {name: name is not None and name in columns for name in (title_column, language_column, id_column)}
 
     def convert(row: dict) -> dict:
@@ -126,9 +117,9 @@ def load_corpus(
         wanted = {normalize_language(code) for code in languages}
         rows = rows.filter(lambda row: row["language"] in wanted, desc="Selecting languages")
         if not len(rows):
-            raise CorpusError("languages", f"no corpus row is in {sorted(wanted)}")
+            raise ConfigError("languages", f"no corpus row is in {sorted(wanted)}")
     if max_documents is not None and len(rows) > max_documents and not (config_name and "{language}" in config_name):
         rows = rows.select(range(max_documents))
     if not len(rows):
-        raise CorpusError("path", "the corpus has no non-empty text")
+        raise ConfigError("path", "the corpus has no non-empty text")
     return rows

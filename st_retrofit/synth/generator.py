@@ -19,7 +19,7 @@ from st_retrofit.synth.validation import RULES, PairValidator, parse_json_answer
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from st_retrofit.recipe import BrainstormConfig, ValidationConfig
+    from st_retrofit.synth.config import BrainstormConfig, ValidationConfig
     from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class SyntheticDataGenerator:
 
     Example::
 
-        from st_retrofit.recipe import ValidationConfig
+        from st_retrofit.synth.config import ValidationConfig
         from st_retrofit.synth import OpenAICompatibleBackend, SyntheticDataGenerator, TemplateLibrary, load_corpus
 
         library = TemplateLibrary()

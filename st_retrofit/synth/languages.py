@@ -65,7 +65,10 @@ def same_language(expected: str, predicted: str) -> bool:
 
 @functools.cache
 def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    from st_retrofit.extras import require_module
+
+    langid = require_module("py3langid.langid", "language identification")
+    MODEL_FILE, LanguageIdentifier = langid.MODEL_FILE, langid.LanguageIdentifier
 
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 

@@ -15,83 +15,41 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from st_retrofit.config import ConfigError
 from st_retrofit.synth.demo import build_demo_dataset
 
 if TYPE_CHECKING:
-    from st_retrofit.recipe import BackendConfig, SynthConfig
-    from st_retrofit.synth.backends import SynthBackend
+    from st_retrofit.synth.config import SynthConfig
     from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary
 
 logger = logging.getLogger(__name__)
-
-
-class SynthSettingError(ValueError):
-    """A ``synth`` setting that cannot work, naming its key under ``synth``."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key, self.message = key, message
-        super().__init__(f"synth.{key}: {message}")
 
 
 def select_templates(config: SynthConfig) -> tuple[TemplateLibrary, list[SynthTemplate]]:
     """The library (shipped plus ``template_dirs``) and the templates ``config.templates`` selects.
 
     Raises:
-        SynthSettingError: a bad template folder or file, an unknown name, or templates the backend cannot run.
+        ConfigError: a bad template folder or file, an unknown name, or templates the backend cannot run.
     """
     from st_retrofit.synth.templates import TemplateLibrary, TemplateLibraryError
 
     try:
         library = TemplateLibrary(config.template_dirs)
     except TemplateLibraryError as exc:
-        raise SynthSettingError("template_dirs", str(exc)) from None
+        raise ConfigError("template_dirs", str(exc)) from None
     heuristic = config.backend.type == "heuristic"
     kind = "heuristic" if heuristic else "llm"
     try:
         templates = library.select(config.templates, kind=kind)
     except KeyError as exc:
-        raise SynthSettingError("templates", exc.args[0]) from None
+        raise ConfigError("templates", exc.args[0]) from None
     needs_llm = [t.name for t in templates if t.kind == "llm"]
     if heuristic and needs_llm:
-        raise SynthSettingError(
+        raise ConfigError(
             "templates", f"{needs_llm} need an LLM; set synth.backend.type to openai or transformers, or pick "
             f"heuristic templates ({', '.join(t.name for t in library if t.kind == 'heuristic')})"
         )  # fmt: skip
     return library, templates
-
-
-def build_backend(config: BackendConfig) -> SynthBackend:
-    """The backend a recipe's ``synth.backend`` section describes."""
-    from st_retrofit.synth.backends import HeuristicBackend, OpenAICompatibleBackend, TransformersBackend
-
-    if config.type == "openai":
-        return OpenAICompatibleBackend(
-            config.model,
-            base_url=config.base_url,
-            api_key_env=config.api_key_env,
-            concurrency=config.concurrency,
-            max_retries=config.max_retries,
-            timeout=config.timeout,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_tokens,
-            response_format=config.response_format,
-            send_seed=config.send_seed,
-            extra_body=config.extra_body,
-        )
-    if config.type == "transformers":
-        return TransformersBackend(
-            config.model or "offline:smollm2-135m-instruct",
-            gguf_file=config.gguf_file,
-            device=config.device,
-            dtype=config.dtype,
-            batch_size=config.batch_size,
-            temperature=config.temperature,
-            top_p=config.top_p if config.top_p is not None else 0.95,
-            max_new_tokens=config.max_tokens,
-            prefill_json=config.prefill_json,
-        )
-    return HeuristicBackend()
 
 
 def is_held_out(doc_id: str, fraction: float) -> bool:
@@ -104,7 +62,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
     """``source: corpus``: generate, validate and save the ``train`` and ``eval`` splits and ``report.json``."""
     from datasets import DatasetDict
 
-    from st_retrofit.models import cache_dir
+    from st_retrofit.models.resolve import cache_dir
     from st_retrofit.synth.cache import ResponseCache
     from st_retrofit.synth.corpus import load_corpus
     from st_retrofit.synth.generator import SyntheticDataGenerator
@@ -112,10 +70,13 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
     output_dir = Path(output_dir)
     library, templates = select_templates(config)
     c = config.corpus
-    corpus = load_corpus(
-        c.path, c.text_column, c.title_column, c.language_column, c.id_column, c.split, c.config_name, c.languages,
-        c.max_documents,
-    )  # fmt: skip
+    try:
+        corpus = load_corpus(
+            c.path, c.text_column, c.title_column, c.language_column, c.id_column, c.split, c.config_name,
+            c.languages, c.max_documents,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise exc.under("corpus") from None
     ids = corpus["id"]
     held_out = [is_held_out(doc_id, config.eval_fraction) for doc_id in ids]
     if config.eval_fraction > 0 and not any(held_out) and len(ids) > 1:
@@ -128,7 +89,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
         "eval": corpus.select([i for i, h in enumerate(held_out) if h]),
     }
     share = config.eval_fraction / (1 - config.eval_fraction)
-    backend = build_backend(config.backend) if any(t.kind == "llm" for t in templates) else None
+    backend = config.backend.build() if any(t.kind == "llm" for t in templates) else None
     cache = ResponseCache(Path(config.cache_dir) if config.cache_dir else cache_dir() / "synth")
     splits, reports = {}, {}
     try:
@@ -157,7 +118,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
         if backend is not None:
             backend.close()
     if not len(splits["train"]):
-        raise SynthSettingError("templates", f"no pair passed validation; see the rejections: {reports['train']}")
+        raise ConfigError("templates", f"no pair passed validation; see the rejections: {reports['train']}")
     path = output_dir / "dataset"
     DatasetDict(splits).save_to_disk(str(path))
     summary = {"templates": [t.name for t in templates], "backend": backend.identity() if backend else None}
@@ -171,14 +132,8 @@ def _scaled(cap: int | None, scale: float) -> int | None:
     return None if cap is None else max(1, math.ceil(cap * scale))
 
 
-def synthesize(config: SynthConfig, seed: int, output_dir: str | Path) -> Path:
-    """Render the pairs that ``config`` describes and save them as a ``DatasetDict`` under ``output_dir/dataset``.
-
-    Returns:
-        The dataset folder (splits ``train`` and ``eval``).
-    """
-    if config.source == "corpus":
-        return synthesize_corpus(config, seed, output_dir)
+def synthesize_demo(config: SynthConfig, seed: int, output_dir: str | Path) -> Path:
+    """``source: demo``: render the embedded demo facts as the ``train`` and ``eval`` splits."""
     data = build_demo_dataset(
         languages=config.languages,
         train_entities=config.train_entities,
@@ -195,3 +150,14 @@ def synthesize(config: SynthConfig, seed: int, output_dir: str | Path) -> Path:
         len(config.languages),
     )
     return path
+
+
+def synthesize(config: SynthConfig, seed: int, output_dir: str | Path) -> Path:
+    """Render the pairs that ``config`` describes and save them as a ``DatasetDict`` under ``output_dir/dataset``.
+
+    The runner is the one :data:`st_retrofit.synth.config.SOURCES` registers for ``config.source``.
+
+    Returns:
+        The dataset folder (splits ``train`` and ``eval``).
+    """
+    return config.source_entry.run(config, seed, output_dir)

@@ -110,7 +110,10 @@ def _fail(source: str, name: str, key: str, message: str) -> None:
 
 
 def _check_template(data: dict[str, Any], source: str) -> SynthTemplate:
-    from jsonschema import Draft202012Validator, SchemaError
+    from st_retrofit.extras import require_module
+
+    jsonschema = require_module("jsonschema", "synthesis templates")
+    Draft202012Validator, SchemaError = jsonschema.Draft202012Validator, jsonschema.SchemaError
 
     name = data.get("name")
     if not isinstance(name, str) or not name:

@@ -18,7 +18,7 @@ from st_retrofit.mining.filters import normalize_text
 from st_retrofit.synth.languages import identify_language, same_language
 
 if TYPE_CHECKING:
-    from st_retrofit.recipe import ValidationConfig
+    from st_retrofit.synth.config import ValidationConfig
     from st_retrofit.synth.templates import SynthTemplate
 
 RULES = (
@@ -109,7 +109,9 @@ class PairValidator:
         self._seen: set[str] = set()
         self._lsh = self._minhashes = None
         if config.near_duplicate_threshold is not None:
-            from datasketch import MinHashLSH
+            from st_retrofit.extras import require_module
+
+            MinHashLSH = require_module("datasketch", "synth.validation.near_duplicate_threshold").MinHashLSH
 
             # Banding weighted against misses (more candidates); each candidate is then checked by its estimated
             # Jaccard similarity, so extra candidates cost time, not precision.

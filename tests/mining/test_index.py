@@ -5,8 +5,8 @@ import pytest
 
 from st_retrofit.mining import ExactSearcher, FaissSearcher
 from st_retrofit.mining.cache import EmbeddingTable
+from st_retrofit.mining.config import SearchConfig
 from st_retrofit.mining.index import choose_backend
-from st_retrofit.recipe import SearchConfig
 
 
 @pytest.fixture(scope="module")

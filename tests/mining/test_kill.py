@@ -11,7 +11,7 @@ import textwrap
 import time
 
 from st_retrofit.mining import HardNegativeMiner
-from st_retrofit.recipe import MiningConfig
+from st_retrofit.mining.config import MiningConfig
 from st_retrofit.synth import build_demo_dataset
 
 SETTINGS = {"num_negatives": 2, "group_by": "language", "relative_margin": None, "shard_size": 2, "range_max": 6}
@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     import sys, time
     from sentence_transformers import SentenceTransformer
     from st_retrofit.mining import HardNegativeMiner
-    from st_retrofit.recipe import MiningConfig
+    from st_retrofit.mining.config import MiningConfig
     from st_retrofit.synth import build_demo_dataset
 
     model_path, cache, output = sys.argv[1:4]

@@ -13,8 +13,8 @@ from st_retrofit.mining import (
     plot_score_distributions,
     pool_to_ntuple,
 )
+from st_retrofit.mining.config import MiningConfig
 from st_retrofit.mining.filters import normalize_text
-from st_retrofit.recipe import MiningConfig
 from st_retrofit.synth import build_demo_dataset
 
 
@@ -276,8 +276,8 @@ def test_missing_group_column_is_reported(tiny_model, pairs):
 
 
 def test_embedding_cache_is_shared_across_runs_in_the_given_folder(tiny_model, pairs, tmp_path):
-    _, first = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=2), seed=0, cache_folder=tmp_path / "c")
-    _, second = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=3), seed=0, cache_folder=tmp_path / "c")
+    _, first = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=2), seed=0, cache_dir=tmp_path / "c")
+    _, second = mine_negatives(pairs, tiny_model, MiningConfig(num_negatives=3), seed=0, cache_dir=tmp_path / "c")
     assert list((tmp_path / "c").glob("*/*.keys.npy"))
     assert first["cache"]["encoded"] > 0 and second["cache"]["encoded"] == 0
     assert np.isclose(second["cache"]["reused"], first["cache"]["encoded"] + first["cache"]["reused"])

@@ -75,7 +75,7 @@ def make_trainer(model_path: Path, data: DatasetDict, output_dir: Path, callback
     collator = RecordingCollator(
         model.preprocess,
         num_negatives=2,
-        rank_max=5,
+        range_max=5,
         sampling="teacher",
         prompts={"qa": "Given a question, find its answer: "},
         seed=11,

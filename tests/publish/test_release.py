@@ -7,7 +7,7 @@ import yaml
 from huggingface_hub import ModelCard
 from sentence_transformers import SentenceTransformer
 
-from st_retrofit.evaluate import comparison_table
+from st_retrofit.evaluation.heldout import comparison_table
 from st_retrofit.publish import PublishError, build_release_folder, push_release
 from st_retrofit.recipe import recipe_from_dict
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from st_retrofit.recipe import ValidationConfig
 from st_retrofit.synth import SyntheticDataGenerator, TemplateLibrary, load_corpus
 from st_retrofit.synth.backends.heuristic import HeuristicError, fact, inverse_cloze, random_crop, sentence_spans
+from st_retrofit.synth.config import ValidationConfig
 
 
 def _generate(corpus_file, templates, seed=0, **kwargs):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from st_retrofit.recipe import BrainstormConfig, ValidationConfig
 from st_retrofit.synth import ResponseCache, SyntheticDataGenerator, TemplateLibrary, TransformersBackend, load_corpus
 from st_retrofit.synth.backends.transformers_local import json_prefill
+from st_retrofit.synth.config import BrainstormConfig, ValidationConfig
 from st_retrofit.synth.validation import json_object_end
 
 

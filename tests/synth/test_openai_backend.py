@@ -6,7 +6,6 @@ import logging
 
 import pytest
 
-from st_retrofit.recipe import BrainstormConfig, ValidationConfig
 from st_retrofit.synth import (
     OpenAICompatibleBackend,
     ResponseCache,
@@ -15,6 +14,7 @@ from st_retrofit.synth import (
     TemplateLibrary,
     load_corpus,
 )
+from st_retrofit.synth.config import BrainstormConfig, ValidationConfig
 
 
 def _generator(server, tmp_path, templates=("short-long",), brainstorm=None, **backend_kwargs):

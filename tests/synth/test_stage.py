@@ -8,8 +8,9 @@ import pytest
 from datasets import load_from_disk
 
 from st_retrofit.cli import main
+from st_retrofit.config import ConfigError
 from st_retrofit.pipeline import run_pipeline, run_stage
-from st_retrofit.recipe import RecipeError, recipe_from_dict
+from st_retrofit.recipe import recipe_from_dict
 
 
 def _corpus_recipe(tiny_recipe_data, corpus_file, **synth):
@@ -68,7 +69,7 @@ def test_bad_synth_settings_are_refused_naming_the_key(tiny_recipe_data, corpus_
     data["synth"] = {**data["synth"], **synth}
     if "corpus" in synth and synth["corpus"] == {}:
         data["synth"]["corpus"] = {}
-    with pytest.raises(RecipeError) as error:
+    with pytest.raises(ConfigError) as error:
         recipe_from_dict(data)
     assert error.value.key == key and message in error.value.message
 
@@ -109,7 +110,7 @@ def test_the_task_column_reaches_the_mined_training_splits(tiny_recipe_data, cor
 
 def test_a_language_placeholder_in_config_name_reads_one_configuration_per_language(tmp_path):
     """A dataset repository with one configuration per language (like wikimedia/wikipedia), here a local folder."""
-    from st_retrofit.synth import CorpusError, load_corpus
+    from st_retrofit.synth import load_corpus
 
     repo = tmp_path / "wiki"
     card = ["---", "configs:"]
@@ -129,6 +130,6 @@ def test_a_language_placeholder_in_config_name_reads_one_configuration_per_langu
     corpus = load_corpus(str(repo), config_name="20231101.{language}", languages=["de", "sw"], max_documents=2)
     assert corpus["language"] == ["de", "de", "sw", "sw"]  # two streamed per language, tagged by configuration
     assert corpus["text"][2] == "Nairobi ni mji mkuu."
-    with pytest.raises(CorpusError) as info:
+    with pytest.raises(ConfigError) as info:
         load_corpus(str(repo), config_name="20231101.{language}", languages=["xx"])
     assert info.value.key == "config_name" and "20231101.xx" in info.value.message

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from st_retrofit.recipe import BrainstormConfig, ValidationConfig
 from st_retrofit.synth import (
     OpenAICompatibleBackend,
     PairValidator,
@@ -16,6 +15,7 @@ from st_retrofit.synth import (
     normalize_language,
     parse_json_answer,
 )
+from st_retrofit.synth.config import BrainstormConfig, ValidationConfig
 
 SCHEMA = {"type": "object", "required": ["query"], "properties": {"query": {"type": "string", "minLength": 2}}}
 PASSAGE = "Die Fotosynthese ist ein Prozess, bei dem Pflanzen Lichtenergie in chemische Energie umwandeln."

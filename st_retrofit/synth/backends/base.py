@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from st_retrofit.synth.config import BackendConfig
     from st_retrofit.synth.templates import SynthTemplate
 
 
@@ -56,6 +57,12 @@ class SynthBackend(ABC):
     kind: str = ""
     model: str = ""
     cacheable: bool = True
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> SynthBackend:
+        """The backend a recipe's ``synth.backend`` section describes (the registry in
+        :data:`st_retrofit.synth.config.BACKENDS` maps ``type`` to the class)."""
+        return cls()
 
     @abstractmethod
     def identity(self) -> dict[str, Any]: ...

@@ -6,9 +6,12 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend, SynthBackendError
+
+if TYPE_CHECKING:
+    from st_retrofit.synth.config import BackendConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,9 @@ class OpenAICompatibleBackend(SynthBackend):
         send_seed: bool = True,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
-        from openai import OpenAI
+        from st_retrofit.extras import require_module
+
+        OpenAI = require_module("openai", "synth.backend.type openai").OpenAI
 
         if response_format not in ("json_object", "json_schema", "none"):
             raise ValueError(f"response_format: expected json_object, json_schema or none, got {response_format!r}")
@@ -79,6 +84,23 @@ class OpenAICompatibleBackend(SynthBackend):
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> OpenAICompatibleBackend:
+        return cls(
+            config.model,
+            base_url=config.base_url,
+            api_key_env=config.api_key_env,
+            concurrency=config.concurrency,
+            max_retries=config.max_retries,
+            timeout=config.timeout,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            response_format=config.response_format,
+            send_seed=config.send_seed,
+            extra_body=config.extra_body,
+        )
 
     def identity(self) -> dict[str, Any]:
         return {

@@ -8,10 +8,13 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend, SynthBackendError
 from st_retrofit.synth.validation import json_object_end
+
+if TYPE_CHECKING:
+    from st_retrofit.synth.config import BackendConfig
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,20 @@ class TransformersBackend(SynthBackend):
     """
 
     kind = "transformers"
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> TransformersBackend:
+        return cls(
+            config.model or "offline:smollm2-135m-instruct",
+            gguf_file=config.gguf_file,
+            device=config.device,
+            dtype=config.dtype,
+            batch_size=config.batch_size,
+            temperature=config.temperature,
+            top_p=config.top_p if config.top_p is not None else 0.95,
+            max_new_tokens=config.max_tokens,
+            prefill_json=config.prefill_json,
+        )
 
     def __init__(
         self,

@@ -14,112 +14,32 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer
 
-    from st_retrofit.recipe import Recipe
+    from st_retrofit.config import SectionView
 
 logger = logging.getLogger(__name__)
 
-# Settings that differ from transformers' defaults; every one can be overridden under `train.args`.
-DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 32,
-    "learning_rate": 1e-4,
-    "warmup_steps": 0.1,  # a float is a fraction of the total steps
-    "logging_steps": 5,
-    "save_strategy": "steps",
-    "save_steps": 50,
-    "save_total_limit": 2,
-    "report_to": "none",
-    "disable_tqdm": False,
-}
 
-
-# Trainer arguments that the mixing section replaces: our sampler forms the batches, our collator applies prompts.
-SET_BY_MIXING = {
-    "batch_sampler": "mixing.no_duplicates and mixing.group_by",
-    "multi_dataset_batch_sampler": "mixing.alpha, mixing.weights and mixing.caps",
-    "prompts": "mixing.prompts",
-}
-
-
-def resolve_loss_class(name: str) -> type:
-    """The loss class called ``name`` in ``st_retrofit.losses`` or ``sentence_transformers.sentence_transformer.losses``."""
-    import difflib
-
-    from sentence_transformers.sentence_transformer import losses
-
-    from st_retrofit import losses as retrofit_losses
-
-    loss_class = getattr(retrofit_losses, name, None) or getattr(losses, name, None)
-    if not isinstance(loss_class, type):
-        known = list(retrofit_losses.__all__) + [n for n in dir(losses) if n.endswith("Loss")]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ValueError(f"unknown loss {name!r}{hint}")
-    return loss_class
-
-
-# Precision settings that only a GPU can check; validation on a machine without one leaves them to the train stage.
-GPU_ONLY_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
-
-
-def training_arguments(
-    recipe: Recipe, output_dir: str, validating: bool = False
-) -> SentenceTransformerTrainingArguments:
-    """``SentenceTransformerTrainingArguments`` from the defaults above, ``train.args`` and the recipe seed.
-
-    With ``validating`` on a machine without CUDA, GPU-only precision settings are skipped, so that a GPU recipe
-    validates on a laptop or CI; the train stage checks them for real."""
-    import inspect
-
-    import torch
-    from sentence_transformers import SentenceTransformerTrainingArguments
-
-    from st_retrofit.distributed import is_distributed, join_process_group
-    from st_retrofit.recipe import RecipeError
-
-    accepted = inspect.signature(SentenceTransformerTrainingArguments).parameters
-    for key in recipe.train.args:
-        if key not in accepted:
-            raise RecipeError(f"train.args.{key}", "not an argument of SentenceTransformerTrainingArguments")
-        if key == "output_dir":
-            raise RecipeError("train.args.output_dir", "set by the run (<run folder>/train/checkpoints); remove it")
-        if key in SET_BY_MIXING:
-            raise RecipeError(f"train.args.{key}", f"set by the mixing section; use {SET_BY_MIXING[key]} instead")
-    kwargs = {**DEFAULT_TRAINING_ARGS, "seed": recipe.seed, **recipe.train.args}
-    if is_distributed():
-        join_process_group()  # before accelerate does, so that the barriers get our timeout
-        if not torch.cuda.is_available():
-            # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
-            kwargs.setdefault("use_cpu", True)
-    if validating and not torch.cuda.is_available():
-        kwargs = {key: value for key, value in kwargs.items() if key not in GPU_ONLY_ARGS}
-    try:
-        return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
-    except (ValueError, TypeError) as exc:
-        message = str(exc).splitlines()[0]
-        precision = [key for key in GPU_ONLY_ARGS if kwargs.get(key) and key in message]
-        if precision:
-            raise RecipeError(
-                f"train.args.{precision[0]}",
-                f"{message} (set --set train.args.{precision[0]}=false to train without a GPU)",
-            ) from None
-        raise RecipeError("train.args", message) from None
-
-
-def build_model(recipe: Recipe, device: str | None = None) -> SentenceTransformer:
+def build_model(recipe: SectionView, device: str | None = None) -> SentenceTransformer:
     """The model to train: the base model, with a fresh LoRA adapter unless ``model.lora`` is null."""
-    from st_retrofit.models import load_model
+    from st_retrofit.models.resolve import load_model
 
     model = load_model(recipe.model.base, device=device)
     if recipe.model.max_seq_length is not None:
         model.max_seq_length = recipe.model.max_seq_length
     lora = recipe.model.lora
     if lora is not None:
+        from st_retrofit.config import ConfigError
+        from st_retrofit.models.config import check_peft
+
+        try:
+            check_peft()
+        except ConfigError as exc:
+            raise exc.under("model.lora") from None
         from peft import LoraConfig, TaskType
 
         model.add_adapter(
@@ -142,9 +62,11 @@ def _transformer_subfolder(model_dir: Path) -> Path:
 
 def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None = None) -> SentenceTransformer:
     """Load ``base`` and merge the LoRA adapter saved in ``adapter_dir`` into its weights."""
-    from peft import PeftModel
+    from st_retrofit.extras import require_module
 
-    from st_retrofit.models import load_model
+    PeftModel = require_module("peft", "merging a LoRA adapter").PeftModel
+
+    from st_retrofit.models.resolve import load_model
 
     merged = load_model(base)
     transformer = merged[0]
@@ -157,24 +79,23 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
     return merged
 
 
-def build_collator(recipe: Recipe, model: SentenceTransformer, router_mapping=None):
+def build_collator(recipe: SectionView, model: SentenceTransformer, router_mapping=None):
     """The recipe's :class:`~st_retrofit.mixing.RetrofitDataCollator` for ``model``."""
     from st_retrofit.mixing import RetrofitDataCollator
 
     mixing = recipe.mixing
     labels = mixing.labels
     if labels == "auto":
-        # st-retrofit's losses read {"teacher_scores", "task_ids"}; any other loss gets the label column as it is.
-        labels = (
-            "dict" if resolve_loss_class(recipe.train.loss).__module__.startswith("st_retrofit.") else "teacher_scores"
-        )
+        # A loss declares the labels it reads (st-retrofit's: {"teacher_scores", "task_ids"}); others get the label
+        # column as it is.
+        labels = getattr(recipe.train.loss_class(), "collator_labels", "teacher_scores")
     return RetrofitDataCollator(
         model.preprocess,
         router_mapping=router_mapping or {},
         prompts=mixing.prompts,
         num_negatives=mixing.num_negatives if mixing.num_negatives is not None else recipe.mining.num_negatives,
-        rank_min=mixing.rank_min,
-        rank_max=mixing.rank_max,
+        range_min=mixing.range_min,
+        range_max=mixing.range_max,
         sampling=mixing.sampling,
         sampling_temperature=mixing.sampling_temperature,
         prompt_side=mixing.prompt_side,
@@ -184,7 +105,7 @@ def build_collator(recipe: Recipe, model: SentenceTransformer, router_mapping=No
     )
 
 
-def batch_sampler(recipe: Recipe, dataset_names: list[str]):
+def batch_sampler(recipe: SectionView, dataset_names: list[str]):
     """The recipe's :class:`~st_retrofit.mixing.TemperatureBatchSampler`, for ``multi_dataset_batch_sampler``."""
     from st_retrofit.mixing import TemperatureBatchSampler
 
@@ -200,7 +121,7 @@ def batch_sampler(recipe: Recipe, dataset_names: list[str]):
     )
 
 
-def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Path) -> Path:
+def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str | Path) -> Path:
     """Train on the mined dataset (a ``Dataset``, or a ``DatasetDict`` of groups) and save the merged model under
     ``output_dir/model``.
 
@@ -211,13 +132,16 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
     from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_utils import get_last_checkpoint
 
-    from st_retrofit.mixing import MixingCallback, MixingSettingError
+    from st_retrofit.config import ConfigError
+    from st_retrofit.mixing import MixingCallback
     from st_retrofit.mixing.report import write_mixture_report
-    from st_retrofit.recipe import RecipeError
 
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
-    args = training_arguments(recipe, output_dir=str(checkpoints))
+    try:
+        args = recipe.train.training_arguments(output_dir=str(checkpoints), seed=recipe.seed)
+    except ConfigError as exc:
+        raise exc.under("train") from None
     dataset = load_from_disk(str(train_dataset))
     if not isinstance(dataset, DatasetDict):
         dataset = DatasetDict({"train": dataset})
@@ -227,7 +151,7 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
         raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
     args.multi_dataset_batch_sampler = batch_sampler(recipe, list(dataset))
     model = build_model(recipe)
-    loss = resolve_loss_class(recipe.train.loss)(model, **recipe.train.loss_kwargs)
+    loss = recipe.train.loss_class()(model, **recipe.train.loss_kwargs)
     collator = build_collator(recipe, model, args.router_mapping)
     mixing = MixingCallback()
 
@@ -239,8 +163,8 @@ def train_stage(recipe: Recipe, train_dataset: str | Path, output_dir: str | Pat
         logger.info("Resuming training from %s", last)
     try:
         result = trainer.train(resume_from_checkpoint=last)
-    except MixingSettingError as exc:  # raised while the first dataloader is built, before any step
-        raise RecipeError(f"mixing.{exc.key}", exc.message) from None
+    except ConfigError as exc:  # a mixing setting, raised while the first dataloader is built, before any step
+        raise exc.under("mixing") from None
     model_dir = output_dir / "model"
     if not trainer.is_world_process_zero():
         # Under a distributed launch, the main process exports; the others are done once the trainer is.

@@ -22,6 +22,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from st_retrofit.config import ConfigError
+from st_retrofit.extras import require_module
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -31,10 +34,6 @@ PROMPT_ALIASES = {"passage": "document", "corpus": "document", "queries": "query
 # "<benchmark>:<task type>" keeps one kind of task of a benchmark, e.g. "MTEB(Multilingual, v2):Retrieval".
 TASK_TYPES = (":Retrieval", ":Reranking", ":STS", ":Classification", ":Clustering", ":PairClassification",
               ":BitextMining", ":MultilabelClassification", ":InstructionRetrieval", ":Summarization")  # fmt: skip
-
-
-class MtebTaskError(ValueError):
-    """A task entry that is neither a folder with BEIR files, an mteb task nor an mteb benchmark."""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -47,6 +46,8 @@ def beir_task(folder: str | Path, split: str = "test", name: str | None = None, 
     import csv
 
     from datasets import Dataset
+
+    require_module("mteb", "eval.mteb_tasks")
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -59,7 +60,7 @@ def beir_task(folder: str | Path, split: str = "test", name: str | None = None, 
     }
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
-        raise MtebTaskError(f"{folder} is not a BEIR-style folder: missing {', '.join(missing)}")
+        raise ConfigError("", f"{folder} is not a BEIR-style folder: missing {', '.join(missing)}")
     task_name = name or folder.name
 
     class LocalBeirRetrieval(AbsTaskRetrieval):
@@ -116,9 +117,9 @@ def resolve_tasks(specs: list[str]) -> list[Any]:
     for names; an existing folder is always a folder).
 
     Raises:
-        MtebTaskError: naming the entry, with mteb's suggestion when it has one.
+        ConfigError: naming the entry, with mteb's suggestion when it has one.
     """
-    import mteb
+    mteb = require_module("mteb", "eval.mteb_tasks")
 
     tasks = []
     for spec in specs:
@@ -130,19 +131,20 @@ def resolve_tasks(specs: list[str]) -> list[Any]:
             benchmark = mteb.get_benchmark(name)
         except KeyError:
             if task_type:
-                raise MtebTaskError(f"{spec!r}: no mteb benchmark named {name!r}") from None
+                raise ConfigError("", f"{spec!r}: no mteb benchmark named {name!r}") from None
         else:
             chosen = [t for t in benchmark.tasks if not task_type or t.metadata.type == task_type]
             if not chosen:
-                raise MtebTaskError(f"{spec!r}: benchmark {name!r} has no {task_type} task")
+                raise ConfigError("", f"{spec!r}: benchmark {name!r} has no {task_type} task")
             tasks.extend(chosen)
             continue
         try:
             tasks.append(mteb.get_task(spec))
         except KeyError as exc:
-            raise MtebTaskError(
+            raise ConfigError(
+                "",
                 f"{spec!r} is neither a folder with corpus.jsonl, queries.jsonl and qrels/, nor an mteb task or "
-                f"benchmark ({str(exc).strip(chr(39))})"
+                f"benchmark ({str(exc).strip(chr(39))})",
             ) from None
     return tasks
 
@@ -169,7 +171,7 @@ def run_mteb(
     Returns:
         ``{task name: main score}`` (averaged over the task's splits and subsets, as mteb does).
     """
-    import mteb
+    mteb = require_module("mteb", "mteb evaluation")
     from mteb.cache import ResultCache
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
@@ -188,7 +190,7 @@ def run_mteb(
 
 def read_results(folder: str | Path) -> dict[str, float]:
     """``{task name: main score}`` from an mteb results folder of one model (any depth; the newest file per task)."""
-    from mteb import TaskResult
+    TaskResult = require_module("mteb", "reading mteb results").TaskResult
 
     scores: dict[str, float] = {}
     for path in sorted(Path(folder).rglob("*.json"), key=lambda p: p.stat().st_mtime):

@@ -18,24 +18,17 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from st_retrofit.config import ConfigError
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from st_retrofit.recipe import DataConfig, DataSourceConfig
+    from st_retrofit.data.config import DataConfig, DataSourceConfig
 
 logger = logging.getLogger(__name__)
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 PAIR_COLUMNS = ("query", "document", "language", "task", "source")
-MAPPABLE = ("query", "document", "language", "task")
-
-
-class DataSourceError(ValueError):
-    """A data source problem, naming the setting (``path``, ``columns.query``...) and the fix."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}")
 
 
 def is_local(path: str) -> bool:
@@ -49,7 +42,7 @@ def read_dataset(
     """A ``Dataset`` from a file (by suffix), a folder saved by ``datasets``, a data folder, or a Hub dataset.
 
     Raises:
-        DataSourceError: ``path`` (missing, unknown type, unreadable) or ``split`` (not in the folder).
+        ConfigError: ``path`` (missing, unknown type, unreadable) or ``split`` (not in the folder).
     """
     import datasets
 
@@ -57,7 +50,7 @@ def read_dataset(
     if path.is_file():
         fmt = FILE_FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise DataSourceError("path", f"{path}: unknown file type {path.suffix!r}; use {', '.join(FILE_FORMATS)}")
+            raise ConfigError("path", f"{path}: unknown file type {path.suffix!r}; use {', '.join(FILE_FORMATS)}")
         kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
         return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     if path.is_dir():
@@ -65,16 +58,16 @@ def read_dataset(
             data = datasets.load_from_disk(str(path))
             if isinstance(data, datasets.DatasetDict):
                 if split not in data:
-                    raise DataSourceError("split", f"{path} has the splits {list(data)}, not {split!r}")
+                    raise ConfigError("split", f"{path} has the splits {list(data)}, not {split!r}")
                 data = data[split]
             return data
         return datasets.load_dataset(str(path), config_name, split=split)
     if str(source).startswith((".", "/", "~")):
-        raise DataSourceError("path", f"{source} does not exist")
+        raise ConfigError("path", f"{source} does not exist")
     try:
         return datasets.load_dataset(str(source), config_name, split=split, revision=revision)
     except Exception as exc:  # the Hub client raises many types; all mean "cannot read this name"
-        raise DataSourceError(
+        raise ConfigError(
             "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
         ) from None
 
@@ -113,15 +106,13 @@ def local_columns(source: str | Path, split: str = "train") -> list[str] | None:
 
 
 def check_source_columns(config: DataSourceConfig) -> None:
-    """Raise :class:`DataSourceError` naming ``columns.<key>`` when a local source lacks a mapped column."""
+    """Raise :class:`ConfigError` naming ``columns.<key>`` when a local source lacks a mapped column."""
     columns = local_columns(config.path, config.split)
     if columns is None:
         return
     for ours, theirs in {"query": "query", "document": "document", **config.columns}.items():
         if theirs not in columns:
-            raise DataSourceError(
-                f"columns.{ours}", f"{config.path} has no column {theirs!r}; its columns are {columns}"
-            )
+            raise ConfigError(f"columns.{ours}", f"{config.path} has no column {theirs!r}; its columns are {columns}")
 
 
 def load_source(config: DataSourceConfig, seed: int = 0) -> Dataset:
@@ -133,7 +124,7 @@ def load_source(config: DataSourceConfig, seed: int = 0) -> Dataset:
     query or document are dropped; ``max_rows`` keeps a seeded random sample.
 
     Raises:
-        DataSourceError: naming ``path``, ``split`` or ``columns.<name>`` (with the columns the source has).
+        ConfigError: naming ``path``, ``split`` or ``columns.<name>`` (with the columns the source has).
     """
     from st_retrofit.synth.languages import identify_language, normalize_language
 
@@ -142,7 +133,7 @@ def load_source(config: DataSourceConfig, seed: int = 0) -> Dataset:
     available = data.column_names
     for ours, theirs in mapping.items():
         if theirs not in available:
-            raise DataSourceError(
+            raise ConfigError(
                 f"columns.{ours}", f"{config.path} has no column {theirs!r}; its columns are {available}"
             )
     if config.max_rows is not None and len(data) > config.max_rows:
@@ -172,7 +163,7 @@ def load_source(config: DataSourceConfig, seed: int = 0) -> Dataset:
     if len(rows) < before:
         logger.warning("%s: dropped %d rows with an empty query or document", config.name, before - len(rows))
     if not len(rows):
-        raise DataSourceError("path", f"{config.path} has no row with both a query and a document")
+        raise ConfigError("path", f"{config.path} has no row with both a query and a document")
     return rows
 
 
@@ -185,7 +176,7 @@ def training_pairs(data: DataConfig, synth_dataset: str | Path | None, seed: int
     synthetic``.
 
     Raises:
-        DataSourceError: with the key under ``data.sources[i]``.
+        ConfigError: with the key under ``data.sources[i]``.
     """
     from datasets import concatenate_datasets, load_from_disk
 
@@ -202,12 +193,12 @@ def training_pairs(data: DataConfig, synth_dataset: str | Path | None, seed: int
     for i, source in enumerate(data.sources):
         try:
             rows = load_source(source, seed)
-        except DataSourceError as exc:
-            raise DataSourceError(f"sources[{i}].{exc.key}", exc.message) from None
+        except ConfigError as exc:
+            raise exc.under(f"sources[{i}]") from None
         summary[source.name] = {"rows": len(rows), "fingerprint": rows._fingerprint, "path": source.path}
         parts.append(rows.cast(parts[0].features) if parts else rows)
     if not parts:
-        raise DataSourceError("sources", "no training pairs: data.synthetic is false and there are no sources")
+        raise ConfigError("sources", "no training pairs: data.synthetic is false and there are no sources")
     logger.info("Training pairs: %s", ", ".join(f"{name} {info['rows']}" for name, info in summary.items()))
     return concatenate_datasets(parts), summary
 
@@ -235,7 +226,7 @@ def cached_content_hash(path: str | Path) -> str:
     its path, sizes and modification times, so that a large corpus is read once, not at every run."""
     import json
 
-    from st_retrofit.models import cache_dir
+    from st_retrofit.models.resolve import cache_dir
 
     path = Path(path).expanduser().resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

@@ -1,0 +1,300 @@
+"""What every configuration section shares: one error type, the pydantic base class, YAML reading.
+
+Each stage package owns its section (``st_retrofit.synth.config``, ``st_retrofit.mining.config``...) as a
+:class:`ConfigModel`; :mod:`st_retrofit.recipe` only composes them. pydantic maps YAML onto the typed sections and
+gives the JSON Schema; :func:`validate_section` turns pydantic's errors into one line naming the key path:
+
+    mining.relative_margn: unknown key (did you mean relative_margin?)
+    mining.relative_margin: expected a number in [0, 1), got 1.5
+
+This module imports neither torch nor any stage, so that a recipe is checked before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+import warnings
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as ``<key path>: <what is wrong and how to fix it>``.
+
+    Raised with the key relative to the section that found it; :meth:`under` prefixes the path of the enclosing
+    section, so that the same error reads ``r: ...`` inside :class:`~st_retrofit.models.config.LoraSettings` and
+    ``model.lora.r: ...`` from the recipe.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with ``prefix`` in front of its key (``[0]`` and ``.name`` joined as written)."""
+        if not prefix:
+            return self
+        if not self.key:
+            return ConfigError(prefix, self.message)
+        return ConfigError(f"{prefix}{self.key}" if self.key.startswith("[") else f"{prefix}.{self.key}", self.message)
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def did_you_mean(name: str, known: Iterable[str], listing: str = "valid keys") -> str:
+    """`` (did you mean X?)`` for a close match, else ``; <listing>: a, b, c``."""
+    known = list(known)
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f" (did you mean {close[0]}?)" if close else f"; {listing}: {', '.join(known)}"
+
+
+class ConfigModel(BaseModel):
+    """Base of every recipe section: unknown keys are errors, types are strict (``"5%"`` is not a number, ``true``
+    not an integer; an integer is a number), and defaults are validated too.
+
+    ``renamed`` maps a key of an earlier release to its new name: the old key still loads, with a warning that
+    names the new one, for one release.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_deprecated_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.renamed:
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old in data:
+                warnings.warn(
+                    f"{cls.__name__}: '{old}' is now '{new}'; the old key will stop loading in the next release",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                if new in data:
+                    raise ConfigError(old, f"is the old name of {new}; set only {new}")
+                data[new] = data.pop(old)
+        return data
+
+    def check_environment(self) -> None:
+        """Checks that need the file system, a model resolver or a library's own argument class (missing files,
+        unknown models, a trainer argument out of range); run by the recipe after the shape checks, before any
+        heavy work. Raise :class:`ConfigError` with a key relative to this section."""
+
+    def local_inputs(self) -> list[str]:
+        """Local files and folders the section names (a corpus, models given as folders); the stages that read the
+        section count their contents in their fingerprints."""
+        return []
+
+    def fingerprint_payload(self) -> dict[str, Any]:
+        """What the section contributes to the fingerprints of the stages that read it."""
+        return self.model_dump(mode="json")
+
+
+def validate_section(cls: type[ConfigModel], data: Any, prefix: str = "") -> Any:
+    """``cls`` built from ``data``, with pydantic's first error as one :class:`ConfigError` under ``prefix``."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(cls, exc.errors()).under(prefix) from None
+
+
+def load_yaml(text: str, origin: str) -> Any:
+    """YAML with repeated keys refused (PyYAML keeps the last one silently)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError("", f"{origin} is not valid YAML: {detail}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pydantic errors as one line naming the key
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _describe(typing.get_args(tp)[0])
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_plural(typing.get_args(tp)[0])}"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(tp, _describe(tp))
+
+
+def _resolve(cls: type[BaseModel], loc: tuple) -> tuple[str, Any, Any]:
+    """Walk pydantic's location through the model's annotations: the key path as a user writes it, the type
+    expected there and the field's info (for range constraints). Union branch tags in ``loc`` are skipped."""
+    path, tp, info = "", cls, None
+    for part in loc:
+        while True:
+            origin = typing.get_origin(tp)
+            if origin is typing.Annotated:
+                tp = typing.get_args(tp)[0]
+                continue
+            if origin in (typing.Union, types.UnionType):
+                options = [a for a in typing.get_args(tp) if a is not type(None)]
+                branch = _union_branch(options, part)
+                if branch is not None:
+                    tp, part = branch, None
+                    break
+                if len(options) == 1:
+                    tp = options[0]
+                    continue
+            break
+        if part is None:
+            continue
+        origin = typing.get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(part) if isinstance(part, str) else None
+            path = f"{path}.{part}" if path else str(part)
+            tp, info = (field.annotation, field) if field is not None else (None, None)
+        elif origin is list and isinstance(part, int):
+            path, tp, info = f"{path}[{part}]", typing.get_args(tp)[0], None
+        elif origin is dict:
+            path, tp, info = f"{path}.{part}" if path else str(part), typing.get_args(tp)[1], None
+        else:
+            path = f"{path}.{part}" if path else str(part)
+            tp, info = None, None
+    return path, tp, info
+
+
+def _union_branch(options: list, part: Any) -> Any:
+    """The union member a location segment names: a discriminator tag (``openai``) or a type name (``str``)."""
+    for option in options:
+        tag = _tag(option)
+        if tag is not None and part == tag:
+            return option
+        name = getattr(option, "__name__", None)
+        if part in (name, str(option).replace("typing.", "")):
+            return option
+    return None
+
+
+def _tag(option: Any) -> Any:
+    if isinstance(option, type) and issubclass(option, BaseModel) and "type" in option.model_fields:
+        args = typing.get_args(option.model_fields["type"].annotation)
+        return args[0] if len(args) == 1 else None
+    return None
+
+
+def _range(info: Any) -> str | None:
+    low = high = None
+    for constraint in getattr(info, "metadata", ()):
+        for name in ("ge", "gt"):
+            if getattr(constraint, name, None) is not None:
+                low = (getattr(constraint, name), name == "ge")
+        for name in ("le", "lt"):
+            if getattr(constraint, name, None) is not None:
+                high = (getattr(constraint, name), name == "le")
+    if low and high:
+        return f"in {'[' if low[1] else '('}{low[0]}, {high[0]}{']' if high[1] else ')'}"
+    if low:
+        return f"{'>=' if low[1] else '>'} {low[0]}"
+    if high:
+        return f"{'<=' if high[1] else '<'} {high[0]}"
+    return None
+
+
+def _config_error(cls: type[BaseModel], errors: list[dict]) -> ConfigError:
+    first = errors[0]
+    key, tp, info = _resolve(cls, tuple(first["loc"]))
+    kind, value = first["type"], first.get("input")
+    ctx = first.get("ctx") or {}
+    if kind in ("value_error", "assertion_error") and isinstance(ctx.get("error"), ConfigError):
+        return ctx["error"].under(key)
+    if kind == "extra_forbidden":
+        parent_key, parent, _ = _resolve(cls, tuple(first["loc"])[:-1])
+        names = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        return ConfigError(key, f"unknown key{did_you_mean(str(first['loc'][-1]), names)}")
+    if kind == "missing":
+        return ConfigError(key, "required")
+    if kind == "union_tag_invalid":
+        return ConfigError(
+            f"{key}.type" if key else "type", f"expected {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
+        )
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bounds = _range(info) or first["msg"].lower().removeprefix("input should be ")
+        if bounds.startswith("in "):  # an interval reads "a number in [0, 1)"; a bound alone reads ">= 1"
+            bounds = f"{'an integer' if tp is int else 'a number'} {bounds}"
+        return ConfigError(key, f"expected {bounds}, got {value!r}")
+    if kind in ("value_error", "assertion_error"):
+        return ConfigError(key, first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, "))
+    # A type error: several for a union (one per member) all mean "none of these".
+    same = [e for e in errors if _resolve(cls, tuple(e["loc"]))[0] == key]
+    expected = _describe(tp) if tp is not None else first["msg"]
+    if len(same) > 1 and tp is not None:
+        _, outer, _ = _resolve(cls, tuple(first["loc"])[:-1])
+        expected = _describe(outer) if outer is not None else expected
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        expected = "a mapping" + (
+            f" of {', '.join(tp.model_fields)}" if isinstance(tp, type) and issubclass(tp, BaseModel) else ""
+        )
+    return ConfigError(key, f"expected {expected}, got {value!r}")
+
+
+class UndeclaredSectionError(RuntimeError):
+    """A stage read a recipe section it does not declare: a bug in the stage, since its fingerprint would miss it."""
+
+
+class SectionView:
+    """What a stage may read of a recipe: the sections it declares, and ``seed``, ``name`` and ``run_dir``.
+
+    The pipeline hands each stage one of these instead of the recipe, so a stage cannot depend on a value that its
+    fingerprint does not cover; reading any other section raises :class:`UndeclaredSectionError`.
+    """
+
+    ALWAYS = ("seed", "name", "output_dir", "run_dir")
+
+    def __init__(self, recipe: Any, stage: str, sections: Iterable[str]) -> None:
+        self._recipe, self._stage, self._sections = recipe, stage, tuple(sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's identity and the declared sections, as a recipe mapping (all of it for a stage that declares
+        every section, as publish does)."""
+        head = {key: getattr(self._recipe, key) for key in ("name", "seed", "output_dir")}
+        return head | {section: getattr(self._recipe, section).model_dump(mode="json") for section in self._sections}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._sections or name in self.ALWAYS:
+            return getattr(self._recipe, name)
+        raise UndeclaredSectionError(
+            f"the {self._stage} stage read recipe.{name}, which it does not declare (it declares "
+            f"{', '.join(self._sections)}); add it to the stage's sections so that its fingerprint covers it"
+        )

@@ -1,0 +1,49 @@
+"""Recipe section ``eval``: held-out retrieval of base and retrofitted model, and mteb tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from st_retrofit.config import ConfigError, ConfigModel, require
+
+
+class EvalConfig(ConfigModel):
+    """Retrieval evaluation of base and retrofitted model on the held-out split (recipe section ``eval``).
+
+    Args:
+        k: cut-off for nDCG@k and Recall@k.
+        batch_size: encoding batch size.
+        mteb_tasks: also evaluate both models with mteb on these: benchmark names (``MTEB(Multilingual, v2)``),
+            task names (``MIRACLRetrieval``) or local BEIR-style folders (see :mod:`st_retrofit.evaluation.mteb`;
+            the ``eval`` extra).
+        mteb_baselines: ``{label: folder}`` of mteb results of other models, added as columns of the comparison.
+    """
+
+    k: int = Field(10, ge=1, description="Cut-off for nDCG@k and Recall@k.")
+    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
+    mteb_tasks: list[str] = Field(default_factory=list, description="mteb benchmarks, tasks or folders.")
+    mteb_baselines: dict[str, str] = Field(default_factory=dict, description="Label -> mteb results folder.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        for label, folder in self.mteb_baselines.items():
+            require(Path(folder).expanduser().is_dir(), f"mteb_baselines.{label}", f"folder {folder} does not exist")
+        return self
+
+    def local_inputs(self) -> list[str]:
+        """Local BEIR folders among ``mteb_tasks`` (an edited dev set makes the results stale)."""
+        return [spec for spec in self.mteb_tasks if Path(spec).expanduser().is_dir()]
+
+    def check_environment(self) -> None:
+        """Every ``mteb_tasks`` entry names a folder, an mteb task or a benchmark (mteb is imported only then)."""
+        if not self.mteb_tasks:
+            return
+        from st_retrofit.evaluation.mteb import resolve_tasks
+
+        for i, spec in enumerate(self.mteb_tasks):
+            try:
+                resolve_tasks([spec])
+            except ConfigError as exc:
+                raise exc.under(f"mteb_tasks[{i}]") from None

@@ -1,0 +1,81 @@
+"""Recipe section ``model``: the model being retrofitted and its LoRA adapter (read by the train and eval stages)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from st_retrofit.config import ConfigError, ConfigModel
+
+
+class LoraSettings(ConfigModel):
+    """LoRA adapter settings (recipe section ``model.lora``); the adapter is merged into the weights at export.
+
+    Args:
+        r: adapter rank.
+        alpha: LoRA scaling numerator (``lora_alpha``).
+        dropout: dropout on the adapter input.
+        target_modules: names of the linear layers that get adapters (``query``/``key``/``value`` in BERT-style
+            encoders).
+    """
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input, in [0, 1).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "key", "value"], min_length=1, description="Linear layers that get adapters."
+    )
+
+
+class ModelConfig(ConfigModel):
+    """The model being retrofitted (recipe section ``model``).
+
+    Args:
+        base: ``offline:<name>``, a local folder or a Hub id.
+        lora: LoRA settings; ``null`` trains every weight instead.
+        max_seq_length: truncation length for training and evaluation; ``null`` keeps the model's own.
+    """
+
+    base: str = Field("offline:multilingual-e5-small", description="Model to retrofit.")
+    lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = full fine-tuning.")
+    max_seq_length: int | None = Field(128, ge=8, description="Token limit; null keeps the model's.")
+
+    def local_inputs(self) -> list[str]:
+        return [self.base]
+
+    def check_environment(self) -> None:
+        from st_retrofit.models.resolve import ModelNotFoundError, check_model_name
+
+        try:
+            check_model_name(self.base)
+        except ModelNotFoundError as exc:
+            raise ConfigError("base", str(exc)) from None
+        if self.lora is not None:
+            try:
+                check_peft()
+            except ConfigError as exc:
+                raise exc.under("lora") from None
+
+
+def check_peft() -> None:
+    """peft is installed and can load adapters into the installed transformers.
+
+    transformers 5.24 loads adapters only with peft >= 0.22 (not released as of st-retrofit 0.2): the combination
+    fails deep inside ``add_adapter``, so it is refused here, before any work, with the two ways out.
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    from st_retrofit.extras import EXTRAS, MissingExtraError, has_module
+
+    if not has_module("peft"):  # checked without importing peft, which loads torch
+        raise MissingExtraError(
+            "", f"LoRA needs peft, which is not installed: pip install 'st-retrofit[{EXTRAS['peft']}]'"
+        )
+    transformers, peft = Version(version("transformers")), Version(version("peft"))
+    if transformers >= Version("5.24") and peft < Version("0.22"):
+        raise ConfigError(
+            "",
+            f"transformers {transformers} loads adapters only with peft >= 0.22 (installed: {peft}); "
+            "pip install 'transformers<5.24', or set model.lora: null for full fine-tuning",
+        )

@@ -1,0 +1,50 @@
+"""Recipe section ``publish``: the release folder and the Hub upload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from st_retrofit.config import ConfigError, ConfigModel, require
+
+
+class PublishConfig(ConfigModel):
+    """Export and Hub upload (recipe section ``publish``).
+
+    Args:
+        repo_id: ``org/name`` on the Hub; needed unless ``dry_run``.
+        dry_run: write the folder that would be pushed and stop there.
+        private: create the Hub repository as private.
+        card_template: a Jinja2 model card template; ``null`` uses the packaged one.
+        require_eval: refuse to publish without evaluation results.
+    """
+
+    repo_id: str | None = Field(None, description="Hub repository, org/name.")
+    dry_run: bool = Field(True, description="Only write the folder that would be pushed.")
+    private: bool = Field(True, description="Create the repository as private.")
+    card_template: str | None = Field(None, description="Model card template path.")
+    require_eval: bool = Field(True, description="Refuse to publish without eval results.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PublishConfig:
+        require(
+            self.dry_run or bool(self.repo_id),
+            "repo_id",
+            "required when dry_run is false (e.g. repo_id: my-org/retrofit-small)",
+        )
+        if self.repo_id is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.repo_id)
+            except HFValidationError:
+                raise ConfigError("repo_id", f"expected org/name, got {self.repo_id!r}") from None
+        return self
+
+    def local_inputs(self) -> list[str]:
+        return [self.card_template] if self.card_template else []
+
+    def check_environment(self) -> None:
+        if self.card_template is not None and not Path(self.card_template).is_file():
+            raise ConfigError("card_template", f"file {self.card_template} does not exist")

@@ -1,0 +1,365 @@
+"""Recipe section ``synth``: where the training and held-out pairs come from, and its checks.
+
+Two registries replace string switches: :data:`SOURCES` (``demo``, ``corpus``: what each reads, checks, describes
+and how it runs) and :data:`BACKENDS` (``heuristic``, ``openai``, ``transformers``: the backend class each
+``synth.backend.type`` builds). Both name their code by module path, so that a recipe is checked without importing
+an LLM client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from st_retrofit.config import ConfigError, ConfigModel, require
+from st_retrofit.synth.demo import LANGUAGES, QUERY_KINDS
+
+if TYPE_CHECKING:
+    from st_retrofit.synth.backends import SynthBackend
+
+
+class CorpusConfig(ConfigModel):
+    """The passages to synthesize from (recipe section ``synth.corpus``; see :func:`st_retrofit.synth.load_corpus`).
+
+    Args:
+        path: a jsonl/json/parquet/csv/tsv file, a folder saved by ``datasets``, or a Hub dataset name.
+        split: the split of a folder or Hub dataset.
+        config_name: the Hub dataset's configuration; ``{language}`` in it reads one configuration per entry of
+            ``languages`` (``20231101.{language}`` for ``wikimedia/wikipedia``).
+        text_column: the passage text.
+        title_column: passage titles (optional; title templates need them).
+        language_column: language codes (optional; identified from the text when absent or empty).
+        id_column: document ids (optional; a hash of the text when absent).
+        languages: keep only passages in these languages; ``null`` = all.
+        max_documents: read at most this many passages (after the language filter; per language, and streamed,
+            with a ``{language}`` configuration).
+    """
+
+    path: str | None = Field(None, description="Corpus file, folder or Hub dataset.")
+    split: str = Field("train", description="Split of a folder or Hub dataset.")
+    config_name: str | None = Field(None, description="Hub dataset configuration.")
+    text_column: str = Field("text", description="Passage text column.")
+    title_column: str | None = Field("title", description="Title column (optional).")
+    language_column: str | None = Field("language", description="Language column (optional).")
+    id_column: str | None = Field("id", description="Document id column (optional).")
+    languages: list[str] | None = Field(None, description="Languages to keep; null = all.")
+    max_documents: int | None = Field(None, ge=1, description="Read at most this many passages.")
+
+    def check_environment(self) -> None:
+        """The path exists when it is local, and a local file's header has ``text_column``."""
+        from st_retrofit.data.sources import local_columns
+
+        path = self.path or ""
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+            raise ConfigError("path", f"{path} does not exist")
+        columns = local_columns(path, self.split)
+        if columns is not None and self.text_column not in columns:
+            raise ConfigError(
+                "text_column", f"the corpus has no column {self.text_column!r}; its columns are {columns}"
+            )
+
+
+# Backend type -> "module:Class"; the class builds itself from the section with ``from_config``.
+BACKENDS: dict[str, str] = {
+    "heuristic": "st_retrofit.synth.backends.heuristic:HeuristicBackend",
+    "openai": "st_retrofit.synth.backends.openai_compatible:OpenAICompatibleBackend",
+    "transformers": "st_retrofit.synth.backends.transformers_local:TransformersBackend",
+}
+
+
+class BackendConfig(ConfigModel):
+    """What writes the pairs (recipe section ``synth.backend``).
+
+    Args:
+        type: a key of :data:`BACKENDS`: ``heuristic`` (no LLM: title to body, inverse cloze, cropping, fact
+            templates), ``openai`` (any OpenAI-compatible server: OpenAI, vLLM, TGI, llama.cpp, Ollama) or
+            ``transformers`` (a local chat model).
+        model: the server's model name (``openai``, required) or a local chat model (``transformers``; ``null`` =
+            ``offline:smollm2-135m-instruct``).
+        base_url: ``openai``: the server's ``/v1`` URL; ``null`` = ``$OPENAI_BASE_URL`` or OpenAI.
+        api_key_env: ``openai``: the environment variable holding the key (the key itself never goes in a recipe).
+        concurrency: ``openai``: requests in flight.
+        max_retries: ``openai``: retries on 429, 5xx, timeouts and connection errors, with exponential backoff.
+        timeout: ``openai``: seconds per attempt.
+        temperature: sampling temperature (0 = greedy for ``transformers``).
+        top_p: nucleus sampling; ``null`` = the backend's default.
+        max_tokens: the longest answer, in tokens.
+        response_format: ``openai``: ``json_object``, ``json_schema`` (structured outputs) or ``none``.
+        send_seed: ``openai``: send a per-request seed.
+        extra_body: ``openai``: extra request fields for the server.
+        gguf_file: ``transformers``: the GGUF file in ``model``.
+        device: ``transformers``: ``cuda``, ``cpu``...; ``null`` = CUDA when available.
+        dtype: ``transformers``: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+        batch_size: ``transformers``: prompts per generation batch.
+        prefill_json: ``transformers``: start each answer with the schema's first key, stop when the JSON closes.
+    """
+
+    type: Literal["heuristic", "openai", "transformers"] = Field("heuristic", description="Backend.")
+    model: str | None = Field(None, description="Model name or path.")
+    base_url: str | None = Field(None, description="openai: server URL ending in /v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: env variable with the key.")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight.")
+    max_retries: int = Field(6, ge=0, description="openai: retries per request.")
+    timeout: float = Field(120.0, gt=0, description="openai: seconds per attempt.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
+    max_tokens: int = Field(1024, ge=1, description="Longest answer in tokens.")
+    response_format: Literal["json_object", "json_schema", "none"] = Field(
+        "json_object", description="openai: JSON mode."
+    )
+    send_seed: bool = Field(True, description="openai: per-request seed.")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: extra request fields.")
+    gguf_file: str | None = Field(None, description="transformers: GGUF file name.")
+    device: str | None = Field(None, description="transformers: device.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="dtype.")
+    batch_size: int = Field(8, ge=1, description="transformers: prompts per batch.")
+    prefill_json: bool = Field(True, description="transformers: prefill the JSON answer.")
+
+    @model_validator(mode="after")
+    def _check(self) -> BackendConfig:
+        require(
+            self.type != "openai" or bool(self.model),
+            "model",
+            "the openai backend needs the model name the server serves (e.g. gpt-4o-mini)",
+        )
+        require(
+            not self.api_key_env.startswith(("sk-", "hf_")),
+            "api_key_env",
+            "expected the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key; never put keys in recipes",
+        )
+        return self
+
+    def backend_class(self) -> type[SynthBackend]:
+        module, name = BACKENDS[self.type].split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def build(self) -> SynthBackend:
+        """The backend this section describes (:meth:`SynthBackend.from_config` of the registered class)."""
+        return self.backend_class().from_config(self)
+
+    def check_environment(self) -> None:
+        if self.type == "openai":
+            from st_retrofit.extras import require_module
+
+            require_module("openai", "type openai")
+        if self.type == "transformers":
+            from st_retrofit.synth.backends.base import SynthBackendError
+            from st_retrofit.synth.backends.transformers_local import resolve_llm
+
+            try:
+                resolve_llm(self.model or "offline:smollm2-135m-instruct", self.gguf_file)
+            except SynthBackendError as exc:
+                raise ConfigError("model", str(exc)) from None
+
+
+class BrainstormConfig(ConfigModel):
+    """The brainstorm step (recipe section ``synth.brainstorm``): an LLM invents retrieval tasks first, and each
+    request of a template that asks for it gets one of them (Wang et al., 2024).
+
+    Args:
+        enabled: run the step for templates that name a brainstorm template.
+        rounds: brainstorm calls per template (different seeds; their tasks are pooled).
+        tasks_per_round: tasks asked for per call.
+    """
+
+    enabled: bool = Field(True, description="Brainstorm tasks first.")
+    rounds: int = Field(2, ge=1, description="Calls per template.")
+    tasks_per_round: int = Field(20, ge=1, description="Tasks per call.")
+
+
+class ValidationConfig(ConfigModel):
+    """Checks on generated pairs (recipe section ``synth.validation``; see :mod:`st_retrofit.synth.validation`).
+
+    Args:
+        check_language: reject a pair when language ID (py3langid) says a column is in another language than the
+            template asks for, with at least ``language_confidence``.
+        language_confidence: the probability above which a language mismatch rejects (short texts identify
+            poorly; uncertain ones pass).
+        check_lengths: apply each template's character bounds.
+        deduplicate: reject queries equal to an earlier one after normalization (case, punctuation, spacing).
+        near_duplicate_threshold: reject queries whose character 5-gram Jaccard similarity to an earlier one
+            (MinHash-LSH) is at least this; ``null`` disables.
+        num_perm: MinHash permutations.
+    """
+
+    check_language: bool = Field(True, description="Language ID check.")
+    language_confidence: float = Field(0.5, ge=0, le=1, description="Mismatch probability that rejects.")
+    check_lengths: bool = Field(True, description="Template length bounds.")
+    deduplicate: bool = Field(True, description="Drop exact duplicate queries.")
+    near_duplicate_threshold: float | None = Field(0.9, gt=0, le=1, description="MinHash Jaccard threshold.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+
+
+@dataclass(frozen=True)
+class SynthSource:
+    """One value of ``synth.source``: how it checks, describes and runs a section.
+
+    Args:
+        name: the ``synth.source`` value.
+        runner: ``"module:function"`` called as ``runner(config, seed, output_dir) -> dataset folder``.
+        local_inputs: the local files it reads (their contents count in the stage's fingerprint).
+        languages: the languages of its pairs, when known before it runs (model card metadata).
+        describe: one line on the pairs, for the model card.
+        check: shape checks of the settings it reads.
+        check_environment: checks that need files or models.
+    """
+
+    name: str
+    runner: str
+    local_inputs: Any
+    languages: Any
+    describe: Any
+    check: Any
+    check_environment: Any
+
+    def run(self, config: SynthConfig, seed: int, output_dir: str | Path) -> Path:
+        module, name = self.runner.split(":")
+        return getattr(importlib.import_module(module), name)(config, seed, output_dir)
+
+
+def _check_demo(config: SynthConfig) -> None:
+    unknown = [lang for lang in config.languages if lang not in LANGUAGES]
+    require(not unknown, "languages", f"unknown language(s) {unknown}; the demo source has {list(LANGUAGES)}")
+    require(bool(config.languages), "languages", "expected at least one language")
+
+
+def _check_corpus(config: SynthConfig) -> None:
+    require(
+        config.corpus.path is not None,
+        "corpus.path",
+        "source corpus needs a file, a datasets folder or a Hub dataset name",
+    )
+
+
+def _describe_demo(config: SynthConfig) -> str:
+    return (
+        f"demo pairs in {len(config.languages)} languages ({', '.join(config.languages)}), "
+        f"{config.train_entities} training entities"
+    )
+
+
+def _describe_corpus(config: SynthConfig) -> str:
+    languages = config.corpus.languages
+    scope = f" in {len(languages)} languages ({', '.join(languages)})" if languages else ""
+    cap = f", at most {config.max_per_language} per language" if config.max_per_language else ""
+    writer = config.backend.model if config.backend.type != "heuristic" else "heuristics"
+    return f"pairs written by {writer} from `{config.corpus.path}`{scope} with the templates {', '.join(config.templates)}{cap}"
+
+
+def _check_corpus_environment(config: SynthConfig) -> None:
+    from st_retrofit.extras import require_module
+    from st_retrofit.synth.stage import select_templates
+
+    require_module("jsonschema", "source corpus (its templates)")
+    require_module("py3langid", "source corpus (language identification)")
+    if config.validation.near_duplicate_threshold is not None:
+        require_module("datasketch", "source corpus (validation.near_duplicate_threshold)")
+
+    _, templates = select_templates(config)
+    if any(t.kind == "llm" for t in templates):
+        try:
+            config.backend.check_environment()
+        except ConfigError as exc:
+            raise exc.under("backend") from None
+    try:
+        config.corpus.check_environment()
+    except ConfigError as exc:
+        raise exc.under("corpus") from None
+
+
+SOURCES: dict[str, SynthSource] = {
+    "demo": SynthSource(
+        name="demo",
+        runner="st_retrofit.synth.stage:synthesize_demo",
+        local_inputs=lambda config: [],
+        languages=lambda config: list(config.languages),
+        describe=_describe_demo,
+        check=_check_demo,
+        check_environment=lambda config: None,
+    ),
+    "corpus": SynthSource(
+        name="corpus",
+        runner="st_retrofit.synth.stage:synthesize_corpus",
+        local_inputs=lambda config: [config.corpus.path, *config.template_dirs],
+        languages=lambda config: list(config.corpus.languages or []),
+        describe=_describe_corpus,
+        check=_check_corpus,
+        check_environment=_check_corpus_environment,
+    ),
+}
+
+
+class SynthConfig(ConfigModel):
+    """Training data synthesis (recipe section ``synth``).
+
+    ``source: demo`` renders the embedded multilingual fact templates (no corpus, no LLM; the quickstart).
+    ``source: corpus`` turns the user's passages into pairs with the template library and a backend, validates
+    them, and holds out ``eval_fraction`` of the documents as the ``eval`` split.
+
+    Args:
+        source: a key of :data:`SOURCES`: ``demo`` or ``corpus``.
+        languages: ``demo``: language codes to render.
+        train_entities: ``demo``: entities (documents per language) in the train split.
+        eval_entities: ``demo``: entities in the held-out split, disjoint from train.
+        queries_per_document: ``demo``: query templates drawn per document.
+        corpus: ``corpus``: the passages.
+        backend: ``corpus``: the generation backend.
+        templates: ``corpus``: template names (exactly those), task types or ``all`` (the templates of that type
+            the backend runs: heuristic ones for ``heuristic``, LLM ones otherwise).
+        template_dirs: ``corpus``: folders of extra YAML templates (same name = replaces a shipped one).
+        brainstorm: ``corpus``: the brainstorm step.
+        validation: ``corpus``: checks on generated pairs.
+        pairs_per_document: ``corpus``: templates drawn per passage.
+        target_languages: ``corpus``: target languages of cross-lingual and bitext templates; empty = the
+            corpus's own languages.
+        max_per_language: ``corpus``: the most train pairs per language (the paper saw gains level off after a
+            few thousand); ``null`` = no cap. The eval split gets the same share of it as of the documents.
+        max_per_task: ``corpus``: the most train pairs per task type; ``null`` = no cap.
+        eval_fraction: ``corpus``: share of documents held out for the ``eval`` split (by a hash of the id).
+        chunk_size: ``corpus``: requests issued between validations and cap checks.
+        cache_dir: ``corpus``: the answer cache; ``null`` = ``$ST_RETROFIT_CACHE/synth``, shared by all runs.
+    """
+
+    source: Literal["demo", "corpus"] = Field("demo", description="Where pairs come from.")
+    languages: list[str] = Field(default_factory=lambda: list(LANGUAGES), description="Language codes.")
+    train_entities: int = Field(120, ge=2, description="Entities in the train split.")
+    eval_entities: int = Field(40, ge=2, description="Entities in the held-out split.")
+    queries_per_document: int = Field(1, ge=1, le=len(QUERY_KINDS), description="Queries per document.")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    templates: list[str] = Field(default_factory=lambda: ["all"], min_length=1, description="Templates or types.")
+    template_dirs: list[str] = Field(default_factory=list, description="Folders of extra templates.")
+    brainstorm: BrainstormConfig = Field(default_factory=BrainstormConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    pairs_per_document: int = Field(1, ge=1, description="Templates drawn per passage.")
+    target_languages: list[str] = Field(default_factory=list, description="Cross-lingual targets.")
+    max_per_language: int | None = Field(None, ge=1, description="Train pairs per language, at most.")
+    max_per_task: int | None = Field(None, ge=1, description="Train pairs per task type, at most.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of documents held out.")
+    chunk_size: int = Field(256, ge=1, description="Requests between validations.")
+    cache_dir: str | None = Field(None, description="Answer cache folder.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> SynthConfig:
+        self.source_entry.check(self)
+        return self
+
+    @property
+    def source_entry(self) -> SynthSource:
+        return SOURCES[self.source]
+
+    def check_environment(self) -> None:
+        self.source_entry.check_environment(self)
+
+    def local_inputs(self) -> list[str]:
+        return [path for path in self.source_entry.local_inputs(self) if path]
+
+    def pair_languages(self) -> list[str]:
+        return self.source_entry.languages(self)
+
+    def describe(self) -> str:
+        return self.source_entry.describe(self)

@@ -1,0 +1,126 @@
+"""Recipe section ``train``: the loss and the arguments of the stock ``SentenceTransformerTrainer``.
+
+The trainer-argument check builds ``SentenceTransformerTrainingArguments`` itself, so its own types and ranges
+apply; it imports sentence-transformers (and so torch) only when the recipe is checked, never at import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+# Settings that differ from transformers' defaults; every one can be overridden under `train.args`.
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 32,
+    "learning_rate": 1e-4,
+    "warmup_steps": 0.1,  # a float is a fraction of the total steps
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "disable_tqdm": False,
+}
+
+# Trainer arguments that the mixing section replaces: our sampler forms the batches, our collator applies prompts.
+SET_BY_MIXING = {
+    "batch_sampler": "mixing.no_duplicates and mixing.group_by",
+    "multi_dataset_batch_sampler": "mixing.alpha, mixing.weights and mixing.caps",
+    "prompts": "mixing.prompts",
+}
+
+# Precision settings that only a GPU can check; validation on a machine without one leaves them to the train stage.
+GPU_ONLY_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
+def resolve_loss_class(name: str) -> type:
+    """The loss class called ``name`` in ``st_retrofit.losses`` or ``sentence_transformers.sentence_transformer.losses``."""
+    from sentence_transformers.sentence_transformer import losses
+
+    from st_retrofit import losses as retrofit_losses
+
+    loss_class = getattr(retrofit_losses, name, None) or getattr(losses, name, None)
+    if not isinstance(loss_class, type):
+        known = list(retrofit_losses.__all__) + sorted(n for n in dir(losses) if n.endswith("Loss"))
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; known losses: {', '.join(known)}"
+        raise ConfigError("loss", f"unknown loss {name!r}{hint}")
+    return loss_class
+
+
+class TrainConfig(ConfigModel):
+    """Contrastive training through the stock ``SentenceTransformerTrainer`` (recipe section ``train``).
+
+    Args:
+        loss: a loss class name from ``st_retrofit.losses`` (``RetrofitInfoNCELoss``, ``CachedRetrofitInfoNCELoss``)
+            or ``sentence_transformers.sentence_transformer.losses``. The mined dataset carries the teacher's
+            scores as its ``label`` column, which ``RetrofitInfoNCELoss`` uses for teacher masking and distillation.
+        loss_kwargs: keyword arguments for the loss (besides the model).
+        args: keyword arguments for ``SentenceTransformerTrainingArguments`` (``output_dir`` is set by the run).
+    """
+
+    loss: str = Field("MultipleNegativesRankingLoss", description="Loss class name.")
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="Loss keyword arguments.")
+    args: dict[str, Any] = Field(default_factory=dict, description="SentenceTransformerTrainingArguments.")
+
+    def loss_class(self) -> type:
+        return resolve_loss_class(self.loss)
+
+    def check_environment(self) -> None:
+        """The loss exists and takes ``loss_kwargs``; ``args`` build ``SentenceTransformerTrainingArguments``."""
+        accepted = [name for name in inspect.signature(self.loss_class()).parameters if name != "model"]
+        for key in self.loss_kwargs:
+            if key not in accepted:
+                hint = did_you_mean(key, accepted, "it takes")
+                raise ConfigError(f"loss_kwargs.{key}", f"not an argument of {self.loss}{hint}")
+        self.training_arguments(output_dir="checkpoints", seed=0, validating=True)
+
+    def training_arguments(
+        self, output_dir: str, seed: int, validating: bool = False
+    ) -> SentenceTransformerTrainingArguments:
+        """``SentenceTransformerTrainingArguments`` from the defaults above, ``args`` and the recipe seed.
+
+        With ``validating``, nothing joins a process group, and on a machine without CUDA the GPU-only precision
+        settings are skipped, so that a GPU recipe validates on a laptop or CI; the train stage checks them for real.
+        """
+        import torch
+        from sentence_transformers import SentenceTransformerTrainingArguments
+
+        from st_retrofit.distributed import is_distributed, join_process_group
+
+        accepted = inspect.signature(SentenceTransformerTrainingArguments).parameters
+        for key in self.args:
+            if key not in accepted:
+                raise ConfigError(f"args.{key}", "not an argument of SentenceTransformerTrainingArguments")
+            if key == "output_dir":
+                raise ConfigError("args.output_dir", "set by the run (<run folder>/train/checkpoints); remove it")
+            if key in SET_BY_MIXING:
+                raise ConfigError(f"args.{key}", f"set by the mixing section; use {SET_BY_MIXING[key]} instead")
+        kwargs = {**DEFAULT_TRAINING_ARGS, "seed": seed, **self.args}
+        if is_distributed() and not validating:
+            join_process_group()  # before accelerate does, so that the barriers get our timeout
+            if not torch.cuda.is_available():
+                # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
+                kwargs.setdefault("use_cpu", True)
+        if validating and not torch.cuda.is_available():
+            kwargs = {key: value for key, value in kwargs.items() if key not in GPU_ONLY_ARGS}
+        try:
+            return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
+        except (ValueError, TypeError) as exc:
+            message = str(exc).splitlines()[0]
+            precision = [key for key in GPU_ONLY_ARGS if kwargs.get(key) and key in message]
+            if precision:
+                raise ConfigError(
+                    f"args.{precision[0]}",
+                    f"{message} (set --set train.args.{precision[0]}=false to train without a GPU)",
+                ) from None
+            raise ConfigError("args", message) from None
