@@ -35,6 +35,7 @@ import yaml
 
 from st_retrofit.config import ConfigError
 from st_retrofit.recipe import Recipe, load_recipe
+from st_retrofit.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -210,12 +211,13 @@ def results_table(summary: dict) -> str:
         f"retrofitted {metric}",
         "Δ",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for row in summary["rows"]:
         b, t = row["base"][metric], row["retrofitted"][metric]
-        cells = ([row["series"]] if summary["series"] else []) + [row["x"], f"{b:.4f}", f"{t:.4f}", f"{t - b:+.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(
+            ([row["series"]] if summary["series"] else []) + [row["x"], f"{b:.4f}", f"{t:.4f}", f"{t - b:+.4f}"]
+        )
+    return markdown_table(head, rows)
 
 
 def plot_ablation(summary: dict, path: Path) -> None:

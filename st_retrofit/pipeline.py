@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from st_retrofit.config import ConfigError, SectionView
+from st_retrofit.files import atomic_write_text
 from st_retrofit.recipe import SECTIONS, Recipe, save_recipe
 
 logger = logging.getLogger(__name__)
@@ -194,9 +195,7 @@ def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
 
 def _write_state(folder: Path, record: dict) -> None:
     # Replaced in one step: other processes (and a crash) never see a half-written record.
-    tmp = folder / ".stage.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(folder / "stage.json")
+    atomic_write_text(folder / "stage.json", json.dumps(record, indent=2))
 
 
 MANIFEST_PACKAGES = (

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
     from st_retrofit.data.config import DataConfig, DataSourceConfig
+
+from st_retrofit.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,6 @@ def cached_content_hash(path: str | Path) -> str:
     if key not in known:
         known[key] = content_hash([path])
         store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(store)  # concurrent runs may each write; the last complete file wins and entries are facts
+        # Concurrent runs may each write; the last complete file wins, and every entry is a fact either way.
+        atomic_write_text(store, json.dumps(known))
     return known[key]

@@ -68,15 +68,20 @@ def evaluate_retrieval(model: SentenceTransformer, pairs: Dataset, k: int = 10, 
 
 def comparison_table(results: dict[str, dict], k: int) -> str:
     """A Markdown table: per language, base and retrofitted nDCG@k and Recall@k and the nDCG change."""
+    from st_retrofit.tables import markdown_table
+
     base, tuned = results["base"], results["retrofitted"]
-    lines = [
-        f"| language | base nDCG@{k} | retrofitted nDCG@{k} | Δ nDCG | base Recall@{k} | retrofitted Recall@{k} |",
-        "|---|---|---|---|---|---|",
+    headers = [
+        "language",
+        f"base nDCG@{k}",
+        f"retrofitted nDCG@{k}",
+        "Δ nDCG",
+        f"base Recall@{k}",
+        f"retrofitted Recall@{k}",
     ]
+    rows = []
     for language in [lang for lang in base if lang != "mean"] + ["mean"]:
         b, t = base[language], tuned[language]
-        lines.append(
-            f"| {language} | {b['ndcg']:.4f} | {t['ndcg']:.4f} | {t['ndcg'] - b['ndcg']:+.4f} "
-            f"| {b['recall']:.4f} | {t['recall']:.4f} |"
-        )
-    return "\n".join(lines)
+        rows.append([language, f"{b['ndcg']:.4f}", f"{t['ndcg']:.4f}", f"{t['ndcg'] - b['ndcg']:+.4f}",
+                     f"{b['recall']:.4f}", f"{t['recall']:.4f}"])  # fmt: skip
+    return markdown_table(headers, rows)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_retrofit.config import ConfigError
 from st_retrofit.extras import require_module
+from st_retrofit.tables import markdown_table
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -212,12 +213,12 @@ def comparison(scores: dict[str, dict[str, float]]) -> tuple[dict[str, Any], str
     shared = [task for task in tasks if all(task in scores[m] for m in models)]
     rows = [{"task": task, **{m: scores[m].get(task) for m in models}} for task in tasks]
     means = {m: sum(scores[m][t] for t in shared) / len(shared) if shared else None for m in models}
-    head = "| task | " + " | ".join(models) + (f" | Δ {models[-1]} vs {models[0]} |" if len(models) > 1 else " |")
-    lines = [head, "|" + "---|" * (len(models) + 1 + (len(models) > 1))]
+    headers = ["task", *models] + ([f"Δ {models[-1]} vs {models[0]}"] if len(models) > 1 else [])
+    lines = []
     for row in rows + [{"task": f"mean ({len(shared)} shared tasks)", **means}]:
         cells = [f"{row[m]:.4f}" if row[m] is not None else "-" for m in models]
         if len(models) > 1:
             first, last = row[models[0]], row[models[-1]]
             cells.append(f"{last - first:+.4f}" if first is not None and last is not None else "-")
-        lines.append(f"| {row['task']} | " + " | ".join(cells) + " |")
-    return {"models": models, "rows": rows, "mean": means, "shared_tasks": shared}, "\n".join(lines)
+        lines.append([row["task"], *cells])
+    return {"models": models, "rows": rows, "mean": means, "shared_tasks": shared}, markdown_table(headers, lines)

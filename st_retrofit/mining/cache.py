@@ -33,6 +33,8 @@ from st_retrofit.models.resolve import role_prompt
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+from st_retrofit.files import atomic_path
+
 logger = logging.getLogger(__name__)
 
 KEY_DTYPE = np.dtype("S16")
@@ -199,12 +201,10 @@ class EmbeddingCache:
         self._write_meta(embeddings.shape[1])
         # Data first, keys last: a shard without its keys file is invisible and its data file is overwritten never.
         for suffix, array in ((".npy", embeddings), (".keys.npy", keys)):
-            tmp = self.folder / f".{name}{suffix}.tmp"
-            with open(tmp, "wb") as handle:
+            with atomic_path(self.folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as handle:
                 np.save(handle, array)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, self.folder / f"{name}{suffix}")
 
     # -- encoding --------------------------------------------------------------------------------------------------
     def _length_order(self, texts: list[str]) -> np.ndarray:

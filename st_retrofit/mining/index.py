@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from st_retrofit.mining.config import SearchConfig
 
 from st_retrofit.extras import require_module
+from st_retrofit.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,8 @@ class FaissSearcher:
             index = self._build(corpus, seed)
             if index_path is not None:
                 index_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = index_path.with_suffix(".tmp")
-                faiss.write_index(index, str(tmp))
-                tmp.replace(index_path)
+                with atomic_path(index_path) as tmp:
+                    faiss.write_index(index, str(tmp))
         if config.backend == "ivf":
             index.nprobe = config.nprobe
         elif config.backend == "hnsw":

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
     from st_retrofit.mining.config import MiningConfig
 
+from st_retrofit.files import atomic_path, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 QUERY_COLUMN, DOCUMENT_COLUMN, LABEL_COLUMN = "query", "document", "label"
@@ -566,12 +568,9 @@ class HardNegativeMiner:
         """Data, then the stats file that marks the shard finished; both atomically."""
         from datasets import Dataset
 
-        tmp = stem.with_name(f".{stem.name}.parquet.tmp")
-        Dataset.from_dict(columns).to_parquet(str(tmp))
-        tmp.replace(stem.with_suffix(".parquet"))
-        tmp_stats = stem.with_name(f".{stem.name}.json.tmp")
-        tmp_stats.write_text(json.dumps(stats))
-        tmp_stats.replace(stem.with_suffix(".json"))
+        with atomic_path(stem.with_suffix(".parquet")) as tmp:
+            Dataset.from_dict(columns).to_parquet(str(tmp))
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(stats))
 
 
 def mine_negatives(

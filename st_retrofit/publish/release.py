@@ -129,9 +129,8 @@ def verify_upload(api, repo_id: str, folder: str | Path, revision: str) -> None:
     Raises:
         PublishError: listing the files that are missing or differ.
     """
-    import hashlib
-
     from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
     remote = {
         entry.path: entry
@@ -146,11 +145,11 @@ def verify_upload(api, repo_id: str, folder: str | Path, revision: str) -> None:
         if entry is None:
             problems.append(f"{name} (missing)")
             continue
-        data = path.read_bytes()
-        if entry.lfs is not None:
-            ok = entry.lfs.sha256 == hashlib.sha256(data).hexdigest()
-        else:
-            ok = entry.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if entry.lfs is not None:  # weights: streamed, never read whole into memory
+            with path.open("rb") as handle:
+                ok = entry.lfs.sha256 == sha_fileobj(handle).hex()
+        else:  # below the LFS threshold: small files
+            ok = entry.blob_id == git_hash(path.read_bytes())
         if not ok:
             problems.append(f"{name} (hash differs)")
     if problems:
