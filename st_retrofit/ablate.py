@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from st_retrofit.config import ConfigError
+from st_retrofit.config import ConfigError, load_yaml
 from st_retrofit.recipe import Recipe, load_recipe
 from st_retrofit.tables import markdown_table
 
@@ -115,7 +113,10 @@ def load_ablation(path: str | Path) -> Ablation:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("ablation", f"file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    except ConfigError as exc:
+        raise exc.under("ablation") from None
     if not isinstance(data, dict):
         raise ConfigError("ablation", f"{path} must be a mapping")
     allowed = {"name", "base", "description", "metric", "set", "x", "series"}

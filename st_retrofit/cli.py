@@ -14,6 +14,7 @@ Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -23,9 +24,10 @@ from pathlib import Path
 
 from st_retrofit.config import ConfigError
 from st_retrofit.distributed import is_main_process
-from st_retrofit.pipeline import STAGES, StageError, run_pipeline, run_stage, write_manifest
+from st_retrofit.pipeline import STAGES, StageError, interrupted_stage, run_pipeline, run_stage, write_manifest
 from st_retrofit.publish.release import PublishError
 from st_retrofit.recipe import load_recipe
+from st_retrofit.runfolder import RunFolderBusy, locked
 
 STAGE_HELP = {
     "synth": "generate the training and held-out pairs (demo data, or a corpus with templates and a backend)",
@@ -161,9 +163,45 @@ def _setup_logging(verbose: bool) -> None:
             os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+# What a user can fix: one line on stderr and exit 2 (with -v, the traceback too). Anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = (ConfigError, StageError, PublishError, RunFolderBusy, OSError)
+
+
+def _user_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, ConfigError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or exc}"
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        where = _resume_point(args)
+        print(f"error: interrupted; rerun the same command to resume{where}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        print(f"error: {_user_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _resume_point(args: argparse.Namespace) -> str:
+    """`` from <stage> (step N)`` for the stage an interrupt left behind, when the run folder tells."""
+    try:
+        recipe = load_recipe(args.recipe, args.overrides, check=False)
+    except (AttributeError, ConfigError, OSError):
+        return ""
+    point = interrupted_stage(recipe.run_dir)
+    return f" from {point}" if point else ""
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command == "templates":
         return _list_templates(args.dirs)
     if args.command == "schema":
@@ -172,29 +210,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(recipe_schema(), indent=2))
         return 0
     if args.command == "ablate":
-        try:
-            return _ablate(args.ablation, args.overrides, args.dry_run)
-        except (ConfigError, StageError, PublishError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        if args.command == "publish":
-            args.recipe, args.overrides = _publish_arguments(args)
-        recipe = load_recipe(args.recipe, args.overrides)
-        if args.command == "validate":
-            print(json.dumps(recipe.to_dict(), indent=2))
-            print(f"recipe OK; run folder: {recipe.run_dir}")
-            return 0
-        if args.command == "run":
-            stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-            outputs = run_pipeline(recipe, stages=stages, force=args.force)
-        else:
+        return _ablate(args.ablation, args.overrides, args.dry_run)
+    if args.command == "publish":
+        args.recipe, args.overrides = _publish_arguments(args)
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "validate":
+        print(json.dumps(recipe.to_dict(), indent=2))
+        print(f"recipe OK; run folder: {recipe.run_dir}")
+        return 0
+    if args.command == "run":
+        stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+        outputs = run_pipeline(recipe, stages=stages, force=args.force)
+    else:
+        with locked(recipe.run_dir) if is_main_process() else contextlib.nullcontext():
             outputs = {args.command: run_stage(recipe, args.command, force=args.force)}
             if is_main_process():
                 write_manifest(recipe)
-    except (ConfigError, StageError, PublishError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if not is_main_process():
         return 0
 

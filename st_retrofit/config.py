@@ -13,10 +13,13 @@ This module imports neither torch nor any stage, so that a recipe is checked bef
 from __future__ import annotations
 
 import difflib
+import enum
+import os
 import types
 import typing
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
@@ -131,8 +134,69 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def resolve_local_paths(cls: type[BaseModel], data: Any, base: Path) -> Any:
+    """``data`` (a recipe mapping) with the relative paths of fields marked ``local_path`` that exist beside the
+    recipe file (under ``base``) rewritten to reach them from the working directory; anything else (a Hub id, an
+    ``offline:`` name, a path relative to the working directory) stays as written."""
+    if not isinstance(data, dict):
+        return data
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            candidate = base / value
+            if candidate.exists():
+                return os.path.relpath(candidate)
+        return value
+
+    out = dict(data)
+    for key, value in data.items():
+        field = cls.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("local_path"):
+            if isinstance(value, list):
+                out[key] = [resolve(v) for v in value]
+            elif isinstance(value, dict):
+                out[key] = {k: resolve(v) for k, v in value.items()}
+            else:
+                out[key] = resolve(value)
+            continue
+        inner, _ = _strip_optional(field.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            out[key] = resolve_local_paths(inner, value, base)
+        elif typing.get_origin(inner) is list and isinstance(value, list):
+            (item,) = typing.get_args(inner)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                out[key] = [resolve_local_paths(item, v, base) for v in value]
+    return out
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            return options[0], True
+    return tp, False
+
+
+def check_writable(folder: str | Path, key: str) -> None:
+    """``folder`` (or, before it exists, the nearest folder above it) can be written to."""
+    path = Path(folder).expanduser().absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise ConfigError(key, f"{folder} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"cannot write to {folder} ({existing} is not writable); choose another folder")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # pydantic errors as one line naming the key
+
+
+def describe_type(tp: Any) -> str:
+    """``an integer``, ``a number or null``, ``'top' or 'random'``: a type as an error message names it."""
+    return _describe(tp)
 
 
 def _describe(tp: Any) -> str:
@@ -147,6 +211,8 @@ def _describe(tp: Any) -> str:
         return f"a list of {_plural(typing.get_args(tp)[0])}"
     if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
         return "a mapping"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return " or ".join(repr(member.value) for member in tp)
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(
         tp, str(tp)
     )

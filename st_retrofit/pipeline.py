@@ -2,14 +2,17 @@
 
 Every stage writes into its own folder of the run folder and records a ``stage.json`` with a fingerprint: the hash
 of the recipe sections it reads, a content hash of the local files it reads (corpus, data sources, models given as
-folders), and the fingerprints of the stages it depends on. A stage whose finished
-fingerprint matches is skipped; a stage that was interrupted with the same fingerprint is resumed in place (the
-trainer continues from its last checkpoint, the miner reuses its embedding cache); a stage whose inputs changed
-starts from an empty folder.
+folders), and the fingerprints of the stages it depends on. A stage whose finished fingerprint matches is skipped.
+
+A stage runs in ``<stage>.partial/`` and is swapped in for ``<stage>/`` only when it completes, so a failure never
+destroys the output of an earlier run (:mod:`st_retrofit.runfolder`). A stage that failed or was interrupted with
+the same fingerprint resumes in its partial folder (the trainer continues from its last checkpoint, the miner from
+its shards); a stage whose inputs changed starts that folder afresh. One run at a time holds the run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from st_retrofit.config import ConfigError, SectionView
-from st_retrofit.files import atomic_write_text
 from st_retrofit.recipe import SECTIONS, Recipe, save_recipe
+from st_retrofit.runfolder import commit, describe_error, locked, partial_folder, read_state, recover_swap, write_state
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,9 @@ class StageError(RuntimeError):
 class Stage:
     """One pipeline step: the recipe sections it reads, the stages it reads from, and how to run it.
 
-    ``run`` receives a :class:`~st_retrofit.config.SectionView` holding only ``sections`` (and the seed and run
-    folder), so the fingerprint, made of exactly those sections, covers everything the stage can read.
+    ``run(view, run_dir, output_dir)`` receives a :class:`~st_retrofit.config.SectionView` holding only
+    ``sections`` (and the seed and run folder), so the fingerprint, made of exactly those sections, covers
+    everything the stage can read; it reads earlier stages' output under ``run_dir`` and writes into ``output_dir``.
     ``uses`` are stages read when they have run (publish takes evaluation results when there are any); their
     fingerprints count as inputs then, so new results make the stage run again.
     """
@@ -43,7 +47,7 @@ class Stage:
     name: str
     sections: tuple[str, ...]
     needs: tuple[str, ...]
-    run: Callable[[SectionView, Path], Path]
+    run: Callable[[SectionView, Path, Path], Path]
     uses: tuple[str, ...] = ()
 
     def view(self, recipe: Recipe) -> SectionView:
@@ -58,18 +62,18 @@ class Stage:
         return [path for path in dict.fromkeys(paths) if path and not path.startswith("offline:") and is_local(path)]
 
 
-def _synth(recipe: SectionView, run_dir: Path) -> Path:
+def _synth(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.synth.backends.base import SynthBackendError
 
     try:
-        return recipe.synth.source_entry.run(recipe.synth, recipe.seed, run_dir / "synth")
+        return recipe.synth.source_entry.run(recipe.synth, recipe.seed, output_dir)
     except ConfigError as exc:
         raise exc.under("synth") from None
     except SynthBackendError as exc:
         raise StageError(f"synth: {exc}") from None
 
 
-def _mine(recipe: SectionView, run_dir: Path) -> Path:
+def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.data.sources import training_pairs
     from st_retrofit.mining.stage import mine_stage
 
@@ -77,29 +81,31 @@ def _mine(recipe: SectionView, run_dir: Path) -> Path:
         pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
     except ConfigError as exc:
         raise exc.under("data") from None
-    (run_dir / "mine").mkdir(parents=True, exist_ok=True)
-    (run_dir / "mine" / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
-    return mine_stage(recipe.mining, recipe.seed, pairs, run_dir / "mine")
+    (output_dir / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
+    try:
+        return mine_stage(recipe.mining, recipe.seed, pairs, output_dir)
+    except ConfigError as exc:
+        raise exc.under("mining") from None
 
 
-def _train(recipe: SectionView, run_dir: Path) -> Path:
+def _train(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.train.stage import train_stage
 
-    return train_stage(recipe, run_dir / "mine" / "dataset", run_dir / "train")
+    return train_stage(recipe, run_dir / "mine" / "dataset", output_dir)
 
 
-def _eval(recipe: SectionView, run_dir: Path) -> Path:
+def _eval(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.evaluation.stage import eval_stage
 
-    return eval_stage(recipe, run_dir / "synth" / "dataset", run_dir / "train" / "model", run_dir / "eval")
+    return eval_stage(recipe, run_dir / "synth" / "dataset", run_dir / "train" / "model", output_dir)
 
 
-def _publish(recipe: SectionView, run_dir: Path) -> Path:
+def _publish(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.publish.release import publish_stage
 
     eval_dir = run_dir / "eval" if is_up_to_date(recipe._recipe, "eval") else None
     write_manifest(recipe._recipe)  # the release carries the manifest of the run it comes from
-    return publish_stage(recipe, run_dir / "train" / "model", eval_dir, run_dir / "publish")
+    return publish_stage(recipe, run_dir / "train" / "model", eval_dir, output_dir)
 
 
 STAGES: dict[str, Stage] = {
@@ -126,8 +132,14 @@ def inputs_hash(recipe: Recipe, name: str) -> str:
 
 
 def stage_state(run_dir: Path, name: str) -> dict:
-    path = run_dir / name / "stage.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The record of the stage's finished output (``{}`` when it never finished)."""
+    return read_state(run_dir / name)
+
+
+def stage_output(run_dir: Path, name: str) -> Path:
+    """The main output of the finished stage (recorded relative to its folder)."""
+    output = Path(stage_state(run_dir, name)["output"])
+    return output if output.is_absolute() else run_dir / name / output
 
 
 def fingerprint(recipe: Recipe, name: str) -> str:
@@ -153,6 +165,11 @@ DISTRIBUTED_STAGES = ("train",)
 def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
     """Run one stage (its inputs must be up to date) and return its main output.
 
+    The stage runs in ``<stage>.partial/`` and replaces ``<stage>/`` only when it completes; a failure leaves the
+    earlier output as it was and records ``failed`` (or ``interrupted``) with the error in the partial folder,
+    where the next run with the same settings resumes. The run's ``recipe.yaml`` is replaced after the stage
+    commits, so it always describes finished output.
+
     Under ``torchrun`` / ``accelerate launch`` the ``train`` stage runs in every process (the trainer shards the
     batches, DDP or DeepSpeed syncs the gradients) and the other stages run in the main process while the rest
     wait; only the main process writes ``stage.json`` and the exported model.
@@ -160,42 +177,72 @@ def run_stage(recipe: Recipe, name: str, force: bool = False) -> Path:
     from st_retrofit.distributed import barrier, is_distributed, is_main_process
 
     stage, run_dir = STAGES[name], recipe.run_dir
-    for need in stage.needs:
-        if not is_up_to_date(recipe, need):
-            raise StageError(
-                f"{name} reads the output of {need}, which is missing or out of date; "
-                f"run `st-retrofit {need}` (or `st-retrofit run`) first"
-            )
-    folder, fp = run_dir / name, fingerprint(recipe, name)
-    state = stage_state(run_dir, name)
-    if not force and state.get("status") == "done" and state.get("fingerprint") == fp:
-        logger.info("Stage %s is up to date (%s), skipping", name, fp)
-        return Path(state["output"])
     main, everywhere = is_main_process(), name in DISTRIBUTED_STAGES
-    if is_distributed() and not everywhere:
-        logger.warning("Stage %s runs in the main process only; the other processes wait for it", name)
-    started = time.time()
-    if main:
-        if force or state.get("fingerprint") != fp:
-            shutil.rmtree(folder, ignore_errors=True)
-        elif state.get("status") == "running":
-            logger.info("Resuming interrupted stage %s", name)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_state(folder, {"status": "running", "fingerprint": fp})
-        logger.info("Running stage %s", name)
-    barrier()
-    output = stage.run(stage.view(recipe), run_dir) if main or everywhere else None
-    if main:
-        seconds = round(time.time() - started, 1)
-        _write_state(folder, {"status": "done", "fingerprint": fp, "output": str(output), "seconds": seconds})
-        logger.info("Stage %s done in %.1f s", name, seconds)
-    barrier()  # the other processes read the record the main one wrote
-    return output if main else Path(stage_state(run_dir, name)["output"])
+    with locked(run_dir) if main else contextlib.nullcontext():
+        if main:
+            recover_swap(run_dir, name)
+        for need in stage.needs:
+            if not is_up_to_date(recipe, need):
+                raise StageError(
+                    f"{name} reads the output of {need}, which is missing or out of date; "
+                    f"run `st-retrofit {need}` (or `st-retrofit run`) first"
+                )
+        fp = fingerprint(recipe, name)
+        state = stage_state(run_dir, name)
+        if not force and state.get("status") == "done" and state.get("fingerprint") == fp:
+            logger.info("Stage %s is up to date (%s), skipping", name, fp)
+            return stage_output(run_dir, name)
+        if is_distributed() and not everywhere:
+            logger.warning("Stage %s runs in the main process only; the other processes wait for it", name)
+        partial = partial_folder(run_dir, name)
+        started = time.time()
+        if main:
+            _prepare_partial(partial, name, fp, force)
+        barrier()
+        try:
+            output = stage.run(stage.view(recipe), run_dir, partial) if main or everywhere else None
+        except BaseException as exc:
+            if main:
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                write_state(partial, {"status": status, "fingerprint": fp, "error": describe_error(exc)})
+            raise
+        if main:
+            seconds = round(time.time() - started, 1)
+            output = Path(output)
+            relative = str(output.relative_to(partial)) if output.is_relative_to(partial) else str(output)
+            write_state(partial, {"status": "done", "fingerprint": fp, "output": relative, "seconds": seconds})
+            commit(run_dir, name)
+            save_recipe(recipe, run_dir / "recipe.yaml")
+            logger.info("Stage %s done in %.1f s", name, seconds)
+        barrier()  # the other processes read the record the main one wrote
+        return stage_output(run_dir, name)
 
 
-def _write_state(folder: Path, record: dict) -> None:
-    # Replaced in one step: other processes (and a crash) never see a half-written record.
-    atomic_write_text(folder / "stage.json", json.dumps(record, indent=2))
+def interrupted_stage(run_dir: Path) -> str | None:
+    """``train (step 40)``: the stage whose partial folder an interrupt or failure left, with the trainer's last
+    checkpoint when there is one; ``None`` when nothing is pending."""
+    for name in STAGES:
+        partial = partial_folder(run_dir, name)
+        if read_state(partial).get("status") in ("running", "interrupted", "failed"):
+            steps = [
+                int(p.name.split("-")[-1]) for p in partial.glob("checkpoints/checkpoint-*") if p.name[11:].isdigit()
+            ]
+            return f"{name} (step {max(steps)})" if steps else name
+    return None
+
+
+def _prepare_partial(partial: Path, name: str, fp: str, force: bool) -> None:
+    """Keep the partial folder of an earlier attempt with the same fingerprint (to resume), else start it afresh."""
+    earlier = read_state(partial)
+    if force or earlier.get("fingerprint") != fp:
+        shutil.rmtree(partial, ignore_errors=True)
+    elif earlier.get("status") == "failed":
+        logger.warning("Stage %s failed last time (%s); running it again in %s", name, earlier.get("error"), partial)
+    elif earlier.get("status") in ("running", "interrupted"):
+        logger.info("Resuming interrupted stage %s from %s", name, partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_state(partial, {"status": "running", "fingerprint": fp})
+    logger.info("Running stage %s", name)
 
 
 MANIFEST_PACKAGES = (
@@ -322,14 +369,12 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, force: bool = 
         raise StageError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     from st_retrofit.distributed import barrier, is_main_process
 
-    if is_main_process():
-        recipe.run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, recipe.run_dir / "recipe.yaml")
     outputs = {}
-    for name in STAGES:
-        if name in selected:
-            outputs[name] = run_stage(recipe, name, force=force)
-    if is_main_process():
-        write_manifest(recipe)
+    with locked(recipe.run_dir) if is_main_process() else contextlib.nullcontext():
+        for name in STAGES:
+            if name in selected:
+                outputs[name] = run_stage(recipe, name, force=force)
+        if is_main_process():
+            write_manifest(recipe)
     barrier()
     return outputs

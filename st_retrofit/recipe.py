@@ -32,7 +32,15 @@ from typing import Any
 import yaml
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, load_yaml, require, validate_section
+from st_retrofit.config import (
+    ConfigError,
+    ConfigModel,
+    check_writable,
+    load_yaml,
+    require,
+    resolve_local_paths,
+    validate_section,
+)
 from st_retrofit.data.config import DataConfig
 from st_retrofit.evaluation.config import EvalConfig
 from st_retrofit.mining.config import MiningConfig
@@ -84,12 +92,34 @@ class Recipe(ConfigModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_environment(self) -> None:
-        """Each section's own environment check, its errors under the section's key."""
+        """Each section's own environment check (its errors under the section's key), then what spans sections:
+        writable output and cache folders, and the column ``mining.group_by`` names."""
         for section in SECTIONS:
             try:
                 getattr(self, section).check_environment()
             except ConfigError as exc:
                 raise exc.under(section) from None
+        from st_retrofit.models.resolve import cache_dir
+
+        check_writable(self.output_dir, "output_dir")
+        check_writable(cache_dir(), "ST_RETROFIT_CACHE")
+        for key, folder in (("mining.cache_dir", self.mining.cache_dir), ("synth.cache_dir", self.synth.cache_dir)):
+            if folder is not None:
+                check_writable(folder, key)
+        columns = self.pair_columns()
+        if self.mining.enabled and self.mining.group_by and self.mining.group_by not in columns:
+            raise ConfigError(
+                "mining.group_by",
+                f"the training pairs have no column {self.mining.group_by!r}; they have {', '.join(columns)} "
+                "(or set null to draw negatives from every document)",
+            )
+
+    def pair_columns(self) -> tuple[str, ...]:
+        """The columns of the pairs the mine stage reads: the synth source's, or, with data sources, the common
+        ones every part is cut to."""
+        from st_retrofit.data.sources import PAIR_COLUMNS
+
+        return PAIR_COLUMNS if self.data.sources else self.synth.source_entry.columns
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:
@@ -111,11 +141,19 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
         ) from None
 
 
-def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, check: bool = True) -> Recipe:
-    """Build and validate a :class:`Recipe` from a mapping; ``overrides`` are ``key.path=value`` strings."""
+def recipe_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, check: bool = True, base: Path | None = None
+) -> Recipe:
+    """Build and validate a :class:`Recipe` from a mapping; ``overrides`` are ``key.path=value`` strings.
+
+    With ``base`` (the recipe file's folder), relative local paths that exist there are read from there; paths in
+    ``overrides``, typed on a command line, stay relative to the working directory.
+    """
     if not isinstance(data, dict):
         raise ConfigError("", f"a recipe must be a mapping of sections, got {type(data).__name__}")
     data = json.loads(json.dumps(data))  # deep copy; overrides must not touch the caller's mapping
+    if base is not None:
+        data = resolve_local_paths(Recipe, data, base)
     for assignment in overrides or []:
         set_override(data, assignment)
     recipe = validate_section(Recipe, data)
@@ -143,7 +181,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check: boo
         raise exc.under("recipe") from None
     if data is None:
         raise ConfigError("recipe", f"{path} is empty; a recipe names at least its run (name: my-run)")
-    return recipe_from_dict(data, overrides, check=check)
+    return recipe_from_dict(data, overrides, check=check, base=path.parent)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

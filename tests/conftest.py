@@ -110,9 +110,9 @@ def counting_stages(monkeypatch):
     calls: list[str] = []
 
     def make(name):
-        def run(recipe, run_dir):
+        def run(recipe, run_dir, output_dir):
             calls.append(name)
-            marker = run_dir / name / "out.txt"
+            marker = output_dir / "out.txt"
             marker.write_text(f"{name} ran\n")
             return marker
 

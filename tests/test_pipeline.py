@@ -80,14 +80,14 @@ def test_publish_without_evaluation_runs_again_once_evaluation_exists(tiny_recip
 def test_interrupted_stage_resumes_in_its_folder(tiny_recipe_data, counting_stages):
     recipe = recipe_from_dict(tiny_recipe_data)
     run_pipeline(recipe, stages=["synth", "mine"])
-    folder = recipe.run_dir / "train"
+    folder = recipe.run_dir / "train.partial"  # an interrupted stage's work, beside its finished output
     folder.mkdir()
     (folder / "partial.bin").write_text("checkpoint")
     fp = pipeline.fingerprint(recipe, "train")
     (folder / "stage.json").write_text(json.dumps({"status": "running", "fingerprint": fp}))
 
     run_pipeline(recipe, stages=["train"])
-    assert (folder / "partial.bin").is_file()
+    assert (recipe.run_dir / "train" / "partial.bin").is_file()
     assert stage_state(recipe.run_dir, "train")["status"] == "done"
 
 

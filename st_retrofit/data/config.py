@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -31,7 +32,7 @@ class DataSourceConfig(ConfigModel):
     """
 
     name: str = Field("", description="Source name (source and default task column).")
-    path: str = Field("", description="Hub dataset, file or datasets folder.")
+    path: str = Field("", json_schema_extra={"local_path": True}, description="Hub dataset, file or datasets folder.")
     config_name: str | None = Field(None, description="Hub dataset configuration.")
     split: str = Field("train", description="Split to read.")
     revision: str | None = Field(None, description="Hub revision to pin.")
@@ -58,10 +59,15 @@ class DataSourceConfig(ConfigModel):
 
     def check_environment(self) -> None:
         """A local path exists and its header has the mapped columns."""
-        from st_retrofit.data.sources import check_source_columns
+        from st_retrofit.data.sources import check_source_columns, is_local
 
-        if self.path.startswith((".", "/", "~")) and not Path(self.path).expanduser().exists():
+        if is_local(self.path) and not Path(self.path).expanduser().exists():
             raise ConfigError("path", f"{self.path} does not exist")
+        if not is_local(self.path) and os.environ.get("HF_HUB_OFFLINE") != "1":
+            from st_retrofit.models.resolve import hub_repo_exists
+
+            if hub_repo_exists(self.path, "dataset") is False:
+                raise ConfigError("path", f"the Hub has no dataset {self.path!r}, and no such file or folder exists")
         check_source_columns(self)
 
 

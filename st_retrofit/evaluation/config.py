@@ -23,8 +23,12 @@ class EvalConfig(ConfigModel):
 
     k: int = Field(10, ge=1, description="Cut-off for nDCG@k and Recall@k.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
-    mteb_tasks: list[str] = Field(default_factory=list, description="mteb benchmarks, tasks or folders.")
-    mteb_baselines: dict[str, str] = Field(default_factory=dict, description="Label -> mteb results folder.")
+    mteb_tasks: list[str] = Field(
+        default_factory=list, json_schema_extra={"local_path": True}, description="mteb benchmarks, tasks or folders."
+    )
+    mteb_baselines: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra={"local_path": True}, description="Label -> mteb results folder."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

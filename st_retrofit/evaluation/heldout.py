@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS = ("ndcg", "recall", "mrr")
+# Below this many held-out queries a score says little (one query scores 0 or 1): the eval stage warns and the model
+# card reports no held-out metadata.
+MIN_HELDOUT_QUERIES = 30
 
 
 def retrieval_tasks(pairs: Dataset) -> dict[str, tuple[dict[str, str], dict[str, str], dict[str, set[str]]]]:
@@ -39,7 +42,8 @@ def evaluate_retrieval(model: SentenceTransformer, pairs: Dataset, k: int = 10, 
     """Scores of ``model`` on ``pairs`` (columns ``query``, ``document``, ``language``).
 
     Returns:
-        ``{language: {"ndcg": ..., "recall": ..., "mrr": ...}, ..., "mean": {...}}``.
+        ``{language: {"ndcg": ..., "recall": ..., "mrr": ..., "queries": n}, ..., "mean": {...}}`` (the mean's
+        ``queries`` is the total).
     """
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.util import cos_sim
@@ -62,7 +66,9 @@ def evaluate_retrieval(model: SentenceTransformer, pairs: Dataset, k: int = 10, 
         )
         scores = evaluator(model)
         results[language] = {m: float(scores[f"{language}_cosine_{m}@{k}"]) for m in METRICS}
+        results[language]["queries"] = len(queries)
     results["mean"] = {m: sum(r[m] for r in results.values()) / len(results) for m in METRICS}
+    results["mean"]["queries"] = sum(r["queries"] for lang, r in results.items() if lang != "mean")
     return results
 
 

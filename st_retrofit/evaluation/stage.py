@@ -35,6 +35,16 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
         results[label] = evaluate_retrieval(model, pairs, k=recipe.eval.k, batch_size=recipe.eval.batch_size)
     if recipe.eval.mteb_tasks:
         results["mteb"] = mteb_stage(recipe, models, output_dir)
+    from st_retrofit.evaluation.heldout import MIN_HELDOUT_QUERIES
+
+    queries = results["retrofitted"]["mean"]["queries"]
+    if queries < MIN_HELDOUT_QUERIES:
+        logger.warning(
+            "The held-out split has %d queries (fewer than %d): its scores are too noisy to compare models, and the "
+            "model card will not report them as metadata; hold out more documents (synth.eval_fraction)",
+            queries,
+            MIN_HELDOUT_QUERIES,
+        )
     path = output_dir / "results.json"
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     (output_dir / "results.md").write_text(comparison_table(results, recipe.eval.k) + "\n", encoding="utf-8")

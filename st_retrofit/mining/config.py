@@ -74,7 +74,9 @@ class MiningConfig(ConfigModel):
     """
 
     enabled: bool = Field(True, description="Mine hard negatives.")
-    teacher: str = Field("offline:multilingual-e5-small", description="Scoring model.")
+    teacher: str = Field(
+        "offline:multilingual-e5-small", json_schema_extra={"local_path": True}, description="Scoring model."
+    )
     query_prompt: str | None = Field(None, description="Query prompt; null = the teacher's.")
     document_prompt: str | None = Field(None, description="Document prompt; null = the teacher's.")
     num_negatives: int = Field(3, ge=1, description="Negatives per query.")
@@ -89,7 +91,9 @@ class MiningConfig(ConfigModel):
     group_by: str | None = Field("language", description="Scope negatives to a column's groups.")
     output: Literal["n-tuple", "pool"] = Field("n-tuple", description="Output layout.")
     pool_size: int | None = Field(None, ge=1, description="pool: candidates kept per row.")
-    cross_encoder: str | None = Field(None, description="CrossEncoder for rescoring.")
+    cross_encoder: str | None = Field(
+        None, json_schema_extra={"local_path": True}, description="CrossEncoder for rescoring."
+    )
     search: SearchConfig = Field(default_factory=SearchConfig)
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     shard_size: int = Field(10000, ge=1, description="Queries per output shard.")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from st_retrofit.config import ConfigError
 from st_retrofit.mining.miner import DOCUMENT_COLUMN, QUERY_COLUMN, HardNegativeMiner
 from st_retrofit.mining.report import plot_score_distributions
 
@@ -35,7 +36,10 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         (output_dir / "report.json").write_text(json.dumps({"enabled": False}, indent=2), encoding="utf-8")
         return path
 
-    teacher = load_model(config.teacher)
+    try:
+        teacher = load_model(config.teacher)
+    except ConfigError as exc:
+        raise exc.under("teacher") from None
     cross_encoder = None
     if config.cross_encoder is not None:
         from sentence_transformers import CrossEncoder

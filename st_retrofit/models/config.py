@@ -35,7 +35,9 @@ class ModelConfig(ConfigModel):
         max_seq_length: truncation length for training and evaluation; ``null`` keeps the model's own.
     """
 
-    base: str = Field("offline:multilingual-e5-small", description="Model to retrofit.")
+    base: str = Field(
+        "offline:multilingual-e5-small", json_schema_extra={"local_path": True}, description="Model to retrofit."
+    )
     lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = full fine-tuning.")
     max_seq_length: int | None = Field(128, ge=8, description="Token limit; null keeps the model's.")
 

@@ -10,6 +10,7 @@ Three kinds of names:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from st_retrofit.config import ConfigError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -27,8 +30,11 @@ logger = logging.getLogger(__name__)
 OFFLINE_PREFIX = "offline:"
 
 
-class ModelNotFoundError(ValueError):
-    """A model name that names nothing this machine can load."""
+class ModelNotFoundError(ConfigError):
+    """A model name that names nothing this machine can load (the recipe puts it under the key that named it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("", message)
 
 
 def cache_dir() -> Path:
@@ -112,14 +118,38 @@ def check_model_name(name: str) -> None:
         validate_repo_id(name)
     except HFValidationError as exc:
         raise ModelNotFoundError(f"{name!r} is neither an offline:<name>, an existing folder nor a Hub id") from exc
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise ModelNotFoundError(
-                f"Hub model {name} is not in the local cache and HF_HUB_OFFLINE=1; "
-                f"use an offline:<name> model or a local folder"
-            )
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFoundError(
+            f"Hub model {name} is not in the local cache and HF_HUB_OFFLINE=1; "
+            f"use an offline:<name> model or a local folder"
+        )
+    if hub_repo_exists(name, "model") is False:
+        raise ModelNotFoundError(f"the Hub has no model {name!r} (or it is private and no token is set)")
+
+
+@functools.cache
+def hub_repo_exists(repo_id: str, repo_type: str = "model", timeout: float = 5.0) -> bool | None:
+    """Whether the Hub has ``repo_id``: ``None`` when the Hub cannot be reached within ``timeout`` seconds (no
+    network, a proxy), in which case only the id's form has been checked."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    api = HfApi()
+    info = api.model_info if repo_type == "model" else api.dataset_info
+    try:
+        info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        return True
+    except RepositoryNotFoundError:
+        return False
+    except Exception as exc:  # connection errors, timeouts, proxies: many types, all meaning "cannot tell"
+        logger.debug("Could not reach the Hub to check %s %s: %s", repo_type, repo_id, exc)
+        return None
+    return True
 
 
 def resolve_model_path(name: str) -> str:
@@ -128,7 +158,17 @@ def resolve_model_path(name: str) -> str:
     if name.startswith(OFFLINE_PREFIX):
         return str(_offline_entry(name).locate())
     path = Path(name).expanduser()
-    return str(path) if path.exists() else name
+    if path.exists():
+        return str(path)
+    from huggingface_hub import try_to_load_from_cache
+
+    # Not cached and no Hub: fail now rather than after a minute of download retries.
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str) and hub_repo_exists(name, "model") is None:
+        raise ModelNotFoundError(
+            f"Hub model {name} is not in the local cache and the Hub cannot be reached; download it where there is a "
+            f"network (hf download {name}), or use a local folder or an offline:<name> model"
+        )
+    return name
 
 
 def base_model_id(name: str) -> str | None:

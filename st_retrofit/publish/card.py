@@ -18,8 +18,12 @@ def eval_results(results: dict[str, Any], dataset_name: str) -> list:
     """``huggingface_hub.EvalResult`` entries for the retrofitted model's per-language and mean scores."""
     from huggingface_hub import EvalResult
 
+    from st_retrofit.evaluation.heldout import MIN_HELDOUT_QUERIES
+
     k = results["k"]
     entries = []
+    if results["retrofitted"].get("mean", {}).get("queries", MIN_HELDOUT_QUERIES) < MIN_HELDOUT_QUERIES:
+        return entries  # too few queries to mean anything; the card's text says so
     for language, scores in results["retrofitted"].items():
         for metric in ("ndcg", "recall"):
             entries.append(
@@ -104,6 +108,7 @@ def render_model_card(
     """The README.md text for the published model."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from st_retrofit.evaluation.heldout import MIN_HELDOUT_QUERIES
     from st_retrofit.models import base_model_id
 
     base = base_model_id(recipe.model.base) or recipe.model.base
@@ -138,6 +143,10 @@ def render_model_card(
         example_query="How many people live in Mikaro?",
         example_document="Mikaro is a town on the Sadu river with 12,400 inhabitants.",
         results_table=results_table or "No evaluation results were published with this model.",
+        heldout_description=recipe.synth.source_entry.heldout,
+        heldout_queries=(results or {}).get("retrofitted", {}).get("mean", {}).get("queries"),
+        min_heldout_queries=MIN_HELDOUT_QUERIES,
+        has_mteb_results=bool(results and results.get("mteb")),
         data_description=data_description(recipe),
         mining_description=(
             f"{mining.num_negatives} per query mined with `{mining.teacher}` "

@@ -23,7 +23,9 @@ class PublishConfig(ConfigModel):
     repo_id: str | None = Field(None, description="Hub repository, org/name.")
     dry_run: bool = Field(True, description="Only write the folder that would be pushed.")
     private: bool = Field(True, description="Create the repository as private.")
-    card_template: str | None = Field(None, description="Model card template path.")
+    card_template: str | None = Field(
+        None, json_schema_extra={"local_path": True}, description="Model card template path."
+    )
     require_eval: bool = Field(True, description="Refuse to publish without eval results.")
 
     @model_validator(mode="after")

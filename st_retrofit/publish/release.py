@@ -51,9 +51,11 @@ def build_release_folder(
     output_dir = Path(output_dir)
     if output_dir.exists():
         shutil.rmtree(output_dir)
-    shutil.copytree(model_dir, output_dir)
+    # Hard links: the release shares the merged weights with train/model instead of storing them twice.
+    shutil.copytree(model_dir, output_dir, copy_function=_link_or_copy)
     model = SentenceTransformer(str(output_dir), device="cpu")
     card = render_model_card(recipe, model, results, table, recipe.publish.card_template)
+    (output_dir / "README.md").unlink(missing_ok=True)  # a link to the trained model's own card: write a new file
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     if results is not None:
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -75,6 +77,13 @@ def build_release_folder(
         if path.is_file():
             path.chmod(0o666 & ~umask)
     return output_dir
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)
 
 
 def copy_mteb_results(source: Path, target: Path, run_model: str, repo_id: str | None) -> None:

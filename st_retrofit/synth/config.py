@@ -39,7 +39,9 @@ class CorpusConfig(ConfigModel):
             with a ``{language}`` configuration).
     """
 
-    path: str | None = Field(None, description="Corpus file, folder or Hub dataset.")
+    path: str | None = Field(
+        None, json_schema_extra={"local_path": True}, description="Corpus file, folder or Hub dataset."
+    )
     split: str = Field("train", description="Split of a folder or Hub dataset.")
     config_name: str | None = Field(None, description="Hub dataset configuration.")
     text_column: str = Field("text", description="Passage text column.")
@@ -51,10 +53,10 @@ class CorpusConfig(ConfigModel):
 
     def check_environment(self) -> None:
         """The path exists when it is local, and a local file's header has ``text_column``."""
-        from st_retrofit.data.sources import local_columns
+        from st_retrofit.data.sources import is_local, local_columns
 
         path = self.path or ""
-        if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        if is_local(path) and not Path(path).expanduser().exists():
             raise ConfigError("path", f"{path} does not exist")
         columns = local_columns(path, self.split)
         if columns is not None and self.text_column not in columns:
@@ -206,10 +208,14 @@ class SynthSource:
         describe: one line on the pairs, for the model card.
         check: shape checks of the settings it reads.
         check_environment: checks that need files or models.
+        columns: the columns of the pairs it writes (``mining.group_by`` must name one).
+        heldout: what its held-out split holds, in words for the model card.
     """
 
     name: str
     runner: str
+    columns: tuple[str, ...]
+    heldout: str
     local_inputs: Any
     languages: Any
     describe: Any
@@ -275,6 +281,8 @@ SOURCES: dict[str, SynthSource] = {
     "demo": SynthSource(
         name="demo",
         runner="st_retrofit.synth.stage:synthesize_demo",
+        columns=("query", "document", "language", "entity_id", "template"),
+        heldout="queries about entities never seen in training",
         local_inputs=lambda config: [],
         languages=lambda config: list(config.languages),
         describe=_describe_demo,
@@ -284,6 +292,20 @@ SOURCES: dict[str, SynthSource] = {
     "corpus": SynthSource(
         name="corpus",
         runner="st_retrofit.synth.stage:synthesize_corpus",
+        # st_retrofit.synth.generator.OUTPUT_COLUMNS, named here so that a recipe check imports no generator.
+        columns=(
+            "query",
+            "document",
+            "id",
+            "language",
+            "query_language",
+            "task",
+            "template",
+            "backend",
+            "model",
+            "seed",
+        ),
+        heldout="queries written for documents held out of training, chosen by a hash of each document's id",
         local_inputs=lambda config: [config.corpus.path, *config.template_dirs],
         languages=lambda config: list(config.corpus.languages or []),
         describe=_describe_corpus,
@@ -332,7 +354,9 @@ class SynthConfig(ConfigModel):
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     templates: list[str] = Field(default_factory=lambda: ["all"], min_length=1, description="Templates or types.")
-    template_dirs: list[str] = Field(default_factory=list, description="Folders of extra templates.")
+    template_dirs: list[str] = Field(
+        default_factory=list, json_schema_extra={"local_path": True}, description="Folders of extra templates."
+    )
     brainstorm: BrainstormConfig = Field(default_factory=BrainstormConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     pairs_per_document: int = Field(1, ge=1, description="Templates drawn per passage.")

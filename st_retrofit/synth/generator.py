@@ -176,10 +176,12 @@ class SyntheticDataGenerator:
             if not missing:
                 continue
             progress = tqdm(total=len(missing), desc=desc, unit="req", disable=len(missing) < 32, leave=False)
+            skipped = 0
             for result in backend.generate(missing):
                 progress.update()
                 if result.text is None:
                     report.errors[result.error or "unknown"] += 1
+                    skipped += result.skipped
                     continue
                 answers[result.request.key] = result.text
                 report.requests["generated" if backend.cacheable else "heuristic"] += 1
@@ -187,8 +189,10 @@ class SyntheticDataGenerator:
                 if cache is not None:
                     cache.put(result.request.key, result.text, backend.model, result.usage)
             progress.close()
-            failed = len(missing) - sum(r.key in answers for r in missing)
+            failed = len(missing) - sum(r.key in answers for r in missing) - skipped
             report.requests["failed"] += failed
+            if skipped:
+                report.requests["skipped"] += skipped
             if backend.cacheable and failed == len(missing) >= 8:
                 raise SynthBackendError(
                     f"all {failed} requests to {backend!r} failed after retries ({dict(report.errors)}); "

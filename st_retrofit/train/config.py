@@ -38,6 +38,21 @@ SET_BY_MIXING = {
     "prompts": "mixing.prompts",
 }
 
+# Ranges the trainer's argument class does not check itself (a batch of 0 fails only at the first step).
+ARG_BOUNDS: dict[str, tuple[str, float]] = {
+    "per_device_train_batch_size": (">=", 1),
+    "per_device_eval_batch_size": (">=", 1),
+    "gradient_accumulation_steps": (">=", 1),
+    "learning_rate": (">=", 0),
+    "num_train_epochs": (">", 0),
+    "warmup_steps": (">=", 0),
+    "weight_decay": (">=", 0),
+    "logging_steps": (">", 0),
+    "save_steps": (">", 0),
+    "save_total_limit": (">=", 1),
+    "dataloader_num_workers": (">=", 0),
+}
+
 # Precision settings that only a GPU can check; validation on a machine without one leaves them to the train stage.
 GPU_ONLY_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
 
@@ -52,8 +67,8 @@ def resolve_loss_class(name: str) -> type:
     if not isinstance(loss_class, type):
         known = list(retrofit_losses.__all__) + sorted(n for n in dir(losses) if n.endswith("Loss"))
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f"; known losses: {', '.join(known)}"
-        raise ConfigError("loss", f"unknown loss {name!r}{hint}")
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError("loss", f"unknown loss {name!r}{hint}; known losses: {', '.join(known)}")
     return loss_class
 
 
@@ -98,14 +113,16 @@ class TrainConfig(ConfigModel):
         from st_retrofit.distributed import is_distributed, join_process_group
 
         accepted = inspect.signature(SentenceTransformerTrainingArguments).parameters
-        for key in self.args:
+        for key, value in self.args.items():
             if key not in accepted:
                 raise ConfigError(f"args.{key}", "not an argument of SentenceTransformerTrainingArguments")
             if key == "output_dir":
                 raise ConfigError("args.output_dir", "set by the run (<run folder>/train/checkpoints); remove it")
             if key in SET_BY_MIXING:
                 raise ConfigError(f"args.{key}", f"set by the mixing section; use {SET_BY_MIXING[key]} instead")
-        kwargs = {**DEFAULT_TRAINING_ARGS, "seed": seed, **self.args}
+            _check_argument_value(SentenceTransformerTrainingArguments, key, value)
+        # Pinned memory only helps a copy to an accelerator (and warns at every run without one).
+        kwargs = {**DEFAULT_TRAINING_ARGS, "seed": seed, "dataloader_pin_memory": _has_accelerator(), **self.args}
         if is_distributed() and not validating:
             join_process_group()  # before accelerate does, so that the barriers get our timeout
             if not torch.cuda.is_available():
@@ -123,4 +140,35 @@ class TrainConfig(ConfigModel):
                     f"args.{precision[0]}",
                     f"{message} (set --set train.args.{precision[0]}=false to train without a GPU)",
                 ) from None
-            raise ConfigError("args", message) from None
+            # Name the argument when the message quotes its value ("zigzag is not a valid SchedulerType").
+            named = [key for key, value in self.args.items() if isinstance(value, str) and value and value in message]
+            raise ConfigError(f"args.{named[0]}" if len(named) == 1 else "args", message) from None
+
+
+def _check_argument_value(arguments: type, key: str, value: Any) -> None:
+    """``value`` has the type the argument class annotates (strictly: ``"eight"`` is no integer) and lies in
+    :data:`ARG_BOUNDS`. ``max_steps`` is -1 (use the epochs) or a positive step count."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from st_retrofit.config import describe_type
+
+    annotation = typing.get_type_hints(arguments).get(key)
+    if annotation is not None and value is not None:
+        try:
+            TypeAdapter(annotation).validate_python(value, strict=True)
+        except ValidationError:
+            raise ConfigError(f"args.{key}", f"expected {describe_type(annotation)}, got {value!r}") from None
+    if key == "max_steps" and isinstance(value, int) and not (value == -1 or value >= 1):
+        raise ConfigError("args.max_steps", f"expected a step count >= 1, or -1 to train by epochs, got {value!r}")
+    if key in ARG_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        op, bound = ARG_BOUNDS[key]
+        if not (value >= bound if op == ">=" else value > bound):
+            raise ConfigError(f"args.{key}", f"expected {op} {bound:g}, got {value!r}")
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())

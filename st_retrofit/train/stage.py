@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,13 @@ logger = logging.getLogger(__name__)
 
 def build_model(recipe: SectionView, device: str | None = None) -> SentenceTransformer:
     """The model to train: the base model, with a fresh LoRA adapter unless ``model.lora`` is null."""
+    from st_retrofit.config import ConfigError
     from st_retrofit.models.resolve import load_model
 
-    model = load_model(recipe.model.base, device=device)
+    try:
+        model = load_model(recipe.model.base, device=device)
+    except ConfigError as exc:
+        raise exc.under("model.base") from None
     if recipe.model.max_seq_length is not None:
         model.max_seq_length = recipe.model.max_seq_length
     lora = recipe.model.lora
@@ -131,6 +136,7 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     from datasets import DatasetDict, load_from_disk
     from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_utils import get_last_checkpoint
+    from transformers.utils import logging as transformers_logging
 
     from st_retrofit.config import ConfigError
     from st_retrofit.mixing import MixingCallback
@@ -158,11 +164,16 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[mixing]
     )
+    # A "Writing model shards" bar per checkpoint, nested in the training bar, prints escape codes into log files.
+    transformers_logging.disable_progress_bar()
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         logger.info("Resuming training from %s", last)
     try:
-        result = trainer.train(resume_from_checkpoint=last)
+        with warnings.catch_warnings():
+            # transformers' own deprecation, raised from inside sentence-transformers at every step; not ours to fix.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            result = trainer.train(resume_from_checkpoint=last)
     except ConfigError as exc:  # a mixing setting, raised while the first dataloader is built, before any step
         raise exc.under("mixing") from None
     model_dir = output_dir / "model"

@@ -39,12 +39,15 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    """A backend's answer to one request: ``text`` on success, else ``error`` (not cached; retried next run)."""
+    """A backend's answer to one request: ``text`` on success, else ``error`` (not cached; retried next run).
+    ``skipped`` marks a template that does not apply to the passage (too short, no title): counted apart from
+    failures, which say something is wrong."""
 
     request: GenerationRequest
     text: str | None = None
     error: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
+    skipped: bool = False
 
 
 class SynthBackend(ABC):

@@ -128,7 +128,7 @@ class HeuristicBackend(SynthBackend):
                 continue
             try:
                 output = method(request.context, random.Random(request.seed), **template.params)
-            except HeuristicError as exc:
-                yield GenerationResult(request, error=str(exc))
+            except HeuristicError as exc:  # the template does not apply to this passage: skipped, not failed
+                yield GenerationResult(request, error=str(exc), skipped=True)
                 continue
             yield GenerationResult(request, text=json.dumps(output, ensure_ascii=False))

@@ -1,0 +1,168 @@
+"""Every user mistake, through the command line in a subprocess: exit code 2, a single ``error:`` line that names
+the key or the file, no traceback, and the run's finished output and recipe untouched.
+
+Each row is (case, how the command is set up, text the error line must contain). The run folder is a finished
+tiny run, shared by all rows; each row checks it is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from st_retrofit.pipeline import run_pipeline
+from st_retrofit.recipe import recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_path, tmp_path_factory):
+    """A finished run of every stage on the tiny model, and the recipe file that made it."""
+    folder = tmp_path_factory.mktemp("cli")
+    data = {
+        "name": "tiny",
+        "seed": 7,
+        "output_dir": str(folder / "runs"),
+        "model": {"base": str(tiny_model_path), "max_seq_length": 48, "lora": {"r": 4, "alpha": 8}},
+        "synth": {"languages": ["en", "ru"], "train_entities": 8, "eval_entities": 4},
+        "mining": {"teacher": str(tiny_model_path), "num_negatives": 2, "relative_margin": None, "batch_size": 16},
+        "train": {"args": {"per_device_train_batch_size": 8, "max_steps": 2, "save_steps": 2, "disable_tqdm": True}},
+        "eval": {"k": 5, "batch_size": 16},
+    }
+    recipe_file = folder / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(data))
+    # The environment the autouse fixture sets is read here once, for the whole module.
+    run_pipeline(recipe_from_dict(data))
+    return folder, data
+
+
+def _snapshot(run_dir: Path) -> dict[str, str]:
+    finished = [p for p in run_dir.glob("*/stage.json") if not p.parent.name.endswith(".partial")]
+    files = [*finished, run_dir / "recipe.yaml", run_dir / "train" / "model" / "model.safetensors"]
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _write(folder: Path, name: str, content: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(content)
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _corpus_recipe(folder: Path, data: dict, corpus: Path) -> list[str]:
+    recipe = {**data, "synth": {"source": "corpus", "corpus": {"path": str(corpus)}}, "mining": {**data["mining"],
+              "group_by": None}}  # fmt: skip
+    return ["validate", str(_write(folder, "corpus-recipe.yaml", yaml.safe_dump(recipe).encode()))]
+
+
+# (case, argv from (folder, data, recipe file), text the error line must contain)
+CASES = [
+    ("misspelled key", lambda f, d, r: ["validate", str(r), "--set", "mining.relative_margn=0.1"],
+     "mining.relative_margn: unknown key (did you mean relative_margin?)"),
+    ("--set without =", lambda f, d, r: ["validate", str(r), "--set", "mining.num_negatives"], "--set: expected key.path=value"),
+    ("--set with bad YAML", lambda f, d, r: ["validate", str(r), "--set", "synth.languages=[en, de"], "is not valid YAML"),
+    ("missing recipe", lambda f, d, r: ["validate", str(f / "absent.yaml")], "absent.yaml does not exist"),
+    ("empty recipe", lambda f, d, r: ["validate", str(_write(f, "empty.yaml", b""))], "empty.yaml is empty"),
+    ("duplicate keys", lambda f, d, r: ["validate", str(_write(f, "dup.yaml", b"name: a\nname: b\n"))],
+     "key 'name' appears twice"),
+    ("recipe not UTF-8", lambda f, d, r: ["validate", str(_write(f, "latin.yaml", "name: caf\xe9\n".encode("latin-1")))],
+     "latin.yaml is not UTF-8 text"),
+    ("recipe not YAML", lambda f, d, r: ["validate", str(_write(f, "broken.yaml", b"model: [unclosed\n"))],
+     "is not valid YAML"),
+    ("batch size 0", lambda f, d, r: ["validate", str(r), "--set", "train.args.per_device_train_batch_size=0"],
+     "train.args.per_device_train_batch_size: expected >= 1, got 0"),
+    ("batch size a word", lambda f, d, r: ["validate", str(r), "--set", "train.args.per_device_train_batch_size=eight"],
+     "train.args.per_device_train_batch_size: expected an integer, got 'eight'"),
+    ("max_steps a word", lambda f, d, r: ["validate", str(r), "--set", "train.args.max_steps=abc"],
+     "train.args.max_steps: expected an integer"),
+    ("negative learning rate", lambda f, d, r: ["validate", str(r), "--set", "train.args.learning_rate=-0.1"],
+     "train.args.learning_rate: expected >= 0"),
+    ("unknown loss", lambda f, d, r: ["validate", str(r), "--set", "train.loss=NoSuchLoss"],
+     "; known losses: CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss, AdaptiveLayerLoss, "),
+    ("missing local corpus", lambda f, d, r: _corpus_recipe(f, d, f / "my_docs.jsonl"), "my_docs.jsonl does not exist"),
+    ("empty corpus", lambda f, d, r: _corpus_recipe(f, d, _write(f, "empty.jsonl", b"")), "empty.jsonl is empty"),
+    ("corpus not UTF-8", lambda f, d, r: _corpus_recipe(f, d, _write(f, "latin.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"))),
+     "latin.jsonl, line 1: not UTF-8 text"),
+    ("broken jsonl line", lambda f, d, r: _corpus_recipe(f, d, _write(f, "broken.jsonl", b'{"text": "a"}\n{"text": "b"\n')),
+     "broken.jsonl, line 2: not valid JSON"),
+    ("group_by column missing", lambda f, d, r: ["validate", str(r), "--set", "mining.group_by=domain"],
+     "mining.group_by: the training pairs have no column 'domain'"),
+    ("output folder under a file", lambda f, d, r: ["validate", str(r), "--set", f"output_dir={_write(f, 'afile', b'x')}/runs"],
+     "output_dir: "),
+    ("stage before its input", lambda f, d, r: ["train", str(r), "--set", "synth.train_entities=9"],
+     "train reads the output of mine, which is missing or out of date"),
+    ("bf16 on a CPU at train time", lambda f, d, r: ["train", str(r), "--set", "train.args.bf16=true", "--force"],
+     "train.args.bf16"),
+    ("publish a folder without a recipe", lambda f, d, r: ["publish", str(_folder(f / "not-a-run"))],
+     "is not a run folder (no recipe.yaml)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "argv", "text"), CASES, ids=[c[0] for c in CASES])
+def test_a_mistake_is_one_error_line_and_nothing_finished_changes(finished_run, case, argv, text):
+    folder, data = finished_run
+    run_dir = Path(data["output_dir"]) / data["name"]
+    before = _snapshot(run_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "st_retrofit", *argv(folder, data, folder / "recipe.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(errors) == 1 and text in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert _snapshot(run_dir) == before
+
+
+def test_verbose_shows_the_traceback_and_works_after_the_command(finished_run):
+    folder, _ = finished_run
+    result = subprocess.run(
+        [sys.executable, "-m", "st_retrofit", "validate", str(folder / "absent.yaml"), "-v"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_publish_help_calls_its_argument_a_run_folder():
+    result = subprocess.run([sys.executable, "-m", "st_retrofit", "publish", "--help"], capture_output=True, text=True)
+    assert "a run folder (runs/NAME; its recipe.yaml is used) or a recipe" in " ".join(result.stdout.split())
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(finished_run):
+    import signal
+    import time
+
+    folder, data = finished_run
+    recipe = {**data, "name": "interrupted", "train": {"args": {"per_device_train_batch_size": 2, "max_steps": 500,
+              "save_steps": 1, "disable_tqdm": True}}}  # fmt: skip
+    path = _write(folder, "slow.yaml", yaml.safe_dump(recipe).encode())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "st_retrofit", "run", str(path)], stderr=subprocess.PIPE, text=True, cwd=folder
+    )
+    checkpoints = Path(data["output_dir"]) / "interrupted" / "train.partial" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-2")):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 130, stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted; rerun the same command to resume from train")
+    assert "Traceback" not in stderr
+    state = json.loads((checkpoints.parent / "stage.json").read_text())
+    assert state["status"] == "interrupted"
