@@ -156,8 +156,8 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(finished_run):
     )
     checkpoints = Path(data["output_dir"]) / "interrupted" / "train.partial" / "checkpoints"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(checkpoints.glob("checkpoint-2")):
-        time.sleep(0.5)
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-*")):
+        time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -166,3 +166,23 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(finished_run):
     assert "Traceback" not in stderr
     state = json.loads((checkpoints.parent / "stage.json").read_text())
     assert state["status"] == "interrupted"
+
+
+def test_a_hub_teacher_that_cannot_be_had_stops_in_seconds_naming_the_key(finished_run):
+    """Without HF_HUB_OFFLINE: no network fails at once when the stage loads it (the Hub cannot be reached), and a
+    Hub that answers refuses the id at validation; either way one line naming mining.teacher."""
+    import os
+    import time
+
+    folder, _ = finished_run
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "st_retrofit", "mine", str(folder / "recipe.yaml"), "--set",
+         "mining.teacher=st-retrofit-tests/no-such-model"],
+        capture_output=True, text=True, env=env, cwd=folder, timeout=300,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert errors[0].startswith("error: mining.teacher: ") and "st-retrofit-tests/no-such-model" in errors[0]
+    assert "Traceback" not in result.stderr and time.time() - started < 60

@@ -171,7 +171,7 @@ def publish_stage(
     """Build the release folder; push it unless ``publish.dry_run``."""
     folder = build_release_folder(recipe, model_dir, eval_dir, Path(output_dir) / "release")
     if recipe.publish.dry_run:
-        logger.info("Dry run: the release folder is %s", folder)
+        logger.info("Dry run: the release folder is written, not pushed (publish.dry_run)")
     else:
         url = push_release(folder, recipe.publish.repo_id, private=recipe.publish.private)
         (Path(output_dir) / "pushed.json").write_text(json.dumps({"repo_id": recipe.publish.repo_id, "commit": url}))

@@ -142,6 +142,8 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     from st_retrofit.mixing import MixingCallback
     from st_retrofit.mixing.report import write_mixture_report
 
+    # transformers' own deprecation, raised from inside sentence-transformers at every step and save; not ours.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
     try:
@@ -170,10 +172,7 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     if last:
         logger.info("Resuming training from %s", last)
     try:
-        with warnings.catch_warnings():
-            # transformers' own deprecation, raised from inside sentence-transformers at every step; not ours to fix.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            result = trainer.train(resume_from_checkpoint=last)
+        result = trainer.train(resume_from_checkpoint=last)
     except ConfigError as exc:  # a mixing setting, raised while the first dataloader is built, before any step
         raise exc.under("mixing") from None
     model_dir = output_dir / "model"
