@@ -7,6 +7,7 @@
     st-retrofit ablate recipes/ablations/hard-negatives.yaml [--set ...] [--dry-run]
     st-retrofit templates [--dir my_templates/]
     st-retrofit schema > recipe.schema.json
+    st-retrofit benchmark build manpages data/manpages [--debs DIR]
 
 Every command is a thin call into the Python API (:func:`st_retrofit.load_recipe`, :func:`st_retrofit.run_pipeline`).
 """
@@ -89,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
 
     add_command("schema", help="print the JSON Schema of a recipe (for editors: yaml-language-server)")
+
+    benchmark = add_command("benchmark", help="build a real-text retrieval benchmark")
+    build = benchmark.add_subparsers(dest="benchmark_command", required=True).add_parser(
+        "build", parents=[common], help="build a benchmark's corpus, dev and test parts into a folder"
+    )
+    build.add_argument("dataset", choices=["manpages"], help="manpages: Debian's manual pages in 13 languages")
+    build.add_argument("output", help="the folder to write (corpus.jsonl, dev/, test/, licenses/, summary.json)")
+    build.add_argument("--debs", help="a folder of .deb files to use instead of apt-get download")
+    build.add_argument("--seed", type=int, default=0, help="seeds the split of page names (default 0)")
+    build.add_argument("--dev", type=float, default=0.1, help="share of page names in dev (default 0.1)")
+    build.add_argument("--test", type=float, default=0.2, help="share of page names in test (default 0.2)")
+    build.add_argument("--max-words", type=int, default=300, help="words of each description kept (default 300)")
     return parser
 
 
@@ -208,6 +221,16 @@ def _main(args: argparse.Namespace) -> int:
         from st_retrofit.recipe import recipe_schema
 
         print(json.dumps(recipe_schema(), indent=2))
+        return 0
+    if args.command == "benchmark":
+        from st_retrofit.evaluation import manpages
+
+        summary = manpages.build(
+            args.output, debs=args.debs, seed=args.seed, dev_fraction=args.dev, test_fraction=args.test,
+            max_words=args.max_words,
+        )  # fmt: skip
+        print(json.dumps({key: summary[key] for key in ("pages", "corpus_documents", "tasks")}, indent=2))
+        print(f"benchmark: {args.output} (corpus.jsonl, dev/, test/, licenses/, summary.json)")
         return 0
     if args.command == "ablate":
         return _ablate(args.ablation, args.overrides, args.dry_run)

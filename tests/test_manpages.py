@@ -1,0 +1,167 @@
+"""The manual-page benchmark, built from .deb files made here (never downloaded)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from st_retrofit.evaluation.manpages import build, parse_page, parse_roff, part_of, roff_inline
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build .deb files")
+
+LS_DE = r""".\" -*- coding: UTF-8 -*-
+.TH LS 1 "September 2022" "GNU coreutils 9.1" "Dienstprogramme für Benutzer"
+.SH BEZEICHNUNG
+ls \- Verzeichnisinhalte auflisten
+.SH ÜBERSICHT
+\fBls\fP [\fI\,OPTION\/\fP]… [\fI\,DATEI\/\fP]…
+.SH BESCHREIBUNG
+.\" Add any additional description here
+.PP
+Auflistung von Informationen über die DATEIen (Standardvorgabe ist das
+aktuelle Verzeichnis). Die Einträge werden alphabetisch sortiert, falls
+weder \fB\-cftuvSUX\fP noch \fB\-\-sort\fP angegeben wurden.
+.TP
+\fB\-a\fP, \fB\-\-all\fP
+Einträge nicht ignorieren, die mit ».« beginnen
+.SH AUTOR
+Richard M. Stallman
+"""
+
+
+def page(title: str, summary: str, description: str, heading: str = "DESCRIPTION", name: str = "NAME") -> str:
+    return f'.TH {title} 1\n.SH {name}\n{title.lower()} \\- {summary}\n.SH SYNOPSIS\n.B {title.lower()}\n' \
+           f".SH {heading}\n.PP\n{description}\n"  # fmt: skip
+
+
+def test_roff_markup_becomes_plain_text():
+    assert roff_inline(r"\fB\-\-sort\fP=\fI\,WORD\/\fP \(em \e n\&.") == "--sort=WORD — \\ n."
+    sections = parse_roff(LS_DE)
+    assert [title for title, _ in sections] == ["BEZEICHNUNG", "ÜBERSICHT", "BESCHREIBUNG", "AUTOR"]
+    description = dict(sections)["BESCHREIBUNG"]
+    assert description.startswith("Auflistung von Informationen über die DATEIen (Standardvorgabe ist das aktuelle")
+    assert "--sort angegeben wurden." in description and "-a, --all" in description and "Add any" not in description
+    text = dict(parse_roff('.SH X\n.BR ls (1),\n.IR "two words" " and"\n'))["X"]
+    assert text == "ls(1), two words and"
+
+
+def test_a_page_gives_its_summary_and_its_description_whatever_its_title():
+    de = parse_page(LS_DE, "ls.1", "de")
+    assert de.summary == "Verzeichnisinhalte auflisten"
+    assert de.description.split()[:3] == ["Auflistung", "von", "Informationen"]
+    ja = parse_page(
+        page("CAT", "ファイルを連結して表示する", "ファイルを連結して標準出力に出力する。 " * 3, "説明", "名前"),
+        "cat.1",
+        "ja",
+    )
+    assert ja.summary == "ファイルを連結して表示する" and ja.description.startswith("ファイルを連結して")
+    # A title not in the table: the third section, where man(7) puts the description.
+    other = parse_page(
+        page("CAT", "concatenate", "Concatenate files to standard output, one by one.", "KUVAUS"), "c", "fi"
+    )
+    assert other.description == "Concatenate files to standard output, one by one."
+    assert parse_page(".TH X 1\n.SH NAME\nx\n.SH DESCRIPTION\nA long enough description here.\n", "x", "en") is None
+    assert parse_page(page("LS", "list", "Too short."), "ls.1", "en") is None
+    long = parse_page(page("LS", "list", " ".join(f"w{i}" for i in range(500))), "ls.1", "en", max_words=300)
+    assert len(long.description.split()) == 300
+
+
+def _deb(folder: Path, package: str, pages: dict[str, str], locale: str | None) -> Path:
+    root = folder / package
+    man = root / "usr" / "share" / "man" / (locale or "")
+    for name, source in pages.items():
+        section = man / f"man{name.rsplit('.', 1)[1]}"
+        section.mkdir(parents=True, exist_ok=True)
+        (section / f"{name}.gz").write_bytes(gzip.compress(source.encode(), mtime=0))
+    doc = root / "usr" / "share" / "doc" / package
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text(f"{package}: GPL-2+ (test)\n")
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n"
+    )
+    deb = folder / "debs" / f"{package}_1.0-1_all.deb"
+    deb.parent.mkdir(exist_ok=True)
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.fixture
+def debs(tmp_path) -> Path:
+    words = {
+        "en": "files and folders on the disk",
+        "de": "Dateien und Ordner auf der Platte",
+        "ja": "ディスク上のファイルとフォルダ",
+    }
+    names = [f"tool{i}.1" for i in range(40)]
+    for lang, package, locale in (("en", "manpages", None), ("de", "manpages-de", "de"), ("ja", "manpages-ja", "ja")):
+        pages = {n: page(n.split(".")[0].upper(), f"{words[lang]} {n}", f"{n}: {words[lang]}. " * 8) for n in names}
+        if lang == "en":
+            pages["alias.1"] = ".so man1/tool0.1\n"
+        _deb(tmp_path, package, pages, locale)
+    link = tmp_path / "manpages" / "usr" / "share" / "man" / "man1" / "link.1.gz"
+    os.symlink("tool1.1.gz", link)
+    _deb_rebuild = tmp_path / "debs" / "manpages_1.0-1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tmp_path / "manpages"), str(_deb_rebuild)],
+                   check=True, capture_output=True)  # fmt: skip
+    return tmp_path / "debs"
+
+
+def test_the_benchmark_splits_pages_by_name_into_corpus_dev_and_test(debs, tmp_path):
+    summary = build(tmp_path / "out", debs=debs, seed=3, dev_fraction=0.25, test_fraction=0.25, min_queries=1)
+    out = tmp_path / "out"
+    assert summary["pages"] == {"de": 40, "en": 40, "ja": 40}
+    assert summary["skipped"] == {"alias link": 1, "include (.so)": 1}
+    assert summary["packages"] == {"manpages": "1.0-1", "manpages-de": "1.0-1", "manpages-ja": "1.0-1"}
+    assert set(summary["tasks"]["test"]) == {
+        "manpages-en",
+        "manpages-de",
+        "manpages-ja",
+        "manpages-de-en",
+        "manpages-ja-en",
+    }
+
+    parts = {name: part_of(name, 3, 0.25, 0.25) for name in (f"tool{i}.1" for i in range(40))}
+    corpus = [json.loads(line) for line in (out / "corpus.jsonl").read_text().splitlines()]
+    assert {row["page"] for row in corpus} == {n for n, p in parts.items() if p == "corpus"}
+    assert all("\\-" not in row["text"] and "files and folders on the disk tool" not in row["text"] for row in corpus)
+    for part in ("dev", "test"):
+        queries = [
+            json.loads(line) for line in (out / part / "manpages-de-en" / "queries.jsonl").read_text().splitlines()
+        ]
+        assert {q["_id"].split("/")[1] for q in queries} == {n for n, p in parts.items() if p == part}
+        assert all(q["text"].startswith("Dateien und Ordner") for q in queries)
+        qrels = (out / part / "manpages-de-en" / "qrels" / "test.tsv").read_text().splitlines()[1:]
+        documents = {json.loads(line)["_id"] for line in (out / part / "manpages-de-en" / "corpus.jsonl").open()}
+        assert {line.split("\t")[1] for line in qrels} <= documents and all(d.startswith("en/") for d in documents)
+    assert (out / "licenses" / "manpages-de.copyright").read_text() == "manpages-de: GPL-2+ (test)\n"
+
+
+def test_the_same_seed_builds_the_same_files_and_another_seed_another_split(debs, tmp_path):
+    build(tmp_path / "a", debs=debs, seed=1, min_queries=1)
+    build(tmp_path / "b", debs=debs, seed=1, min_queries=1)
+    build(tmp_path / "c", debs=debs, seed=2, min_queries=1)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert (tmp_path / "a" / "corpus.jsonl").read_bytes() != (tmp_path / "c" / "corpus.jsonl").read_bytes()
+
+
+def test_mteb_reads_a_built_task(debs, tmp_path):
+    from st_retrofit.evaluation.mteb import resolve_tasks
+
+    build(tmp_path / "out", debs=debs, seed=0, min_queries=1)
+    (task,) = resolve_tasks([str(tmp_path / "out" / "test" / "manpages-de")])
+    assert task.metadata.type == "Retrieval"
+
+
+def test_a_folder_without_debs_is_one_clear_error(tmp_path):
+    from st_retrofit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no .deb file"):
+        build(tmp_path / "out", debs=tmp_path)
