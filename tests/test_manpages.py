@@ -13,6 +13,8 @@ import pytest
 
 from st_retrofit.evaluation.manpages import build, parse_page, parse_roff, part_of, roff_inline
 
+REPO = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build .deb files")
 
 LS_DE = r""".\" -*- coding: UTF-8 -*-
@@ -165,3 +167,15 @@ def test_a_folder_without_debs_is_one_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="holds no .deb file"):
         build(tmp_path / "out", debs=tmp_path)
+
+
+def test_the_manpages_recipe_validates_beside_a_built_benchmark(debs, tmp_path, monkeypatch):
+    from st_retrofit.recipe import load_recipe
+
+    build(tmp_path / "data" / "manpages", debs=debs, seed=0, min_queries=1)
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(REPO / "recipes" / "manpages.yaml", tmp_path / "recipes" / "manpages.yaml")
+    monkeypatch.chdir(tmp_path / "recipes")  # paths are read from the recipe's folder, wherever it is run from
+    recipe = load_recipe("manpages.yaml")
+    assert Path(recipe.synth.corpus.path).resolve() == (tmp_path / "data" / "manpages" / "corpus.jsonl").resolve()
+    assert len(recipe.eval.mteb_tasks) == 2

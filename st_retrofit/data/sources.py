@@ -33,8 +33,14 @@ PAIR_COLUMNS = ("query", "document", "language", "task", "source")
 
 
 def is_local(path: str) -> bool:
-    """Whether ``path`` names a local file or folder rather than a Hub dataset (which looks like ``org/name``)."""
-    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+    """Whether ``path`` names a local file or folder rather than a Hub dataset (which looks like ``org/name``): it
+    exists, starts like a path (``./``, ``/``, ``~``) or ends like a data file (``.jsonl``...). A missing local
+    path is an error, never a Hub lookup."""
+    return (
+        path.startswith((".", "/", "~"))
+        or Path(path).suffix.lower() in FILE_FORMATS
+        or Path(path).expanduser().exists()
+    )
 
 
 def read_dataset(
@@ -53,7 +59,14 @@ def read_dataset(
         if fmt is None:
             raise ConfigError("path", f"{path}: unknown file type {path.suffix!r}; use {', '.join(FILE_FORMATS)}")
         kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        if path.stat().st_size == 0:
+            raise ConfigError("path", f"{path} is empty")
+        try:
+            return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        except Exception as exc:  # datasets wraps parser errors in several types; find the line ourselves
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            problem = file_problem(path) or f"{path}: cannot read it as {fmt} ({first})"
+            raise ConfigError("path", problem) from None
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             data = datasets.load_from_disk(str(path))
@@ -63,7 +76,7 @@ def read_dataset(
                 data = data[split]
             return data
         return datasets.load_dataset(str(path), config_name, split=split)
-    if str(source).startswith((".", "/", "~")):
+    if is_local(str(source)):
         raise ConfigError("path", f"{source} does not exist")
     try:
         return datasets.load_dataset(str(source), config_name, split=split, revision=revision)
@@ -71,6 +84,35 @@ def read_dataset(
         raise ConfigError(
             "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def file_problem(path: Path, limit_bytes: int | None = None) -> str | None:
+    """What makes a data file unreadable, in words with its line number: empty, not UTF-8, or (jsonl) a line that
+    is not a JSON object. ``None`` for a readable file. Reads the file line by line, at most ``limit_bytes``."""
+    import json
+
+    jsonl = path.suffix.lower() == ".jsonl"
+    content, read = False, 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            read += len(raw)
+            if limit_bytes is not None and read > limit_bytes:
+                break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"{path}, line {number}: not UTF-8 text (byte {exc.start + 1}); save the file as UTF-8"
+            if not line.strip():
+                continue
+            content = True
+            if jsonl:
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    return f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', exc)} at column {getattr(exc, 'pos', 0) + 1})"
+                if not isinstance(row, dict):
+                    return f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}"
+    return None if content else f"{path} is empty"
 
 
 def local_columns(source: str | Path, split: str = "train") -> list[str] | None:
@@ -83,6 +125,10 @@ def local_columns(source: str | Path, split: str = "train") -> list[str] | None:
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".csv", ".tsv", ".json"):
+            problem = file_problem(path, limit_bytes=64 << 20)  # a recipe check reads the head of a large file
+            if problem:
+                raise ConfigError("path", problem)
         if suffix == ".jsonl":
             with path.open(encoding="utf-8") as handle:
                 first = next((line for line in handle if line.strip()), "")

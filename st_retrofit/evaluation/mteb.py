@@ -1,6 +1,7 @@
 """MTEB evaluation: mteb 2.x tasks and benchmarks by name, and local BEIR-style folders as custom retrieval tasks.
 
-``eval.mteb_tasks`` in a recipe (or :func:`resolve_tasks`) takes, per entry, a benchmark name
+``eval.mteb_tasks`` in a recipe (or :func:`resolve_tasks`) takes, per entry, a folder of such folders (each a task
+named ``<folder>-<parent>``, as ``manpages-de-test`` from ``data/manpages/test/``), a benchmark name
 (``MTEB(Multilingual, v2)``), a benchmark's tasks of one type (``MTEB(Multilingual, v2):Retrieval``, the paper's
 MMTEB multilingual retrieval average), a task name (``MIRACLRetrieval``) or a local folder laid out like BEIR
 (``corpus.jsonl`` with ``_id``/``title``/``text``, ``queries.jsonl`` with ``_id``/``text``, ``qrels/<split>.tsv``
@@ -124,8 +125,16 @@ def resolve_tasks(specs: list[str]) -> list[Any]:
 
     tasks = []
     for spec in specs:
-        if Path(spec).expanduser().is_dir():
-            tasks.append(beir_task(Path(spec).expanduser()))
+        folder = Path(spec).expanduser()
+        if folder.is_dir():
+            if (folder / "corpus.jsonl").is_file() or not any(folder.glob("*/corpus.jsonl")):
+                tasks.append(beir_task(folder))
+            else:  # a folder of BEIR folders (a benchmark's test/): each is a task, named with the part
+                tasks += [
+                    beir_task(sub, name=f"{sub.name}-{folder.name}")
+                    for sub in sorted(folder.glob("*/"))
+                    if (sub / "corpus.jsonl").is_file()
+                ]
             continue
         name, _, task_type = spec.rpartition(":") if spec.endswith(TASK_TYPES) else (spec, "", "")
         try:

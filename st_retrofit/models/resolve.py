@@ -158,17 +158,7 @@ def resolve_model_path(name: str) -> str:
     if name.startswith(OFFLINE_PREFIX):
         return str(_offline_entry(name).locate())
     path = Path(name).expanduser()
-    if path.exists():
-        return str(path)
-    from huggingface_hub import try_to_load_from_cache
-
-    # Not cached and no Hub: fail now rather than after a minute of download retries.
-    if not isinstance(try_to_load_from_cache(name, "config.json"), str) and hub_repo_exists(name, "model") is None:
-        raise ModelNotFoundError(
-            f"Hub model {name} is not in the local cache and the Hub cannot be reached; download it where there is a "
-            f"network (hf download {name}), or use a local folder or an offline:<name> model"
-        )
-    return name
+    return str(path) if path.exists() else name
 
 
 def base_model_id(name: str) -> str | None:
@@ -191,6 +181,15 @@ def load_model(name: str, device: str | None = None):
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(name)
+    if path == name and not Path(name).expanduser().exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        # A Hub id neither cached nor reachable: fail now rather than after a minute of download retries.
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str) and hub_repo_exists(name) is None:
+            raise ModelNotFoundError(
+                f"Hub model {name} is not in the local cache and the Hub cannot be reached; download it where there "
+                f"is a network (hf download {name}), or use a local folder or an offline:<name> model"
+            )
     logger.info("Loading model %s from %s", name, path)
     model = SentenceTransformer(path, device=device)
     base = base_model_id(name)
