@@ -174,6 +174,10 @@ def _setup_logging(verbose: bool) -> None:
             sys.modules["datasets"].disable_progress_bars()
         else:
             os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        # In a log file a progress bar is a run of carriage returns; there, the stage logs and the trainer's loss
+        # lines (tqdm.write) say the same. tqdm reads its defaults from TQDM_* variables.
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 # What a user can fix: one line on stderr and exit 2 (with -v, the traceback too). Anything else is a bug and keeps

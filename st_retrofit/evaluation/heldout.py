@@ -8,7 +8,9 @@ language and their mean, for both models side by side.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -91,3 +93,54 @@ def comparison_table(results: dict[str, dict], k: int) -> str:
         rows.append([language, f"{b['ndcg']:.4f}", f"{t['ndcg']:.4f}", f"{t['ndcg'] - b['ndcg']:+.4f}",
                      f"{b['recall']:.4f}", f"{t['recall']:.4f}"])  # fmt: skip
     return markdown_table(headers, rows)
+
+
+def read_beir(folder: str | Path) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """(queries, corpus, relevant documents) of a BEIR folder (``corpus.jsonl``, ``queries.jsonl``,
+    ``qrels/test.tsv``), in the form ``InformationRetrievalEvaluator`` takes."""
+    folder = Path(folder)
+
+    def rows(name: str) -> list[dict]:
+        with (folder / name).open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    corpus = {row["_id"]: " ".join(p for p in (row.get("title"), row["text"]) if p) for row in rows("corpus.jsonl")}
+    queries = {row["_id"]: row["text"] for row in rows("queries.jsonl")}
+    relevant: dict[str, set[str]] = {}
+    for line in (folder / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        query, document, score = line.split("\t")
+        if float(score) > 0:
+            relevant.setdefault(query, set()).add(document)
+    return queries, corpus, relevant
+
+
+def beir_folders(paths: list[str]) -> list[Path]:
+    """The BEIR folders ``paths`` name: each path is one, or a folder of them."""
+    folders = []
+    for path in map(Path, paths):
+        folders += (
+            [path] if (path / "corpus.jsonl").is_file() else sorted(p.parent for p in path.glob("*/corpus.jsonl"))
+        )
+    return folders
+
+
+def dev_evaluator(paths: list[str], batch_size: int = 64, k: int = 10):
+    """sentence-transformers' ``InformationRetrievalEvaluator`` on every BEIR folder ``paths`` name, combined by a
+    ``SequentialEvaluator`` whose ``sequential_score`` is their mean nDCG@k (what the train stage selects on)."""
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+        SequentialEvaluator,
+    )
+    from sentence_transformers.util import cos_sim
+
+    evaluators = []
+    for folder in beir_folders(paths):
+        queries, corpus, relevant = read_beir(folder)
+        evaluators.append(
+            InformationRetrievalEvaluator(
+                queries, corpus, relevant, ndcg_at_k=[k], precision_recall_at_k=[k], mrr_at_k=[k], accuracy_at_k=[1],
+                map_at_k=[k], batch_size=batch_size, name=folder.name, write_csv=False,
+                score_functions={"cosine": cos_sim}, main_score_function="cosine",
+            )
+        )  # fmt: skip
+    return SequentialEvaluator(evaluators, main_score_function=lambda scores: sum(scores) / len(scores))

@@ -104,6 +104,7 @@ def render_model_card(
     results: dict[str, Any] | None,
     results_table: str | None,
     template_path: str | Path | None = None,
+    gate: dict | None = None,
 ) -> str:
     """The README.md text for the published model."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -140,13 +141,14 @@ def render_model_card(
         base_model_url=f"https://huggingface.co/{base}" if "/" in base else PAPER_URL,
         dimension=model.get_embedding_dimension(),
         prompts={k: v for k, v in model.prompts.items() if v},
-        example_query="How many people live in Mikaro?",
-        example_document="Mikaro is a town on the Sadu river with 12,400 inhabitants.",
+        example_query=recipe.synth.source_entry.example[0],
+        example_document=recipe.synth.source_entry.example[1],
         results_table=results_table or "No evaluation results were published with this model.",
         heldout_description=recipe.synth.source_entry.heldout,
         heldout_queries=(results or {}).get("retrofitted", {}).get("mean", {}).get("queries"),
         min_heldout_queries=MIN_HELDOUT_QUERIES,
         has_mteb_results=bool(results and results.get("mteb")),
+        gate=gate or {"tasks": [], "regressions": []},
         data_description=data_description(recipe),
         mining_description=(
             f"{mining.num_negatives} per query mined with `{mining.teacher}` "

@@ -18,6 +18,10 @@ class PublishConfig(ConfigModel):
         private: create the Hub repository as private.
         card_template: a Jinja2 model card template; ``null`` uses the packaged one.
         require_eval: refuse to publish without evaluation results.
+        gate_tasks: tasks on which the retrofitted model must score at least its base to be published: mteb task
+            names from the eval stage, with ``*`` wildcards (``"*-dev"``), or ``heldout`` for the held-out split's
+            mean nDCG; empty = no gate.
+        allow_regression: publish even when the model scores below its base on a gate task (the card says so).
     """
 
     repo_id: str | None = Field(None, description="Hub repository, org/name.")
@@ -27,6 +31,8 @@ class PublishConfig(ConfigModel):
         None, json_schema_extra={"local_path": True}, description="Model card template path."
     )
     require_eval: bool = Field(True, description="Refuse to publish without eval results.")
+    gate_tasks: list[str] = Field(default_factory=list, description="Tasks the model must not regress on.")
+    allow_regression: bool = Field(False, description="Publish below the base on a gate task.")
 
     @model_validator(mode="after")
     def _check(self) -> PublishConfig:

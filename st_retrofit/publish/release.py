@@ -42,6 +42,13 @@ def build_release_folder(
         raise PublishError(
             "no evaluation results; run the eval stage first, or set publish.require_eval: false to publish without"
         )
+    gate = release_gate(results or {}, recipe.publish.gate_tasks)
+    if gate["regressions"] and not recipe.publish.allow_regression:
+        worse = ", ".join(f"{r['task']} {r['retrofitted']:.4f} < {r['base']:.4f}" for r in gate["regressions"])
+        raise PublishError(
+            f"the retrofitted model scores below its base on gate tasks ({worse}); improve the run, or set "
+            "publish.allow_regression: true to publish it anyway"
+        )
     table_path = Path(eval_dir) / "results.md" if eval_dir else None
     table = table_path.read_text() if table_path and table_path.is_file() else None
     mteb_table = Path(eval_dir) / "mteb_comparison.md" if eval_dir else None
@@ -54,7 +61,7 @@ def build_release_folder(
     # Hard links: the release shares the merged weights with train/model instead of storing them twice.
     shutil.copytree(model_dir, output_dir, copy_function=_link_or_copy)
     model = SentenceTransformer(str(output_dir), device="cpu")
-    card = render_model_card(recipe, model, results, table, recipe.publish.card_template)
+    card = render_model_card(recipe, model, results, table, recipe.publish.card_template, gate=gate)
     (output_dir / "README.md").unlink(missing_ok=True)  # a link to the trained model's own card: write a new file
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     if results is not None:
@@ -77,6 +84,38 @@ def build_release_folder(
         if path.is_file():
             path.chmod(0o666 & ~umask)
     return output_dir
+
+
+def release_gate(results: dict, patterns: list[str]) -> dict:
+    """The gate tasks ``patterns`` select among the evaluated ones, with base and retrofitted scores, and those on
+    which the retrofitted model scores below its base.
+
+    Raises:
+        ConfigError: ``publish.gate_tasks`` names a task that was not evaluated.
+    """
+    from fnmatch import fnmatchcase
+
+    from st_retrofit.config import ConfigError
+
+    if not patterns:
+        return {"tasks": [], "regressions": []}
+    scores = {row["task"]: row for row in (results.get("mteb") or {}).get("rows", [])}
+    if "base" in results and "retrofitted" in results:
+        scores["heldout"] = {
+            "base": results["base"]["mean"]["ndcg"],
+            "retrofitted": results["retrofitted"]["mean"]["ndcg"],
+        }
+    chosen = {}
+    for i, pattern in enumerate(patterns):
+        matched = [task for task in sorted(scores) if fnmatchcase(task, pattern)]
+        if not matched:
+            raise ConfigError(
+                f"publish.gate_tasks[{i}]",
+                f"{pattern!r} matches no evaluated task; evaluated: {', '.join(sorted(scores))}",
+            )
+        chosen.update({task: scores[task] for task in matched})
+    rows = [{"task": t, "base": r["base"], "retrofitted": r["retrofitted"]} for t, r in chosen.items()]
+    return {"tasks": rows, "regressions": [r for r in rows if r["retrofitted"] < r["base"]]}
 
 
 def _link_or_copy(source: str, target: str) -> None:

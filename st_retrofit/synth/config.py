@@ -210,12 +210,14 @@ class SynthSource:
         check_environment: checks that need files or models.
         columns: the columns of the pairs it writes (``mining.group_by`` must name one).
         heldout: what its held-out split holds, in words for the model card.
+        example: a query and a document for the model card's usage snippet.
     """
 
     name: str
     runner: str
     columns: tuple[str, ...]
     heldout: str
+    example: tuple[str, str]
     local_inputs: Any
     languages: Any
     describe: Any
@@ -283,6 +285,7 @@ SOURCES: dict[str, SynthSource] = {
         runner="st_retrofit.synth.stage:synthesize_demo",
         columns=("query", "document", "language", "entity_id", "template"),
         heldout="queries about entities never seen in training",
+        example=("How many people live in Mikaro?", "Mikaro is a town on the Sadu river with 12,400 inhabitants."),
         local_inputs=lambda config: [],
         languages=lambda config: list(config.languages),
         describe=_describe_demo,
@@ -306,6 +309,7 @@ SOURCES: dict[str, SynthSource] = {
             "seed",
         ),
         heldout="queries written for documents held out of training, chosen by a hash of each document's id",
+        example=("How do I list the files in a folder?", "ls lists information about the files in a directory."),
         local_inputs=lambda config: [config.corpus.path, *config.template_dirs],
         languages=lambda config: list(config.corpus.languages or []),
         describe=_describe_corpus,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -81,11 +82,24 @@ class TrainConfig(ConfigModel):
             scores as its ``label`` column, which ``RetrofitInfoNCELoss`` uses for teacher masking and distillation.
         loss_kwargs: keyword arguments for the loss (besides the model).
         args: keyword arguments for ``SentenceTransformerTrainingArguments`` (``output_dir`` is set by the run).
+        dev_tasks: BEIR folders (or folders of them) whose mean nDCG@10, measured by sentence-transformers'
+            ``InformationRetrievalEvaluator`` every ``select_every`` steps, picks the checkpoint the stage keeps (a
+            guard against a run that gets worse); empty = the last step is kept.
+        select_every: steps between dev evaluations (and checkpoints) when ``dev_tasks`` is set.
     """
 
     loss: str = Field("MultipleNegativesRankingLoss", description="Loss class name.")
     loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="Loss keyword arguments.")
     args: dict[str, Any] = Field(default_factory=dict, description="SentenceTransformerTrainingArguments.")
+    dev_tasks: list[str] = Field(
+        default_factory=list,
+        json_schema_extra={"local_path": True},
+        description="BEIR folders that pick the kept checkpoint.",
+    )
+    select_every: int = Field(20, ge=1, description="Steps between dev evaluations.")
+
+    def local_inputs(self) -> list[str]:
+        return list(self.dev_tasks)
 
     def loss_class(self) -> type:
         return resolve_loss_class(self.loss)
@@ -98,6 +112,11 @@ class TrainConfig(ConfigModel):
                 hint = did_you_mean(key, accepted, "it takes")
                 raise ConfigError(f"loss_kwargs.{key}", f"not an argument of {self.loss}{hint}")
         self.training_arguments(output_dir="checkpoints", seed=0, validating=True)
+        from st_retrofit.evaluation.heldout import beir_folders
+
+        for i, path in enumerate(self.dev_tasks):
+            if not Path(path).expanduser().is_dir() or not beir_folders([path]):
+                raise ConfigError(f"dev_tasks[{i}]", f"{path} is neither a BEIR folder nor a folder of them")
 
     def training_arguments(
         self, output_dir: str, seed: int, validating: bool = False
@@ -123,6 +142,10 @@ class TrainConfig(ConfigModel):
             _check_argument_value(SentenceTransformerTrainingArguments, key, value)
         # Pinned memory only helps a copy to an accelerator (and warns at every run without one).
         kwargs = {**DEFAULT_TRAINING_ARGS, "seed": seed, "dataloader_pin_memory": _has_accelerator(), **self.args}
+        if self.dev_tasks:  # evaluate and checkpoint together, and keep the best checkpoint at the end
+            kwargs |= {"eval_strategy": "steps", "eval_steps": self.select_every, "save_strategy": "steps",
+                       "save_steps": self.select_every, "load_best_model_at_end": True,
+                       "metric_for_best_model": "sequential_score", "greater_is_better": True}  # fmt: skip
         if is_distributed() and not validating:
             join_process_group()  # before accelerate does, so that the barriers get our timeout
             if not torch.cuda.is_available():

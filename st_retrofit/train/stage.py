@@ -15,7 +15,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -126,6 +126,29 @@ def batch_sampler(recipe: SectionView, dataset_names: list[str]):
     )
 
 
+def write_dev_curve(state, output_dir: Path) -> dict[str, Any]:
+    """The dev score at every evaluation, the checkpoint kept, in ``train_metrics.json`` and ``dev_curve.png``."""
+    curve = [(e["step"], e["eval_sequential_score"]) for e in state.log_history if "eval_sequential_score" in e]
+    kept = state.best_model_checkpoint
+    summary = {"mean_ndcg@10": dict(curve), "kept": Path(kept).name if kept else None, "best": state.best_metric}
+    from st_retrofit.extras import pyplot
+
+    plt = pyplot("dev_curve.png")
+    if plt is not None and curve:
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        axis.plot([s for s, _ in curve], [v for _, v in curve], marker="o")
+        if kept:
+            step = int(Path(kept).name.split("-")[-1])
+            axis.axvline(step, linestyle="--", color="gray", label=f"kept: step {step}")
+            axis.legend()
+        axis.set(xlabel="step", ylabel="dev mean nDCG@10", title="Dev score during training")
+        figure.tight_layout()
+        figure.savefig(output_dir / "dev_curve.png", dpi=120)
+        plt.close(figure)
+    logger.info("Dev mean nDCG@10 by step: %s; kept %s", summary["mean_ndcg@10"], summary["kept"])
+    return summary
+
+
 def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str | Path) -> Path:
     """Train on the mined dataset (a ``Dataset``, or a ``DatasetDict`` of groups) and save the merged model under
     ``output_dir/model``.
@@ -163,9 +186,15 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     collator = build_collator(recipe, model, args.router_mapping)
     mixing = MixingCallback()
 
+    evaluator = None
+    if recipe.train.dev_tasks:
+        from st_retrofit.evaluation.heldout import dev_evaluator
+
+        evaluator = dev_evaluator(recipe.train.dev_tasks, batch_size=args.per_device_eval_batch_size)
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[mixing]
-    )
+        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[mixing],
+        evaluator=evaluator,
+    )  # fmt: skip
     # A "Writing model shards" bar per checkpoint, nested in the training bar, prints escape codes into log files.
     transformers_logging.disable_progress_bar()
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -180,6 +209,8 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
         # Under a distributed launch, the main process exports; the others are done once the trainer is.
         return model_dir
     metrics = {**result.metrics, "world_size": args.world_size}
+    if evaluator is not None:
+        metrics["dev"] = write_dev_curve(trainer.state, output_dir)
     (output_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     if mixing.sampler is not None:
         write_mixture_report(mixing.sampler, collator, output_dir, args.dataloader_num_workers)
