@@ -71,6 +71,13 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
     renamed: ClassVar[dict[str, str]] = {}
 
+    def __init__(self, **data: Any) -> None:
+        # Built from Python (MiningConfig(num_negatives=0)), a section fails the way a recipe does: one ConfigError.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(type(self), exc.errors()) from None
+
     @model_validator(mode="before")
     @classmethod
     def _rename_deprecated_keys(cls, data: Any) -> Any:

@@ -176,6 +176,15 @@ def test_one_error_type_rekeys_with_under():
     assert ConfigError("[2].path", "x").under("data.sources").key == "data.sources[2].path"
 
 
+def test_a_section_built_from_python_fails_with_the_same_error():
+    from st_retrofit.mining import MiningConfig
+
+    with pytest.raises(ConfigError, match=r"^num_negatives: expected >= 1, got 0$"):
+        MiningConfig(num_negatives=0)
+    with pytest.raises(ConfigError, match=r"^relative_margn: unknown key \(did you mean relative_margin\?\)$"):
+        MiningConfig(relative_margn=0.1)
+
+
 def test_old_mixing_keys_load_with_a_warning_naming_the_new_key(tiny_recipe_data):
     data = {**tiny_recipe_data, "mixing": {"rank_min": 1, "rank_max": 4, "sampling": "uniform"}}
     with pytest.warns(FutureWarning, match="'rank_max' is now 'range_max'"):
