@@ -203,17 +203,13 @@ def check_writable(folder: str | Path, key: str) -> None:
 
 def describe_type(tp: Any) -> str:
     """``an integer``, ``a number or null``, ``'top' or 'random'``: a type as an error message names it."""
-    return _describe(tp)
-
-
-def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return _describe(typing.get_args(tp)[0])
+        return describe_type(typing.get_args(tp)[0])
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_plural(typing.get_args(tp)[0])}"
     if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
@@ -226,7 +222,7 @@ def _describe(tp: Any) -> str:
 
 
 def _plural(tp: Any) -> str:
-    return {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(tp, _describe(tp))
+    return {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(tp, describe_type(tp))
 
 
 def _resolve(cls: type[BaseModel], loc: tuple) -> tuple[str, Any, Any]:
@@ -329,10 +325,10 @@ def _config_error(cls: type[BaseModel], errors: list[dict]) -> ConfigError:
         return ConfigError(key, first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, "))
     # A type error: several for a union (one per member) all mean "none of these".
     same = [e for e in errors if _resolve(cls, tuple(e["loc"]))[0] == key]
-    expected = _describe(tp) if tp is not None else first["msg"]
+    expected = describe_type(tp) if tp is not None else first["msg"]
     if len(same) > 1 and tp is not None:
         _, outer, _ = _resolve(cls, tuple(first["loc"])[:-1])
-        expected = _describe(outer) if outer is not None else expected
+        expected = describe_type(outer) if outer is not None else expected
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         expected = "a mapping" + (
             f" of {', '.join(tp.model_fields)}" if isinstance(tp, type) and issubclass(tp, BaseModel) else ""

@@ -146,8 +146,14 @@ def test_every_backend_type_is_registered_and_builds_its_class():
 
 def test_every_synth_source_is_registered():
     from st_retrofit.synth.config import SOURCES, SynthConfig
+    from st_retrofit.synth.demo import build_demo_dataset
+    from st_retrofit.synth.generator import OUTPUT_COLUMNS
 
     assert set(SynthConfig.model_fields["source"].annotation.__args__) == set(SOURCES)
+    # The columns a recipe check knows without importing the generator are the ones the sources write.
+    assert SOURCES["corpus"].columns == OUTPUT_COLUMNS
+    demo = build_demo_dataset(languages=["en"], train_entities=2, eval_entities=2)["train"]
+    assert SOURCES["demo"].columns == tuple(demo.column_names)
 
 
 def test_a_users_subclass_of_our_loss_keeps_its_task_ids(tiny_recipe_data, tiny_model, monkeypatch):

@@ -7,6 +7,7 @@ apply; it imports sentence-transformers (and so torch) only when the recipe is c
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,13 +172,11 @@ class TrainConfig(ConfigModel):
 def _check_argument_value(arguments: type, key: str, value: Any) -> None:
     """``value`` has the type the argument class annotates (strictly: ``"eight"`` is no integer) and lies in
     :data:`ARG_BOUNDS`. ``max_steps`` is -1 (use the epochs) or a positive step count."""
-    import typing
-
     from pydantic import TypeAdapter, ValidationError
 
     from st_retrofit.config import describe_type
 
-    annotation = typing.get_type_hints(arguments).get(key)
+    annotation = _argument_types(arguments).get(key)
     if annotation is not None and value is not None:
         try:
             TypeAdapter(annotation).validate_python(value, strict=True)
@@ -189,6 +188,14 @@ def _check_argument_value(arguments: type, key: str, value: Any) -> None:
         op, bound = ARG_BOUNDS[key]
         if not (value >= bound if op == ">=" else value > bound):
             raise ConfigError(f"args.{key}", f"expected {op} {bound:g}, got {value!r}")
+
+
+@functools.cache
+def _argument_types(arguments: type) -> dict[str, Any]:
+    """The resolved annotations of the trainer's argument class (a hundred fields: resolved once, not per key)."""
+    import typing
+
+    return typing.get_type_hints(arguments)
 
 
 def _has_accelerator() -> bool:
