@@ -72,7 +72,7 @@ class CachedRetrofitInfoNCELoss(CachedLossMixin, nn.Module):
         teacher_margin: float | None = None,
         teacher_mode: TeacherMode = "mask",
         distill_weight: float = 0.0,
-        distill_temperature: float = 1.0,
+        distill_temperature: float | None = None,
         gather_across_devices: bool = False,
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,

@@ -48,7 +48,10 @@ class RetrofitInfoNCELoss(nn.Module):
             ``"weight"`` scales its share of the partition function by ``clamp((t_pos - t_neg) / teacher_margin,
             0, 1)``, so it fades out as the teacher's score approaches the positive's.
         distill_weight: weight of the KL distillation term; ``0`` disables it. Needs teacher scores.
-        distill_temperature: temperature of the teacher's softmax over its scores.
+        distill_temperature: temperature of the teacher's softmax over its scores; ``None`` (default) uses the
+            student's own, ``1 / scale``, so that a teacher whose scores equal the student's adds nothing. A
+            temperature far above the student's (``1.0`` on cosine scores) makes the teacher's distribution nearly
+            uniform, and distilling it pulls every candidate towards the positive.
         gather_across_devices: gather candidates from every process (DDP) before scoring, as MNRL does.
         return_components: with distillation on, return ``{"infonce": ..., "distill": ...}`` so that the trainer
             logs both; set ``False`` to get their sum (``MatryoshkaLoss`` needs a single tensor).
@@ -126,7 +129,7 @@ class RetrofitInfoNCELoss(nn.Module):
         teacher_margin: float | None = None,
         teacher_mode: TeacherMode = "mask",
         distill_weight: float = 0.0,
-        distill_temperature: float = 1.0,
+        distill_temperature: float | None = None,
         gather_across_devices: bool = False,
         return_components: bool = True,
     ) -> None:
@@ -145,7 +148,7 @@ class RetrofitInfoNCELoss(nn.Module):
             raise ValueError(f"teacher_margin must be >= 0 (> 0 for 'weight'), got {teacher_margin}")
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
-        if distill_temperature <= 0:
+        if distill_temperature is not None and distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
 
         self.model = model
@@ -291,7 +294,8 @@ class RetrofitInfoNCELoss(nn.Module):
         # Unmasked on purpose: a hard negative the teacher scores close to the positive is masked from InfoNCE,
         # and distillation is where the student learns that closeness.
         student = logits[rows, own_columns]
-        teacher = F.softmax(teacher_scores.float() / self.distill_temperature, dim=1)
+        temperature = self.distill_temperature or 1.0 / float(self.scale.detach())
+        teacher = F.softmax(teacher_scores.float() / temperature, dim=1)
         return F.kl_div(F.log_softmax(student.float(), dim=1), teacher, reduction="sum")
 
     @staticmethod

@@ -48,6 +48,9 @@ class MiningConfig(ConfigModel):
         teacher: the model that scores candidates; ideally stronger than the student.
         query_prompt: prompt for queries; ``null`` takes the teacher's own ``query`` prompt.
         document_prompt: prompt for documents; ``null`` takes the teacher's ``document``/``passage`` prompt.
+        max_seq_length: tokens the teacher reads per text; ``null`` = the teacher's own limit. Encoding is most
+            of mining's time and grows with it; the student's ``model.max_seq_length`` makes the teacher's scores
+            (the distillation targets) those of texts cut as the student sees them.
         num_negatives: negatives per row; ``n-tuple`` rows with fewer are dropped (and counted in the report).
         range_min: skip the ``range_min`` best candidates that pass the filters (likely unlabeled positives).
         range_max: candidates retrieved per query besides its positives; ``null`` takes ``range_min +
@@ -79,6 +82,7 @@ class MiningConfig(ConfigModel):
     )
     query_prompt: str | None = Field(None, description="Query prompt; null = the teacher's.")
     document_prompt: str | None = Field(None, description="Document prompt; null = the teacher's.")
+    max_seq_length: int | None = Field(None, ge=1, description="Teacher's token limit; null = its own.")
     num_negatives: int = Field(3, ge=1, description="Negatives per query.")
     range_min: int = Field(0, ge=0, description="Skip this many top candidates.")
     range_max: int | None = Field(None, description="Candidates considered per query.")

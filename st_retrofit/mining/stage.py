@@ -40,6 +40,8 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         teacher = load_model(config.teacher)
     except ConfigError as exc:
         raise exc.under("teacher") from None
+    if config.max_seq_length is not None:
+        teacher.max_seq_length = config.max_seq_length
     cross_encoder = None
     if config.cross_encoder is not None:
         from sentence_transformers import CrossEncoder

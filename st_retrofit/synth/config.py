@@ -34,6 +34,8 @@ class CorpusConfig(ConfigModel):
         title_column: passage titles (optional; title templates need them).
         language_column: language codes (optional; identified from the text when absent or empty).
         id_column: document ids (optional; a hash of the text when absent).
+        parallel_column: a column whose equal values mark translations of one document (optional; the
+            ``parallel`` templates pair a passage with its translations).
         languages: keep only passages in these languages; ``null`` = all.
         max_documents: read at most this many passages (after the language filter; per language, and streamed,
             with a ``{language}`` configuration).
@@ -48,21 +50,22 @@ class CorpusConfig(ConfigModel):
     title_column: str | None = Field("title", description="Title column (optional).")
     language_column: str | None = Field("language", description="Language column (optional).")
     id_column: str | None = Field("id", description="Document id column (optional).")
+    parallel_column: str | None = Field(None, description="Column grouping translations of one document.")
     languages: list[str] | None = Field(None, description="Languages to keep; null = all.")
     max_documents: int | None = Field(None, ge=1, description="Read at most this many passages.")
 
     def check_environment(self) -> None:
-        """The path exists when it is local, and a local file's header has ``text_column``."""
+        """The path exists when it is local, and a local file's header has ``text_column`` (and
+        ``parallel_column``, when set)."""
         from st_retrofit.data.sources import is_local, local_columns
 
         path = self.path or ""
         if is_local(path) and not Path(path).expanduser().exists():
             raise ConfigError("path", f"{path} does not exist")
         columns = local_columns(path, self.split)
-        if columns is not None and self.text_column not in columns:
-            raise ConfigError(
-                "text_column", f"the corpus has no column {self.text_column!r}; its columns are {columns}"
-            )
+        for key, name in (("text_column", self.text_column), ("parallel_column", self.parallel_column)):
+            if columns is not None and name is not None and name not in columns:
+                raise ConfigError(key, f"the corpus has no column {name!r}; its columns are {columns}")
 
 
 # Backend type -> "module:Class"; the class builds itself from the section with ``from_config``.

@@ -1,5 +1,5 @@
 """Reading the user's corpus: jsonl, json, parquet, csv/tsv files, a folder saved by ``datasets``, a Hub dataset,
-or a ``Dataset`` in memory, into the columns the generator reads: ``id``, ``text``, ``title``, ``language``."""
+or a ``Dataset`` in memory, into the columns the generator reads: ``id``, ``text``, ``title``, ``language``, ``parallel_id``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ from st_retrofit.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-OPTIONAL_DEFAULTS = {"title_column": "title", "language_column": "language", "id_column": "id"}
+OPTIONAL_DEFAULTS = {
+    "title_column": "title",
+    "language_column": "language",
+    "id_column": "id",
+    "parallel_column": None,
+}
 
 
 def _read(source: str | Path, split: str, config_name: str | None) -> Dataset:
@@ -59,12 +64,15 @@ def load_corpus(
     config_name: str | None = None,
     languages: list[str] | None = None,
     max_documents: int | None = None,
+    parallel_column: str | None = None,
 ) -> Dataset:
-    """The corpus as a ``Dataset`` of ``id``, ``text``, ``title``, ``language``.
+    """The corpus as a ``Dataset`` of ``id``, ``text``, ``title``, ``language``, ``parallel_id``.
 
     Missing optional columns are filled: no ``title`` column gives empty titles, no ``id`` column gives a hash of
     the text, and no ``language`` column (or an empty value) has the language identified from the text. Language
     codes are normalized (``deu-Latn`` -> ``de``); ``languages`` keeps only those. Empty texts are dropped.
+    ``parallel_column`` names a column whose equal values mark translations of one document (a page name, a
+    message id); it becomes ``parallel_id`` (empty without it), which the ``parallel`` templates pair across.
 
     A Hub ``config_name`` with a ``{language}`` placeholder (``20231101.{language}`` for ``wikimedia/wikipedia``)
     reads one configuration per entry of ``languages``, tagged with it; ``max_documents`` then counts per language
@@ -90,10 +98,12 @@ def load_corpus(
     if text_column not in columns:
         raise ConfigError("text_column", f"the corpus has no column {text_column!r}; its columns are {columns}")
     # An optional column under its default name may be absent; a name the user chose must exist.
-    for key, name in (("title_column", title_column), ("language_column", language_column), ("id_column", id_column)):
+    optional = (("title_column", title_column), ("language_column", language_column), ("id_column", id_column),
+                ("parallel_column", parallel_column))  # fmt: skip
+    for key, name in optional:
         if name is not None and name not in columns and name != OPTIONAL_DEFAULTS[key]:
             raise ConfigError(key, f"the corpus has no column {name!r}; its columns are {columns} (or set null)")
-    has = {name: name is not None and name in columns for name in (title_column, language_column, id_column)}
+    has = {name: name is not None and name in columns for _, name in optional}
 
     def convert(row: dict) -> dict:
         text = row[text_column]
@@ -106,6 +116,7 @@ def load_corpus(
             "text": text,
             "title": (row[title_column] or "").strip() if has[title_column] else "",
             "language": language,
+            "parallel_id": str(row[parallel_column] or "") if has[parallel_column] else "",
         }
 
     rows = data.map(convert, remove_columns=columns, desc="Reading corpus")

@@ -35,6 +35,12 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
 
 
+def _bucket(template: SynthTemplate, context: dict[str, Any]) -> str:
+    """What caps count a pair under: its language, or ``query-document`` (``de-en``) across languages."""
+    query, document = template.language_of("query", context), template.language_of("document", context)
+    return document if query == document else f"{query}-{document}"
+
+
 @dataclass
 class _Job:
     index: int
@@ -100,7 +106,8 @@ class SyntheticDataGenerator:
         cache: where answers are kept; ``None`` disables caching.
         pairs_per_document: templates drawn per passage.
         target_languages: target languages of cross-lingual templates; empty = the corpus's languages.
-        max_per_language: the most accepted pairs per language; ``None`` = no cap.
+        max_per_language: the most accepted pairs per language (per language pair, ``de-en``, for pairs across
+            languages); ``None`` = no cap.
         max_per_task: the most accepted pairs per task type; ``None`` = no cap.
         brainstorm: brainstorm settings; ``None`` disables the step (``{{ task }}`` gets a generic task).
         chunk_size: requests issued between validations (and between cap checks).
@@ -234,16 +241,27 @@ class SyntheticDataGenerator:
         corpus_languages = sorted(set(corpus["language"]))
         documents = corpus.to_list()  # one read; row-by-row access to a Dataset costs a lookup per row
         random.Random(derive_seed(self.seed, "order")).shuffle(documents)
+        translations: dict[str, dict[str, str]] = defaultdict(dict)  # parallel_id -> language -> first text
+        for document in documents:
+            if document.get("parallel_id"):
+                translations[document["parallel_id"]].setdefault(document["language"], document["text"])
         jobs = []
         for document in documents:
             language = document["language"]
             targets = [code for code in (self.target_languages or corpus_languages) if code != language]
-            applicable = [t for t in self.templates if t.applies_to(document) and (targets or not t.cross_lingual)]
+            parallel = translations.get(document.get("parallel_id") or "", {})
+            document["parallel"] = {code: text for code, text in parallel.items() if code in targets}
+            applicable = [
+                t for t in self.templates
+                if t.applies_to(document) and (self._targets(t, targets, document) or not t.cross_lingual)
+            ]  # fmt: skip
             rng = random.Random(derive_seed(self.seed, "templates", document["id"]))
             for template in rng.sample(applicable, min(self.pairs_per_document, len(applicable))):
                 seed = derive_seed(self.seed, document["id"], template.name)
                 draw = random.Random(seed)
-                target = draw.choice(targets) if template.cross_lingual else language
+                target = (
+                    draw.choice(self._targets(template, targets, document)) if template.cross_lingual else language
+                )
                 context = {
                     "passage": document["text"],
                     "title": document["title"],
@@ -254,9 +272,17 @@ class SyntheticDataGenerator:
                     "task_type": template.task_type,
                     "task": draw.choice(tasks.get(template.name) or [DEFAULT_TASK]),
                 }
+                if "parallel" in template.requires:
+                    context["parallel_passage"] = document["parallel"][target]
                 context.update({name: draw.choice(values) for name, values in sorted(template.variables.items())})
-                jobs.append(_Job(len(jobs), document, template, (language, template.task_type), context, seed))
+                jobs.append(_Job(len(jobs), document, template, (_bucket(template, context), template.task_type),
+                                 context, seed))  # fmt: skip
         return jobs
+
+    @staticmethod
+    def _targets(template: SynthTemplate, targets: list[str], document: dict[str, Any]) -> list[str]:
+        """A parallel template's targets are the languages the passage has a translation in."""
+        return sorted(document["parallel"]) if "parallel" in template.requires else targets
 
     # -- caps ---------------------------------------------------------------------------------------------------
 
@@ -324,10 +350,8 @@ class SyntheticDataGenerator:
                     {
                         **pair,
                         "id": job.document["id"],
-                        "language": language,
-                        "query_language": job.context["target_language"]
-                        if job.template.languages.get("query") == "target"
-                        else language,
+                        "language": job.template.language_of("document", job.context),
+                        "query_language": job.template.language_of("query", job.context),
                         "task": task,
                         "template": job.template.name,
                         "backend": backend.kind,

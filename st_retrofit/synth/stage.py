@@ -73,7 +73,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
     try:
         corpus = load_corpus(
             c.path, c.text_column, c.title_column, c.language_column, c.id_column, c.split, c.config_name,
-            c.languages, c.max_documents,
+            c.languages, c.max_documents, c.parallel_column,
         )  # fmt: skip
     except ConfigError as exc:
         raise exc.under("corpus") from None

@@ -100,6 +100,11 @@ class SynthTemplate:
                 messages.append({"role": role, "content": content.strip()})
         return messages
 
+    def language_of(self, column: str, context: dict[str, Any]) -> str:
+        """The language the template writes ``column`` in: the request's target language where ``languages``
+        says so, else the passage's."""
+        return context["target_language"] if self.languages.get(column) == "target" else context["language"]
+
     def applies_to(self, row: dict[str, Any]) -> bool:
         """Whether a passage has every field the template needs."""
         return all(row.get(name) for name in self.requires)

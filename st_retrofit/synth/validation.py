@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from st_retrofit.mining.filters import normalize_text
@@ -98,7 +99,8 @@ def _shingles(text: str, n: int = 5) -> list[bytes]:
 class PairValidator:
     """Checks pairs one at a time and remembers the accepted queries (for the duplicate rules).
 
-    Use one validator per output split: a query is a duplicate of any query accepted before it.
+    Use one validator per output split: a query is a duplicate of any query accepted before it for a document in
+    the same language (the same opening sentence may be a query for its own passage and for its translation).
 
     Args:
         config: the rules' settings (:class:`~st_retrofit.recipe.ValidationConfig`).
@@ -106,8 +108,9 @@ class PairValidator:
 
     def __init__(self, config: ValidationConfig) -> None:
         self.config = config
-        self._seen: set[str] = set()
-        self._lsh = self._minhashes = None
+        self._seen: set[tuple[str, str]] = set()
+        self._lsh: dict[str, Any] | None = None
+        self._minhashes: dict[str, Any] = {}
         if config.near_duplicate_threshold is not None:
             from st_retrofit.extras import require_module
 
@@ -115,10 +118,11 @@ class PairValidator:
 
             # Banding weighted against misses (more candidates); each candidate is then checked by its estimated
             # Jaccard similarity, so extra candidates cost time, not precision.
-            self._lsh = MinHashLSH(
-                threshold=config.near_duplicate_threshold, num_perm=config.num_perm, weights=(0.1, 0.9)
-            )
-            self._minhashes = {}
+            self._lsh = defaultdict(
+                lambda: MinHashLSH(
+                    threshold=config.near_duplicate_threshold, num_perm=config.num_perm, weights=(0.1, 0.9)
+                )
+            )  # one index per document language
 
     def check(
         self, template: SynthTemplate, answer: str, context: dict[str, Any]
@@ -148,12 +152,12 @@ class PairValidator:
         ):
             return None, "copied_passage"
         if self.config.check_language:
-            for column, side in template.languages.items():
-                expected = context["target_language"] if side == "target" else context["language"]
+            for column in template.languages:
+                expected = template.language_of(column, context)
                 predicted, probability = identify_language(pair[column])
                 if probability >= self.config.language_confidence and not same_language(expected, predicted):
                     return None, "language"
-        key = query
+        key = (template.language_of("document", context), query)
         if self.config.deduplicate and key in self._seen:
             return None, "duplicate"
         minhash = None
@@ -163,11 +167,12 @@ class PairValidator:
             minhash = MinHash(num_perm=self.config.num_perm, seed=1)
             minhash.update_batch(_shingles(pair["query"]))
             threshold = self.config.near_duplicate_threshold
-            if any(minhash.jaccard(self._minhashes[other]) >= threshold for other in self._lsh.query(minhash)):
+            lsh = self._lsh[key[0]]
+            if any(minhash.jaccard(self._minhashes[other]) >= threshold for other in lsh.query(minhash)):
                 return None, "near_duplicate"
         self._seen.add(key)
         if minhash is not None:
             name = str(len(self._minhashes))
-            self._lsh.insert(name, minhash)
+            lsh.insert(name, minhash)
             self._minhashes[name] = minhash
         return pair, None

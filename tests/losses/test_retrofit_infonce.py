@@ -150,6 +150,19 @@ def test_distillation_is_the_kl_from_teacher_to_student_over_own_candidates():
     assert parts["distill"].item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_distillation_from_a_teacher_that_scores_like_the_student_is_zero_by_default():
+    # The teacher's scores are cosines like the student's; by default both are read at the student's temperature,
+    # so a teacher that is the base model itself adds nothing at step 0 (at temperature 1.0 its distribution would
+    # be nearly uniform and distilling it would pull the negatives up to the positive).
+    own = torch.stack([(ANCHORS * POSITIVES).sum(1), (ANCHORS * NEGATIVES).sum(1)], dim=1)
+    loss = RetrofitInfoNCELoss(None, scale=100.0, distill_weight=1.0)
+    assert loss.compute_loss_from_embeddings([ANCHORS, POSITIVES, NEGATIVES], own)["distill"].item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    flat = RetrofitInfoNCELoss(None, scale=100.0, distill_weight=1.0, distill_temperature=1.0)
+    assert flat.compute_loss_from_embeddings([ANCHORS, POSITIVES, NEGATIVES], own)["distill"].item() > 0.1
+
+
 def test_missing_teacher_scores_are_reported():
     with pytest.raises(ValueError, match="teacher scores"):
         RetrofitInfoNCELoss(None, teacher_margin=0.1).compute_loss_from_embeddings([ANCHORS, POSITIVES, NEGATIVES])

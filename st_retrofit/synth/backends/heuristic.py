@@ -1,4 +1,5 @@
-"""LLM-free pairs cut from the passage itself: title to body, inverse cloze, random cropping, fact templates.
+"""LLM-free pairs cut from the passage itself: title to body, inverse cloze, lead sentence, a passage's lead
+against its translation, random cropping, fact templates.
 
 They need nothing but the corpus, so a corpus becomes training pairs anywhere (CI, an air-gapped machine, a first
 run before an LLM server is up). They are weaker than LLM-written pairs, since each query shares the wording of its
@@ -67,6 +68,31 @@ def inverse_cloze(
     return {"query": text[start:end], "document": document.strip()}
 
 
+def lead_sentence(
+    context: dict[str, Any], rng: random.Random, keep_probability: float = 0.1, min_sentences: int = 2
+) -> dict[str, str]:
+    """The opening sentence is the query, the rest of the passage the document (the whole passage with
+    ``keep_probability``). Reference text states what it is about first ("tar saves many files together..."), so
+    the lead sentence is the closest label-free stand-in for a title or summary query."""
+    text = context["passage"]
+    spans = sentence_spans(text)
+    if len(spans) < min_sentences:
+        raise HeuristicError(f"lead_sentence: {len(spans)} sentence(s), needs {min_sentences}")
+    start, end = spans[0]
+    document = text if rng.random() < keep_probability else text[end:].lstrip()
+    return {"query": text[start:end], "document": document.strip()}
+
+
+def parallel_lead(context: dict[str, Any], rng: random.Random) -> dict[str, str]:
+    """The passage's opening sentence is the query, its translation in the target language (the corpus's
+    ``parallel_column``) the document: a cross-lingual pair written by people on both sides."""
+    spans = sentence_spans(context["passage"])
+    if not spans:
+        raise HeuristicError("parallel_lead: the passage has no sentence")
+    start, end = spans[0]
+    return {"query": context["passage"][start:end], "document": context["parallel_passage"].strip()}
+
+
 def random_crop(
     context: dict[str, Any], rng: random.Random, min_ratio: float = 0.1, max_ratio: float = 0.5
 ) -> dict[str, str]:
@@ -101,6 +127,8 @@ def fact(
 METHODS: dict[str, Callable[..., dict[str, str]]] = {
     "title_body": title_body,
     "inverse_cloze": inverse_cloze,
+    "lead_sentence": lead_sentence,
+    "parallel_lead": parallel_lead,
     "random_crop": random_crop,
     "fact": fact,
 }
