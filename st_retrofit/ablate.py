@@ -5,6 +5,7 @@ An ablation file names a base recipe and one or two axes; every value of an axis
     name: data-scale
     base: ../retrofit-300m.yaml           # relative to this file
     metric: ndcg                          # ndcg, recall or mrr of the eval stage (mean over languages)
+    tasks: "*-dev"                        # optional: score on the eval stage's mteb tasks matching this pattern
     set: {train.args.num_train_epochs: 1}  # overrides for every variant
     x:
       label: synthetic pairs per language
@@ -20,10 +21,16 @@ Each variant is a full run in ``<output_dir>/<ablation name>/<variant>``, so the
 only changes training reuses its synthesized and mined data, and a rerun after an interruption skips finished
 variants. Every variant is validated before the first one runs. The ablation folder gets ``results.json``,
 ``results.md`` and ``<metric>.png``.
+
+Without ``tasks`` the metric is the eval stage's held-out score (the synthesized held-out split). With ``tasks`` (an
+``fnmatch`` pattern such as ``"*-dev"``) it is the mean main score (nDCG@10 for retrieval) of the recipe's
+``eval.mteb_tasks`` whose names match, and ``results.md`` adds one row per task: the ablation is then measured on
+text people wrote, and the test tasks can stay unseen.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import re
@@ -66,6 +73,7 @@ class Ablation:
     metric: str = "ndcg"
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    tasks: str | None = None
 
     def variants(self) -> list[tuple[str, AxisValue | None, AxisValue]]:
         """``(folder name, series value, x value)`` for every cell of the grid, series first."""
@@ -119,7 +127,7 @@ def load_ablation(path: str | Path) -> Ablation:
         raise exc.under("ablation") from None
     if not isinstance(data, dict):
         raise ConfigError("ablation", f"{path} must be a mapping")
-    allowed = {"name", "base", "description", "metric", "set", "x", "series"}
+    allowed = {"name", "base", "description", "metric", "set", "x", "series", "tasks"}
     for key in data:
         if key not in allowed:
             raise ConfigError(str(key), f"unknown key; an ablation has {', '.join(sorted(allowed))}")
@@ -129,6 +137,11 @@ def load_ablation(path: str | Path) -> Ablation:
     metric = data.get("metric", "ndcg")
     if metric not in METRICS:
         raise ConfigError("metric", f"expected one of {METRICS}, got {metric!r}")
+    tasks = data.get("tasks")
+    if tasks is not None and (not isinstance(tasks, str) or not tasks):
+        raise ConfigError("tasks", 'expected a task name pattern, e.g. "*-dev"')
+    if tasks is not None and metric != "ndcg":
+        raise ConfigError("metric", "mteb tasks are scored by their main score (nDCG@10 for retrieval): use ndcg")
     base = (path.parent / str(data["base"])).resolve()
     if not base.is_file():
         raise ConfigError("base", f"recipe {base} does not exist")
@@ -143,6 +156,7 @@ def load_ablation(path: str | Path) -> Ablation:
         metric=metric,
         overrides=overrides,
         description=str(data.get("description", "")),
+        tasks=tasks,
     )
 
 
@@ -179,15 +193,13 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
     for i, (name, series, x, recipe) in enumerate(variants, 1):
         logger.info("Ablation %s: variant %d of %d, %s", ablation.name, i, len(variants), name)
         run_pipeline(recipe, stages=STAGES)
-        results = json.loads((recipe.run_dir / "eval" / "results.json").read_text())
-        rows.append({
-            "variant": name,
-            "series": series.label if series else None,
-            "x": x.label,
-            "retrofitted": {m: results["retrofitted"]["mean"][m] for m in METRICS},
-            "base": {m: results["base"]["mean"][m] for m in METRICS},
-            "run_dir": str(recipe.run_dir),
-        })  # fmt: skip
+        row = {"variant": name, "series": series.label if series else None, "x": x.label}
+        if ablation.tasks is None:
+            results = json.loads((recipe.run_dir / "eval" / "results.json").read_text())
+            row |= {side: {m: results[side]["mean"][m] for m in METRICS} for side in ("retrofitted", "base")}
+        else:
+            row |= mteb_scores(recipe, ablation.tasks)
+        rows.append(row | {"run_dir": str(recipe.run_dir)})
     summary = {
         "name": ablation.name,
         "description": ablation.description,
@@ -195,12 +207,27 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
         "metric": ablation.metric,
         "x": ablation.x.label,
         "series": ablation.series.label if ablation.series else None,
+        "tasks": ablation.tasks,
         "rows": rows,
     }
     (folder / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (folder / "results.md").write_text(results_table(summary) + "\n", encoding="utf-8")
     plot_ablation(summary, folder / f"{ablation.metric}.png")
     return folder
+
+
+def mteb_scores(recipe: Recipe, pattern: str) -> dict[str, Any]:
+    """The eval stage's mteb main scores on the tasks matching ``pattern``: the mean (as ``ndcg``) and per task."""
+    comparison = json.loads((recipe.run_dir / "eval" / "mteb_comparison.json").read_text())
+    rows = [row for row in comparison["rows"] if fnmatch.fnmatchcase(row["task"], pattern)]
+    if not rows:
+        tasks = [row["task"] for row in comparison["rows"]]
+        raise ConfigError("tasks", f"no mteb task of the eval stage matches {pattern!r}; its tasks are {tasks}")
+    out: dict[str, Any] = {}
+    for side in ("retrofitted", "base"):
+        out[side] = {"ndcg": sum(row[side] for row in rows) / len(rows)}
+        out[f"{side}_per_task"] = {row["task"]: row[side] for row in rows}
+    return out
 
 
 def results_table(summary: dict) -> str:
@@ -218,7 +245,24 @@ def results_table(summary: dict) -> str:
         rows.append(
             ([row["series"]] if summary["series"] else []) + [row["x"], f"{b:.4f}", f"{t:.4f}", f"{t - b:+.4f}"]
         )
-    return markdown_table(head, rows)
+    table = markdown_table(head, rows)
+    if summary.get("tasks"):
+        table += "\n\n" + per_task_table(summary)
+    return table
+
+
+def per_task_table(summary: dict) -> str:
+    """Markdown: one row per mteb task, the base and every variant (x100), the means last."""
+    variants = summary["rows"]
+    tasks = sorted(set.intersection(*(set(row["retrofitted_per_task"]) for row in variants)))
+    labels = [" / ".join(filter(None, (row["series"], row["x"]))) for row in variants]
+    base = variants[0]["base_per_task"]
+    rows = [[task, f"{100 * base[task]:.1f}", *(f"{100 * r['retrofitted_per_task'][task]:.1f}" for r in variants)]
+            for task in tasks]  # fmt: skip
+    means = [sum(scores[task] for task in tasks) / len(tasks) for scores in
+             [base, *(r["retrofitted_per_task"] for r in variants)]]  # fmt: skip
+    rows.append([f"**mean** ({len(tasks)})", *(f"**{100 * m:.1f}**" for m in means)])
+    return markdown_table([f"task ({summary['tasks']}, nDCG@10 x100)", "base", *labels], rows)
 
 
 def plot_ablation(summary: dict, path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import enum
 import os
+import re
 import types
 import typing
 import warnings
@@ -139,6 +140,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# PyYAML reads YAML 1.1, where a float needs a dot and a signed exponent: ``2e-5`` and ``1.0e5`` are strings there
+# (a learning rate "expected a number"). YAML 1.2, and every other parser, reads them as floats; so do recipes.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def resolve_local_paths(cls: type[BaseModel], data: Any, base: Path) -> Any:

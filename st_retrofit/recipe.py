@@ -134,11 +134,9 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(key, f"cannot set a key inside {part}, which is not a mapping")
         node = child
     try:
-        node[key.split(".")[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            "--set", f"{key}: the value {raw!r} is not valid YAML ({' '.join(str(exc).split())})"
-        ) from None
+        node[key.split(".")[-1]] = load_yaml(raw, f"the value {raw!r} of {key}")
+    except ConfigError as exc:
+        raise ConfigError("--set", exc.message) from None
 
 
 def recipe_from_dict(

@@ -81,6 +81,8 @@ def test_every_variant_is_validated_before_any_runs(base_recipe, tmp_path, capsy
         ({"x": {"key": "seed", "values": [1]}, "sets": {}}, "sets"),
         ({"x": {"values": [{"label": "a", "overrides": {}}]}}, "x.values[0]"),
         ({"x": {"key": "seed", "values": ["a b", "a-b"]}}, "x.values"),
+        ({"x": {"key": "seed", "values": [1]}, "tasks": ""}, "tasks"),
+        ({"x": {"key": "seed", "values": [1]}, "tasks": "*-dev", "metric": "mrr"}, "metric"),
     ],
 )
 def test_bad_ablation_files_name_the_key(base_recipe, fields, key):
@@ -96,3 +98,32 @@ def test_dry_run_lists_the_variants_with_their_run_folders(base_recipe, tmp_path
     assert not (tmp_path / "runs").exists()
     recipes = variant_recipes(load_ablation(base_recipe.parent / "ablation.yaml"))
     assert [r.mining.enabled for *_, r in recipes] == [False, True, False, True]
+
+
+def test_with_tasks_the_metric_is_the_mean_of_the_matching_mteb_tasks_and_each_task_gets_a_row(base_recipe):
+    from st_retrofit.ablate import mteb_scores, results_table
+
+    path = write_ablation(base_recipe, tasks="*-dev", **GRID)
+    ablation = load_ablation(path)
+    assert ablation.tasks == "*-dev"
+    rows = []
+    for i, (name, series, x, recipe) in enumerate(variant_recipes(ablation)[:2]):
+        (recipe.run_dir / "eval").mkdir(parents=True)
+        comparison = {"rows": [
+            {"task": "pages-de-dev", "base": 0.5, "retrofitted": 0.6 + i / 10},
+            {"task": "pages-en-dev", "base": 0.7, "retrofitted": 0.7},
+            {"task": "pages-de-test", "base": 0.1, "retrofitted": 0.9},  # test tasks stay out of the ablation
+        ]}  # fmt: skip
+        (recipe.run_dir / "eval" / "mteb_comparison.json").write_text(json.dumps(comparison))
+        rows.append({"variant": name, "series": series.label, "x": x.label, **mteb_scores(recipe, "*-dev")})
+    assert rows[0]["retrofitted"]["ndcg"] == pytest.approx(0.65) and rows[0]["base"]["ndcg"] == pytest.approx(0.6)
+    assert rows[1]["retrofitted_per_task"] == {"pages-de-dev": 0.7, "pages-en-dev": 0.7}
+    summary = {"metric": "ndcg", "series": "train entities", "x": "negatives", "tasks": "*-dev", "rows": rows}
+    table = results_table(summary)
+    assert "| task (*-dev, nDCG@10 x100) | base | 8 / in-batch only | 8 / mined |" in table
+    assert (
+        "| pages-de-dev | 50.0 | 60.0 | 70.0 |" in table
+        and "| **mean** (2) | **60.0** | **65.0** | **70.0** |" in table
+    )
+    with pytest.raises(ConfigError, match="no mteb task of the eval stage matches '\\*-test-typo'"):
+        mteb_scores(recipe, "*-test-typo")

@@ -172,3 +172,16 @@ def test_mixing_group_by_accepts_one_name_or_a_list(tiny_recipe_data):
     assert recipe_from_dict({**tiny_recipe_data, "mixing": {"group_by": "language"}}).mixing.group_by == ["language"]
     both = recipe_from_dict({**tiny_recipe_data, "mixing": {"group_by": ["dataset", "task"]}})
     assert both.mixing.group_by == ["dataset", "task"]
+
+
+@pytest.mark.parametrize(("written", "value"), [("2e-5", 2e-5), ("1.0e5", 1e5), ("-3E+2", -300.0), ("1_000", 1000)])
+def test_floats_without_a_dot_are_numbers_in_recipes_and_overrides(written, value):
+    # PyYAML (YAML 1.1) reads 2e-5 as a string; recipes follow YAML 1.2, as every other parser does.
+    from st_retrofit.config import load_yaml
+    from st_retrofit.recipe import set_override
+
+    assert load_yaml(f"learning_rate: {written}", "recipe") == {"learning_rate": value}
+    data: dict = {}
+    set_override(data, f"train.args.learning_rate={written}")
+    assert data == {"train": {"args": {"learning_rate": value}}}
+    assert load_yaml(f"name: '{written}'", "recipe") == {"name": written}  # quoted stays a string

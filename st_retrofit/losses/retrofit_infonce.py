@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
@@ -10,6 +11,8 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.util import cos_sim
 from sentence_transformers.util.distributed import all_gather, all_gather_with_grad, get_rank
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 MarginStrategy = Literal["absolute", "relative"]
 TeacherMode = Literal["mask", "weight"]
@@ -168,6 +171,7 @@ class RetrofitInfoNCELoss(nn.Module):
         self.distill_temperature = distill_temperature
         self.gather_across_devices = gather_across_devices
         self.return_components = return_components
+        self._margin_checked = False
 
     @property
     def scale(self) -> Tensor:
@@ -246,7 +250,10 @@ class RetrofitInfoNCELoss(nn.Module):
             raw = similarity.detach()
             positive = raw[local, positive_index][:, None]
             margin = self.false_negative_margin * (positive.abs() if self.margin_strategy == "relative" else 1.0)
-            log_weight.masked_fill_(raw > positive - margin, -torch.inf)
+            masked = raw > positive - margin
+            log_weight.masked_fill_(masked, -torch.inf)
+            if not self._margin_checked:
+                self._warn_if_mostly_masked(masked)
         if candidates["task_ids"] is not None:
             candidate_rows = torch.arange(similarity.size(1), device=anchors.device) % world_rows
             other_task = task_ids[:, None] != candidates["task_ids"][candidate_rows][None, :]
@@ -263,6 +270,20 @@ class RetrofitInfoNCELoss(nn.Module):
         log_weight[local, positive_index] = 0.0  # the positive is never masked
 
         return similarity * self.scale, log_weight, positive_index, own_columns
+
+    def _warn_if_mostly_masked(self, masked: Tensor) -> None:
+        """Once, on the first batch: warn when the self-guided margin leaves less than half the negatives. Models
+        trained at a low temperature (multilingual-e5) score every pair within a narrow band, where an absolute
+        margin of 0.1 masks nearly everything and the contrastive term goes silent without any error."""
+        self._margin_checked = True
+        share = (masked.sum() - masked.size(0)).item() / max(masked.numel() - masked.size(0), 1)  # positives aside
+        if share > 0.5:
+            logger.warning(
+                "false_negative_margin=%s (%s) masks %.0f%% of the negatives in the first batch: the InfoNCE term "
+                "has little left to learn from. With compressed scores (multilingual-e5) use a smaller margin, e.g. "
+                "margin_strategy='relative' with 0.05 (the miner's relative_margin).",
+                self.false_negative_margin, self.margin_strategy, 100 * share,
+            )  # fmt: skip
 
     def loss_for_rows(
         self,

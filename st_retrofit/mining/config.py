@@ -70,6 +70,10 @@ class MiningConfig(ConfigModel):
         pool_size: ``pool``: the most candidates kept per row; ``null`` keeps all in range.
         cross_encoder: a CrossEncoder that rescores the candidates and positives; its scores then drive the
             filters, the ranking and the label column.
+        round_trip_top_k: keep a (query, document) pair only when the teacher ranks its document among the ``k``
+            best of the group's corpus for its query (round-trip consistency: Promptagator, Dai et al., 2022); it
+            drops generated queries that do not single out their document. The kept share per language and
+            template is in the report. ``null`` keeps every pair. At most ``range_max``.
         search: nearest-neighbour search settings.
         batch_size: encoding (and cross-encoder) batch size.
         shard_size: queries per output shard; a killed run redoes at most one shard.
@@ -98,6 +102,7 @@ class MiningConfig(ConfigModel):
     cross_encoder: str | None = Field(
         None, json_schema_extra={"local_path": True}, description="CrossEncoder for rescoring."
     )
+    round_trip_top_k: int | None = Field(None, ge=1, description="Keep pairs whose document ranks in the top k.")
     search: SearchConfig = Field(default_factory=SearchConfig)
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     shard_size: int = Field(10000, ge=1, description="Queries per output shard.")
@@ -119,6 +124,12 @@ class MiningConfig(ConfigModel):
             self.max_score is None or self.min_score is None or self.min_score < self.max_score,
             "min_score",
             f"expected below max_score ({self.max_score}), got {self.min_score}",
+        )
+        require(
+            self.round_trip_top_k is None or self.round_trip_top_k <= self.resolved_range_max,
+            "round_trip_top_k",
+            f"expected <= range_max ({self.resolved_range_max}): ranks are counted among the candidates retrieved, "
+            f"got {self.round_trip_top_k}",
         )
         return self
 

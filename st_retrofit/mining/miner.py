@@ -58,6 +58,22 @@ ROW_COLUMN = "_row"
 CARRIED_COLUMNS = ("task",)
 
 
+def round_trip_report(pairs: Dataset, dropped_rows: list[int], top_k: int) -> dict[str, Any]:
+    """How many pairs round-trip filtering kept: in all, and per value of the ``language``, ``query_language`` and
+    ``template`` columns the pairs have (share kept of each)."""
+    dropped = np.zeros(len(pairs), dtype=bool)
+    dropped[dropped_rows] = True
+    report: dict[str, Any] = {"top_k": top_k, "kept": int((~dropped).sum()), "dropped": int(dropped.sum())}
+    for column in ("language", "query_language", "template"):
+        if column not in pairs.column_names:
+            continue
+        values = np.asarray(pairs[column], dtype=object)
+        report[f"kept_share_by_{column}"] = {
+            str(value): round(float((~dropped[values == value]).mean()), 4) for value in sorted(set(values))
+        }
+    return report
+
+
 def negative_columns(num_negatives: int) -> list[str]:
     return [f"negative_{i}" for i in range(1, num_negatives + 1)]
 
@@ -428,6 +444,9 @@ class HardNegativeMiner:
             shards={"total": total_shards, "resumed": resumed},
             timings=timings,
         )
+        if cfg.round_trip_top_k is not None:
+            dropped = [row for stats in shard_stats for row in stats.get("round_trip_dropped", [])]
+            report["round_trip"] = round_trip_report(pairs, dropped, cfg.round_trip_top_k)
         logger.info(
             "Mined %d of %d rows (%d encoded, %d from cache)",
             report["rows_out"],
@@ -467,6 +486,8 @@ class HardNegativeMiner:
         excluded = exclusion_masks(ids, positives, corpus_keys, query_keys[plan.unit_query[shard_units]])
         eligible = ~(excluded["missing"] | excluded["positive"] | excluded["duplicate"])
         scores = np.where(eligible, scores, -np.inf).astype(np.float32)
+        # The teacher's rank of each positive among the other documents: how many score above it.
+        positive_rank = (scores[:, None, :] > pos_scores[:, :, None]).sum(axis=2)
         stats: dict[str, Any] = {
             "queries": n,
             "retrieved": int((~excluded["missing"]).sum()),
@@ -492,7 +513,7 @@ class HardNegativeMiner:
         else:
             columns.update({POOL_COLUMN: [], POOL_IDS_COLUMN: []})
         columns.update({LABEL_COLUMN: [], ROW_COLUMN: []})
-        short_rows = 0
+        short_rows, round_trip_dropped = 0, []
         for i, u in enumerate(shard_units):
             chosen = self._select(int(u), int(available[i]))
             if len(chosen) < cfg.num_negatives:
@@ -505,6 +526,9 @@ class HardNegativeMiner:
             for row in plan.unit_rows[u]:
                 positive = int(plan.row_positive[row])
                 slot = plan.unit_positives[u].index(positive)
+                if cfg.round_trip_top_k is not None and positive_rank[i, slot] >= cfg.round_trip_top_k:
+                    round_trip_dropped.append(int(row))
+                    continue
                 columns[QUERY_COLUMN].append(query)
                 columns[DOCUMENT_COLUMN].append(plan.corpus_texts[positive])
                 columns[ROW_COLUMN].append(row)
@@ -517,6 +541,7 @@ class HardNegativeMiner:
                     columns[POOL_IDS_COLUMN].append(neg_ids)
         stats["rows"] = sum(len(plan.unit_rows[u]) for u in shard_units)
         stats["rows_short"] = short_rows
+        stats["round_trip_dropped"] = round_trip_dropped
         stats["available"] = np.bincount(
             np.minimum(available, cfg.num_negatives), minlength=cfg.num_negatives + 1
         ).tolist()

@@ -163,6 +163,22 @@ def test_distillation_from_a_teacher_that_scores_like_the_student_is_zero_by_def
     assert flat.compute_loss_from_embeddings([ANCHORS, POSITIVES, NEGATIVES], own)["distill"].item() > 0.1
 
 
+def test_a_margin_that_masks_most_negatives_is_warned_about_once(caplog):
+    # Compressed scores, as multilingual-e5 gives: every pair between 0.80 and 0.90.
+    anchors = unit([1.0, 0.0, 0.0], [1.0, 0.05, 0.0], [1.0, 0.0, 0.05])
+    positives = unit([0.9, 0.45, 0.0], [0.9, 0.4, 0.1], [0.9, 0.1, 0.4])
+    negatives = unit([0.85, 0.5, 0.1], [0.85, 0.1, 0.5], [0.85, 0.5, 0.2])
+    with caplog.at_level("WARNING", logger="st_retrofit.losses.retrofit_infonce"):
+        wide = RetrofitInfoNCELoss(None, scale=100.0, false_negative_margin=0.1)
+        wide.compute_loss_from_embeddings([anchors, positives, negatives])
+        wide.compute_loss_from_embeddings([anchors, positives, negatives])
+        RetrofitInfoNCELoss(None, scale=100.0, false_negative_margin=0.001).compute_loss_from_embeddings(
+            [anchors, positives, negatives]
+        )
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "false_negative_margin=0.1 (absolute) masks 100% of the negatives" in warnings[0]
+
+
 def test_missing_teacher_scores_are_reported():
     with pytest.raises(ValueError, match="teacher scores"):
         RetrofitInfoNCELoss(None, teacher_margin=0.1).compute_loss_from_embeddings([ANCHORS, POSITIVES, NEGATIVES])

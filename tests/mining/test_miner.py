@@ -281,3 +281,35 @@ def test_embedding_cache_is_shared_across_runs_in_the_given_folder(tiny_model, p
     assert list((tmp_path / "c").glob("*/*.keys.npy"))
     assert first["cache"]["encoded"] > 0 and second["cache"]["encoded"] == 0
     assert np.isclose(second["cache"]["reused"], first["cache"]["encoded"] + first["cache"]["reused"])
+
+
+def test_round_trip_keeps_the_pairs_whose_document_the_teacher_ranks_in_the_top_k(tiny_model, pairs, tmp_path):
+    k = 3
+    result = _mine(tiny_model, pairs, tmp_path, num_negatives=1, range_max=10, round_trip_top_k=k)
+    kept, report = set(_rows(result.dataset)["query"]), result.report
+    # The teacher's rank of each pair's document among all documents, computed here from the model itself.
+    documents = sorted(set(pairs["document"]))
+    scores = tiny_model.similarity(tiny_model.encode_query(pairs["query"]), tiny_model.encode_document(documents))
+    checked = 0
+    for row, query in enumerate(pairs["query"]):
+        row_scores = scores[row].numpy()
+        positive = row_scores[documents.index(pairs["document"][row])]
+        others = np.sort(np.delete(row_scores, documents.index(pairs["document"][row])))[::-1]
+        if abs(others[k - 1] - positive) < 2e-3:  # a near tie: the cache's fp16 may decide it either way
+            continue
+        assert (query in kept) == (positive > others[k - 1]), query
+        checked += 1
+    assert checked >= 0.6 * len(pairs) and 0 < len(kept) < len(pairs)
+    trip = report["round_trip"]
+    assert trip["top_k"] == k and trip["kept"] == len(kept) and trip["kept"] + trip["dropped"] == len(pairs)
+    by_language = trip["kept_share_by_language"]
+    for language in ("en", "ru", "ja"):
+        rows = [q for q, lang in zip(pairs["query"], pairs["language"], strict=True) if lang == language]
+        assert by_language[language] == pytest.approx(sum(q in kept for q in rows) / len(rows), abs=1e-4)
+
+
+def test_round_trip_top_k_beyond_the_retrieved_range_is_refused():
+    from st_retrofit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="round_trip_top_k: expected <= range_max \\(5\\)"):
+        MiningConfig(num_negatives=1, range_max=5, round_trip_top_k=6)
