@@ -37,7 +37,12 @@ def train_plain(recipe, scale: float, output: Path) -> Path:
 
     from st_retrofit.models.resolve import load_model, role_prompt
 
-    if (output / "model.safetensors").is_file():
+    # A finished baseline is reused only when it was trained on these very pairs with these settings.
+    stage = json.loads((recipe.run_dir / "synth" / "stage.json").read_text())
+    key = {"pairs": stage["fingerprint"], "base": recipe.model.base, "scale": scale, "seed": recipe.seed,
+           "max_seq_length": recipe.model.max_seq_length}  # fmt: skip
+    stamp = output / "baseline.json"
+    if (output / "model.safetensors").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return output
     pairs = load_from_disk(str(recipe.run_dir / "synth" / "dataset"))["train"].select_columns(["query", "document"])
     model = load_model(recipe.model.base)
@@ -57,6 +62,7 @@ def train_plain(recipe, scale: float, output: Path) -> Path:
     loss = MultipleNegativesRankingLoss(model, scale=scale)
     SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss).train()
     model.save_pretrained(str(output))
+    stamp.write_text(json.dumps(key))
     return output
 
 

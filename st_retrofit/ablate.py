@@ -26,6 +26,10 @@ Without ``tasks`` the metric is the eval stage's held-out score (the synthesized
 ``fnmatch`` pattern such as ``"*-dev"``) it is the mean main score (nDCG@10 for retrieval) of the recipe's
 ``eval.mteb_tasks`` whose names match, and ``results.md`` adds one row per task: the ablation is then measured on
 text people wrote, and the test tasks can stay unseen.
+
+With ``soup: all`` (or a list of x labels) and ``tasks``, the grid ends in a uniform soup of those variants' trained
+models (:func:`st_retrofit.merge.merge_models`), scored on the same tasks as one more row: the soup against the
+best single variant and against their mean (Wortsman et al., 2022; EmbeddingGemma's release is such a soup).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class Ablation:
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     tasks: str | None = None
+    soup: list[str] | None = None  # x labels of the variants to merge; every variant for "all"
 
     def variants(self) -> list[tuple[str, AxisValue | None, AxisValue]]:
         """``(folder name, series value, x value)`` for every cell of the grid, series first."""
@@ -127,7 +132,7 @@ def load_ablation(path: str | Path) -> Ablation:
         raise exc.under("ablation") from None
     if not isinstance(data, dict):
         raise ConfigError("ablation", f"{path} must be a mapping")
-    allowed = {"name", "base", "description", "metric", "set", "x", "series", "tasks"}
+    allowed = {"name", "base", "description", "metric", "set", "x", "series", "tasks", "soup"}
     for key in data:
         if key not in allowed:
             raise ConfigError(str(key), f"unknown key; an ablation has {', '.join(sorted(allowed))}")
@@ -142,6 +147,18 @@ def load_ablation(path: str | Path) -> Ablation:
         raise ConfigError("tasks", 'expected a task name pattern, e.g. "*-dev"')
     if tasks is not None and metric != "ndcg":
         raise ConfigError("metric", "mteb tasks are scored by their main score (nDCG@10 for retrieval): use ndcg")
+    x = _axis(data["x"], "x")
+    soup = data.get("soup")
+    if soup is not None:
+        labels = [value.label for value in x.values]
+        if soup == "all":
+            soup = labels
+        if not isinstance(soup, list) or len(soup) < 2 or any(label not in labels for label in soup):
+            raise ConfigError("soup", f"expected all or a list of two or more x labels among {labels}")
+        if tasks is None:
+            raise ConfigError("soup", 'a soup is scored on mteb tasks: set tasks (e.g. "*-dev")')
+        if data.get("series"):
+            raise ConfigError("soup", "a soup merges the x variants of an ablation without series")
     base = (path.parent / str(data["base"])).resolve()
     if not base.is_file():
         raise ConfigError("base", f"recipe {base} does not exist")
@@ -151,12 +168,13 @@ def load_ablation(path: str | Path) -> Ablation:
     return Ablation(
         name=_slug(str(data["name"])),
         base=base,
-        x=_axis(data["x"], "x"),
+        x=x,
         series=_axis(data["series"], "series") if data.get("series") else None,
         metric=metric,
         overrides=overrides,
         description=str(data.get("description", "")),
         tasks=tasks,
+        soup=soup,
     )
 
 
@@ -174,7 +192,10 @@ def variant_recipes(
     for folder, series, x in ablation.variants():
         overrides = {**ablation.overrides, **(series.overrides if series else {}), **x.overrides}
         assignments = _assignments(overrides) + list(extra or [])
-        assignments += [f"name={folder}", f"output_dir={json.dumps(str(Path(base_output) / ablation.name))}"]
+        assignments += [
+            f"name={json.dumps(folder)}",
+            f"output_dir={json.dumps(str(Path(base_output) / ablation.name))}",
+        ]
         try:
             recipe = load_recipe(ablation.base, assignments)
         except ConfigError as exc:
@@ -200,6 +221,8 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
         else:
             row |= mteb_scores(recipe, ablation.tasks)
         rows.append(row | {"run_dir": str(recipe.run_dir)})
+    if ablation.soup is not None:
+        rows.append(soup_row(ablation, variants, folder))
     summary = {
         "name": ablation.name,
         "description": ablation.description,
@@ -214,6 +237,41 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
     (folder / "results.md").write_text(results_table(summary) + "\n", encoding="utf-8")
     plot_ablation(summary, folder / f"{ablation.metric}.png")
     return folder
+
+
+def soup_row(ablation: Ablation, variants: list, folder: Path) -> dict[str, Any]:
+    """Merge the soup's variants (uniform soup) into ``<ablation>/soup/model`` and score it like the variants."""
+    import shutil
+
+    from st_retrofit.evaluation.mteb import resolve_tasks, run_mteb
+    from st_retrofit.merge.folders import merge_folders
+    from st_retrofit.models.resolve import load_model
+
+    runs = [str(recipe.run_dir) for _, _, x, recipe in variants if x.label in ablation.soup]
+    model_dir = folder / "soup" / "model"
+    record = model_dir / "merge.json"
+    if model_dir.exists() and [i["model"] for i in json.loads(record.read_text())["ingredients"]] != runs:
+        shutil.rmtree(model_dir)  # a soup of other variants: derived data, made again below
+    if not model_dir.exists():
+        merge_folders(runs, model_dir)
+    recipe = variants[0][3]
+    model = load_model(str(model_dir))
+    model.max_seq_length = recipe.model.max_seq_length
+    tasks = resolve_tasks(list(recipe.eval.mteb_tasks))
+    scores = run_mteb(model, f"{ablation.name}/soup", tasks, folder / "soup" / "mteb", recipe.eval.batch_size)
+    scores = {task: score for task, score in scores.items() if fnmatch.fnmatchcase(task, ablation.tasks)}
+    base = mteb_scores(recipe, ablation.tasks)
+    return {
+        "variant": "soup",
+        "series": None,
+        "x": f"uniform soup of {len(runs)}",
+        "retrofitted": {"ndcg": sum(scores.values()) / len(scores)},
+        "retrofitted_per_task": scores,
+        "base": base["base"],
+        "base_per_task": base["base_per_task"],
+        "run_dir": str(model_dir),
+        "ingredients": runs,
+    }
 
 
 def mteb_scores(recipe: Recipe, pattern: str) -> dict[str, Any]:
@@ -246,6 +304,16 @@ def results_table(summary: dict) -> str:
             ([row["series"]] if summary["series"] else []) + [row["x"], f"{b:.4f}", f"{t:.4f}", f"{t - b:+.4f}"]
         )
     table = markdown_table(head, rows)
+    soup = next((row for row in summary["rows"] if row["variant"] == "soup"), None)
+    if soup is not None:
+        singles = [row for row in summary["rows"] if row is not soup and row["run_dir"] in soup.get("ingredients", [])]
+        singles = singles or [row for row in summary["rows"] if row is not soup]
+        best = max(singles, key=lambda row: row["retrofitted"][metric])
+        mean = sum(row["retrofitted"][metric] for row in singles) / len(singles)
+        table += (
+            f"\n\nSoup {soup['retrofitted'][metric]:.4f} against the best single variant "
+            f"({best['x']}) {best['retrofitted'][metric]:.4f} and the mean of its {len(singles)} ingredients {mean:.4f}."
+        )
     if summary.get("tasks"):
         table += "\n\n" + per_task_table(summary)
     return table
@@ -295,7 +363,7 @@ def plot_ablation(summary: dict, path: Path) -> None:
         ha="right" if max(map(len, labels)) > 8 else "center",
     )
     ax.set_xlabel(summary["x"])
-    ax.set_ylabel(f"mean {metric}@k (held-out)")
+    ax.set_ylabel(f"mean {metric}@10 ({summary['tasks']})" if summary.get("tasks") else f"mean {metric}@k (held-out)")
     ax.set_title(summary["name"])
     ax.grid(alpha=0.3)
     ax.legend(title=summary["series"], fontsize=8)

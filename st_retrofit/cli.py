@@ -25,6 +25,7 @@ from pathlib import Path
 
 from st_retrofit.config import ConfigError
 from st_retrofit.distributed import is_main_process
+from st_retrofit.merge.core import MergeError
 from st_retrofit.pipeline import STAGES, StageError, interrupted_stage, run_pipeline, run_stage, write_manifest
 from st_retrofit.publish.release import PublishError
 from st_retrofit.recipe import load_recipe
@@ -85,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe value in every variant (repeatable)",
     )  # fmt: skip
     ablate.add_argument("--dry-run", action="store_true", help="validate and list the variants, run nothing")
+
+    merge = add_command("merge", help="merge models fine-tuned from one base (soup, slerp, task arithmetic, TIES)")
+    merge.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
+    merge.add_argument("-o", "--output", required=True, help="the new model folder (must not exist)")
+    merge.add_argument(
+        "--method", default="soup", choices=["soup", "slerp", "task_arithmetic", "ties", "dare_ties"],
+        help="soup (weighted average, the default), slerp (two models), or a merge of task vectors",
+    )  # fmt: skip
+    merge.add_argument("--weights", type=float, nargs="+", help="one per model (soup: normalized; default uniform)")
+    merge.add_argument("--base", help="the common base model (task_arithmetic, ties, dare_ties)")
+    merge.add_argument("--t", type=float, default=0.5, help="slerp: 0 = the first model, 1 = the second")
+    merge.add_argument("--density", type=float, default=0.5, help="ties / dare_ties: share of each task vector kept")
 
     templates = add_command("templates", help="list the synthesis templates (shipped and --dir)")
     templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
@@ -182,7 +195,7 @@ def _setup_logging(verbose: bool) -> None:
 
 # What a user can fix: one line on stderr and exit 2 (with -v, the traceback too). Anything else is a bug and keeps
 # its traceback.
-USER_ERRORS = (ConfigError, StageError, PublishError, RunFolderBusy, OSError)
+USER_ERRORS = (ConfigError, StageError, PublishError, RunFolderBusy, MergeError, OSError)
 
 
 def _user_error(exc: BaseException) -> str:
@@ -238,6 +251,12 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "ablate":
         return _ablate(args.ablation, args.overrides, args.dry_run)
+    if args.command == "merge":
+        from st_retrofit.merge.folders import merge_folders
+
+        folder = merge_folders(args.models, args.output, args.method, args.weights, args.base, args.t, args.density)
+        print(f"merged {len(args.models)} models ({args.method}) into {folder} (merge.json lists the ingredients)")
+        return 0
     if args.command == "publish":
         args.recipe, args.overrides = _publish_arguments(args)
     recipe = load_recipe(args.recipe, args.overrides)

@@ -127,3 +127,43 @@ def test_with_tasks_the_metric_is_the_mean_of_the_matching_mteb_tasks_and_each_t
     )
     with pytest.raises(ConfigError, match="no mteb task of the eval stage matches '\\*-test-typo'"):
         mteb_scores(recipe, "*-test-typo")
+
+
+def test_an_ablation_can_end_in_a_soup_of_its_variants_scored_on_the_same_tasks(base_recipe, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from test_mteb_eval import write_beir
+
+    from st_retrofit.evaluation.mteb import beir_task, run_mteb
+    from st_retrofit.merge import merge_models
+
+    beir = write_beir(tmp_path / "towns-en")
+    path = write_ablation(
+        base_recipe, tasks="towns-*", soup="all",
+        set={"train.args.num_train_epochs": 1, "eval.mteb_tasks": [str(beir)]},
+        x={"label": "seed", "key": "seed", "values": [7, 8]},
+    )  # fmt: skip
+    assert main(["ablate", str(path)]) == 0
+    folder = tmp_path / "runs" / "hard-negatives"
+    summary = json.loads((folder / "results.json").read_text())
+    assert [row["variant"] for row in summary["rows"]] == ["7", "8", "soup"]
+    soup = summary["rows"][-1]
+    record = json.loads((folder / "soup" / "model" / "merge.json").read_text())
+    assert [i["model"] for i in record["ingredients"]] == [str(folder / "7"), str(folder / "8")]
+    assert [i["weight"] for i in record["ingredients"]] == [0.5, 0.5]
+    # The soup's score is that of the two trained models averaged here, evaluated on the same task.
+    trained = [SentenceTransformer(str(folder / seed / "train" / "model"), device="cpu") for seed in ("7", "8")]
+    merged = merge_models(trained)
+    merged.max_seq_length = 48
+    expected = run_mteb(merged, "check", [beir_task(beir)], tmp_path / "check", batch_size=16)
+    assert soup["retrofitted_per_task"] == pytest.approx(expected, abs=1e-4)
+    assert (
+        "Soup" in (folder / "results.md").read_text() and "best single variant" in (folder / "results.md").read_text()
+    )
+
+
+def test_a_soup_needs_tasks_and_known_labels(base_recipe):
+    grid = {"x": {"label": "seed", "key": "seed", "values": [7, 8]}}
+    with pytest.raises(ConfigError, match="set tasks"):
+        load_ablation(write_ablation(base_recipe, soup="all", **grid))
+    with pytest.raises(ConfigError, match="two or more x labels among \\['7', '8'\\]"):
+        load_ablation(write_ablation(base_recipe, soup=["7", "9"], tasks="*", **grid))

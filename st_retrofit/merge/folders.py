@@ -1,0 +1,99 @@
+"""Merging what is on disk: run folders, model folders, Hub ids and ``offline:`` names into a new model folder whose
+``merge.json`` and model card list the ingredients and their weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from st_retrofit.merge.core import TASK_VECTOR_METHODS, MergeError, MergeMethod, merge_models
+from st_retrofit.tables import markdown_table
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_ingredient(name: str) -> str:
+    """A run folder's trained model (``<run>/train/model``), or ``name`` itself (a model folder, Hub id or
+    ``offline:`` name)."""
+    trained = Path(name).expanduser() / "train" / "model"
+    return str(trained) if trained.is_dir() else name
+
+
+def merge_folders(
+    inputs: Sequence[str],
+    output: str | Path,
+    method: MergeMethod = "soup",
+    weights: Sequence[float] | None = None,
+    base: str | None = None,
+    t: float = 0.5,
+    density: float = 0.5,
+) -> Path:
+    """Load ``inputs``, merge them (:func:`~st_retrofit.merge.merge_models`) and save the result to ``output``.
+
+    ``output`` must not exist yet: the model is written beside it and renamed into place when complete, so a failed
+    merge leaves nothing half-written and never replaces a finished model.
+
+    Raises:
+        MergeError: the models cannot be merged as asked, or ``output`` exists.
+    """
+    from st_retrofit.models.resolve import load_model
+
+    output = Path(output)
+    if output.exists():
+        raise MergeError(f"{output} exists; merge into a new folder (nothing is overwritten)")
+    if method in TASK_VECTOR_METHODS and base is None:
+        raise MergeError(f"{method} merges task vectors (model - base); name the base model (--base)")
+    paths = [resolve_ingredient(name) for name in inputs]
+    models = [load_model(path) for path in paths]
+    base_model = load_model(resolve_ingredient(base)) if base is not None else None
+    merged = merge_models(models, method, weights, base_model, t, density, names=list(inputs))
+
+    ingredients = [{"model": name, "path": path} for name, path in zip(inputs, paths, strict=True)]
+    if method == "soup":
+        shares = weights or [1.0] * len(inputs)
+        for item, weight in zip(ingredients, shares, strict=True):
+            item["weight"] = round(weight / sum(shares), 6)
+    elif method == "slerp":
+        ingredients[0]["weight"], ingredients[1]["weight"] = round(1 - t, 6), round(t, 6)
+    else:
+        for item, weight in zip(ingredients, weights or [1.0] * len(inputs), strict=True):
+            item["weight"] = weight
+    record: dict[str, Any] = {"method": method, "ingredients": ingredients}
+    if method in TASK_VECTOR_METHODS:
+        record["base"] = base
+        if method != "task_arithmetic":
+            record["density"] = density
+    if method == "slerp":
+        record["t"] = t
+
+    tmp = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(str(tmp))
+        (tmp / "merge.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        card = tmp / "README.md"
+        text = card.read_text(encoding="utf-8") if card.is_file() else ""
+        card.write_text(text.rstrip() + "\n\n" + merge_card_section(record) + "\n", encoding="utf-8")
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Merged %d models (%s) into %s", len(inputs), method, output)
+    return output
+
+
+def merge_card_section(record: dict[str, Any]) -> str:
+    """The model card's "Merge" section: the method, its settings and a table of ingredients and weights."""
+    settings = ", ".join(f"{key} {record[key]}" for key in ("base", "t", "density") if key in record)
+    rows = [[f"`{item['model']}`", f"{item['weight']:g}"] for item in record["ingredients"]]
+    return "\n".join([
+        "## Merge",
+        "",
+        f"This model is a `{record['method']}` merge{f' ({settings})' if settings else ''} of "
+        f"{len(rows)} models, made with `st-retrofit merge`:",
+        "",
+        markdown_table(["ingredient", "weight"], rows),
+    ])  # fmt: skip
