@@ -115,7 +115,7 @@ STAGES: dict[str, Stage] = {
         Stage("mine", ("data", "mining"), ("synth",), _mine),
         # mining: the pool's negatives per row when mixing.num_negatives is null.
         Stage("train", ("model", "mining", "mixing", "train"), ("mine",), _train),
-        Stage("eval", ("model", "eval"), ("synth", "train"), _eval),
+        Stage("eval", ("model", "train", "eval"), ("synth", "train"), _eval),  # train: its Matryoshka sizes
         # publish: the release carries the whole recipe and the card describes every part of the run.
         Stage("publish", ("model", "synth", "data", "mining", "mixing", "train", "eval", "publish"), ("train",),
               _publish, uses=("eval",)),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +35,18 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
             model.max_seq_length = recipe.model.max_seq_length
         logger.info("Evaluating the %s model", label)
         results[label] = evaluate_retrieval(model, pairs, k=recipe.eval.k, batch_size=recipe.eval.batch_size)
+    sizes = smaller_sizes(recipe.train.matryoshka_dims, models["retrofitted"])
+    if sizes:
+        results["dimensions"] = {}
+        for size in sizes:
+            results["dimensions"][str(size)] = {}
+            for label, model in models.items():
+                logger.info("Evaluating the %s model at %d dimensions", label, size)
+                with truncated(model, size):
+                    scores = evaluate_retrieval(model, pairs, k=recipe.eval.k, batch_size=recipe.eval.batch_size)
+                results["dimensions"][str(size)][label] = scores["mean"]
     if recipe.eval.mteb_tasks:
-        results["mteb"] = mteb_stage(recipe, models, output_dir)
+        results["mteb"] = mteb_stage(recipe, models, output_dir, sizes)
     from st_retrofit.evaluation.heldout import MIN_HELDOUT_QUERIES
 
     queries = results["retrofitted"]["mean"]["queries"]
@@ -47,13 +59,52 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
         )
     path = output_dir / "results.json"
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    (output_dir / "results.md").write_text(comparison_table(results, recipe.eval.k) + "\n", encoding="utf-8")
+    table = comparison_table(results, recipe.eval.k)
+    if sizes:
+        table += "\n\n" + dimensions_table(results, recipe.eval.k)
+    (output_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     return path
 
 
-def mteb_stage(recipe: SectionView, models: dict[str, SentenceTransformer], output_dir: Path) -> dict[str, Any]:
+def smaller_sizes(matryoshka_dims: list[int], model: SentenceTransformer) -> list[int]:
+    """The Matryoshka sizes below the model's full embedding size (the full size is the main result)."""
+    full = model.get_sentence_embedding_dimension()
+    return [size for size in matryoshka_dims if full is None or size < full]
+
+
+@contextlib.contextmanager
+def truncated(model: SentenceTransformer, size: int) -> Iterator[None]:
+    """``model`` encoding embeddings cut to ``size`` (sentence-transformers' ``truncate_dim``) inside the block."""
+    before = model.truncate_dim
+    model.truncate_dim = size
+    try:
+        yield
+    finally:
+        model.truncate_dim = before
+
+
+def dimensions_table(results: dict[str, Any], k: int) -> str:
+    """Markdown: held-out nDCG@k of base and retrofitted model at each Matryoshka size, with the retrofitted
+    model's share of its full-size score."""
+    from st_retrofit.tables import markdown_table
+
+    full = results["retrofitted"]["mean"]["ndcg"]
+    rows = [["full", f"{results['base']['mean']['ndcg']:.4f}", f"{full:.4f}", "100.0%"]]
+    for size, scores in results["dimensions"].items():
+        tuned = scores["retrofitted"]["ndcg"]
+        rows.append(
+            [size, f"{scores['base']['ndcg']:.4f}", f"{tuned:.4f}", f"{100 * tuned / full:.1f}%" if full else "-"]
+        )
+    return markdown_table(["dimensions", f"base nDCG@{k}", f"retrofitted nDCG@{k}", "share of full size"], rows)
+
+
+def mteb_stage(
+    recipe: SectionView, models: dict[str, SentenceTransformer], output_dir: Path, sizes: list[int] | None = None
+) -> dict[str, Any]:
     """``eval.mteb_tasks`` for the ``base`` and ``retrofitted`` models (and ``eval.mteb_baselines``): mteb's results
-    under ``output_dir/mteb``, the comparison as ``mteb_comparison.json`` and ``mteb_comparison.md``."""
+    under ``output_dir/mteb``, the comparison as ``mteb_comparison.json`` and ``mteb_comparison.md``. With Matryoshka
+    ``sizes``, both models are also scored with embeddings cut to each (``dimensions`` in the comparison: the mean
+    main score and the per-task scores)."""
     from st_retrofit.evaluation.mteb import comparison, read_results, resolve_tasks, run_mteb
 
     tasks = resolve_tasks(recipe.eval.mteb_tasks)
@@ -69,6 +120,19 @@ def mteb_stage(recipe: SectionView, models: dict[str, SentenceTransformer], outp
     # Baselines between the two, so that the last column's change is retrofitted against base.
     baselines = {label: read_results(folder) for label, folder in recipe.eval.mteb_baselines.items()}
     data, table = comparison({"base": scores["base"], **baselines, "retrofitted": scores["retrofitted"]})
+    if sizes:
+        data["dimensions"] = {}
+        for size in sizes:
+            per_model = {}
+            for label, model in models.items():
+                with truncated(model, size):
+                    per_model[label] = run_mteb(
+                        model, f"{names[label]}-d{size}", tasks, output_dir / "mteb", recipe.eval.batch_size
+                    )
+            shared = sorted(set.intersection(*(set(s) for s in per_model.values())))
+            data["dimensions"][str(size)] = {
+                label: {"mean": sum(s[t] for t in shared) / len(shared), "tasks": s} for label, s in per_model.items()
+            }
     data["main_scores"] = {task.metadata.name: task.metadata.main_score for task in tasks}
     data["task_types"] = {task.metadata.name: task.metadata.type for task in tasks}
     (output_dir / "mteb_comparison.json").write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -110,6 +110,7 @@ def render_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     from st_retrofit.evaluation.heldout import MIN_HELDOUT_QUERIES
+    from st_retrofit.evaluation.stage import dimensions_table
     from st_retrofit.models import base_model_id
 
     base = base_model_id(recipe.model.base) or recipe.model.base
@@ -165,6 +166,15 @@ def render_model_card(
             else "none (full fine-tuning)"
         ),
         training_args=", ".join(f"{k}={v}" for k, v in recipe.train.args.items()),
+        matryoshka={
+            "sizes": [
+                model.get_embedding_dimension(),
+                *(d for d in recipe.train.matryoshka_dims if d < model.get_embedding_dimension()),
+            ]
+            if recipe.train.matryoshka_dims
+            else [],
+            "table": dimensions_table(results, recipe.eval.k) if results and results.get("dimensions") else "",
+        },  # fmt: skip
         seed=recipe.seed,
     )
     return str(card)

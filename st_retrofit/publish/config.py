@@ -21,6 +21,8 @@ class PublishConfig(ConfigModel):
         gate_tasks: tasks on which the retrofitted model must score at least its base to be published: mteb task
             names from the eval stage, with ``*`` wildcards (``"*-dev"``), or ``heldout`` for the held-out split's
             mean nDCG; empty = no gate.
+        gate_tolerance: how far below its base (in nDCG, 0.03 = 3 points) a gate task may score before it counts as
+            a regression; small dev tasks move by a few points when one query changes rank.
         allow_regression: publish even when the model scores below its base on a gate task (the card says so).
     """
 
@@ -32,6 +34,7 @@ class PublishConfig(ConfigModel):
     )
     require_eval: bool = Field(True, description="Refuse to publish without eval results.")
     gate_tasks: list[str] = Field(default_factory=list, description="Tasks the model must not regress on.")
+    gate_tolerance: float = Field(0.0, ge=0, lt=1, description="nDCG below the base a gate task may score.")
     allow_regression: bool = Field(False, description="Publish below the base on a gate task.")
 
     @model_validator(mode="after")

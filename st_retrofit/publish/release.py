@@ -42,11 +42,13 @@ def build_release_folder(
         raise PublishError(
             "no evaluation results; run the eval stage first, or set publish.require_eval: false to publish without"
         )
-    gate = release_gate(results or {}, recipe.publish.gate_tasks)
+    gate = release_gate(results or {}, recipe.publish.gate_tasks, recipe.publish.gate_tolerance)
+    gate_tolerance = recipe.publish.gate_tolerance
     if gate["regressions"] and not recipe.publish.allow_regression:
         worse = ", ".join(f"{r['task']} {r['retrofitted']:.4f} < {r['base']:.4f}" for r in gate["regressions"])
         raise PublishError(
-            f"the retrofitted model scores below its base on gate tasks ({worse}); improve the run, or set "
+            f"the retrofitted model scores below its base on gate tasks ({worse}"
+            f"{f' by more than {gate_tolerance}' if gate_tolerance else ''}); improve the run, or set "
             "publish.allow_regression: true to publish it anyway"
         )
     table_path = Path(eval_dir) / "results.md" if eval_dir else None
@@ -86,9 +88,9 @@ def build_release_folder(
     return output_dir
 
 
-def release_gate(results: dict, patterns: list[str]) -> dict:
+def release_gate(results: dict, patterns: list[str], tolerance: float = 0.0) -> dict:
     """The gate tasks ``patterns`` select among the evaluated ones, with base and retrofitted scores, and those on
-    which the retrofitted model scores below its base.
+    which the retrofitted model scores more than ``tolerance`` below its base.
 
     Raises:
         ConfigError: ``publish.gate_tasks`` names a task that was not evaluated.
@@ -98,7 +100,7 @@ def release_gate(results: dict, patterns: list[str]) -> dict:
     from st_retrofit.config import ConfigError
 
     if not patterns:
-        return {"tasks": [], "regressions": []}
+        return {"tasks": [], "regressions": [], "tolerance": tolerance}
     scores = {row["task"]: row for row in (results.get("mteb") or {}).get("rows", [])}
     if "base" in results and "retrofitted" in results:
         scores["heldout"] = {
@@ -115,7 +117,8 @@ def release_gate(results: dict, patterns: list[str]) -> dict:
             )
         chosen.update({task: scores[task] for task in matched})
     rows = [{"task": t, "base": r["base"], "retrofitted": r["retrofitted"]} for t, r in chosen.items()]
-    return {"tasks": rows, "regressions": [r for r in rows if r["retrofitted"] < r["base"]]}
+    regressions = [r for r in rows if r["retrofitted"] < r["base"] - tolerance]
+    return {"tasks": rows, "regressions": regressions, "tolerance": tolerance}
 
 
 def _link_or_copy(source: str, target: str) -> None:

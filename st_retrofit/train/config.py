@@ -10,11 +10,11 @@ import difflib
 import functools
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -87,6 +87,10 @@ class TrainConfig(ConfigModel):
             ``InformationRetrievalEvaluator`` every ``select_every`` steps, picks the checkpoint the stage keeps (a
             guard against a run that gets worse); empty = the last step is kept.
         select_every: steps between dev evaluations (and checkpoints) when ``dev_tasks`` is set.
+        matryoshka_dims: embedding sizes to train at once, largest first (``[384, 256, 128, 64]``): the loss is
+            wrapped in sentence-transformers' ``MatryoshkaLoss``, so that the model still works with its embeddings
+            cut to any of them (``SentenceTransformer(..., truncate_dim=128)``). Empty = the full size only.
+        matryoshka_weights: the weight of each size in ``matryoshka_dims`` (default: 1 each).
     """
 
     loss: str = Field("MultipleNegativesRankingLoss", description="Loss class name.")
@@ -98,6 +102,27 @@ class TrainConfig(ConfigModel):
         description="BEIR folders that pick the kept checkpoint.",
     )
     select_every: int = Field(20, ge=1, description="Steps between dev evaluations.")
+    matryoshka_dims: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="Embedding sizes trained at once (MatryoshkaLoss), largest first."
+    )
+    matryoshka_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="Weight of each Matryoshka size."
+    )
+
+    @model_validator(mode="after")
+    def _check_matryoshka(self) -> TrainConfig:
+        dims = self.matryoshka_dims
+        require(
+            dims == sorted(set(dims), reverse=True),
+            "matryoshka_dims",
+            f"expected distinct sizes, largest first (e.g. [384, 256, 128]), got {dims}",
+        )
+        require(
+            self.matryoshka_weights is None or len(self.matryoshka_weights) == len(dims),
+            "matryoshka_weights",
+            f"expected one weight per size in matryoshka_dims ({len(dims)}), got {self.matryoshka_weights}",
+        )
+        return self
 
     def local_inputs(self) -> list[str]:
         return list(self.dev_tasks)

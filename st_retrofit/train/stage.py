@@ -10,6 +10,7 @@ is a plain sentence-transformers folder that needs neither peft nor st-retrofit 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -21,8 +22,31 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from st_retrofit.config import SectionView
+    from st_retrofit.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+def build_loss(config: TrainConfig, model: SentenceTransformer):
+    """The recipe's loss, wrapped in sentence-transformers' ``MatryoshkaLoss`` when ``matryoshka_dims`` is set (a
+    loss that can return its components returns their sum there: MatryoshkaLoss weighs one tensor per size)."""
+    kwargs = dict(config.loss_kwargs)
+    loss_class = config.loss_class()
+    if not config.matryoshka_dims:
+        return loss_class(model, **kwargs)
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    from st_retrofit.config import ConfigError
+
+    size = model.get_sentence_embedding_dimension()
+    if size is not None and config.matryoshka_dims[0] > size:
+        raise ConfigError(
+            "train.matryoshka_dims",
+            f"the model's embeddings have {size} dimensions; {config.matryoshka_dims[0]} is more",
+        )
+    if "return_components" in inspect.signature(loss_class).parameters:
+        kwargs.setdefault("return_components", False)
+    return MatryoshkaLoss(model, loss_class(model, **kwargs), config.matryoshka_dims, config.matryoshka_weights)
 
 
 def build_model(recipe: SectionView, device: str | None = None) -> SentenceTransformer:
@@ -182,7 +206,7 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
         raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
     args.multi_dataset_batch_sampler = batch_sampler(recipe, list(dataset))
     model = build_model(recipe)
-    loss = recipe.train.loss_class()(model, **recipe.train.loss_kwargs)
+    loss = build_loss(recipe.train, model)
     collator = build_collator(recipe, model, args.router_mapping)
     mixing = MixingCallback()
 

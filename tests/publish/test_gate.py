@@ -30,7 +30,13 @@ def test_patterns_select_the_evaluated_tasks_and_find_the_regressions():
     assert [row["task"] for row in gate["tasks"]] == ["manpages-de-dev", "manpages-ja-dev", "heldout"]
     assert [row["task"] for row in gate["regressions"]] == ["manpages-ja-dev"]
     assert release_gate(RESULTS, ["manpages-de-dev", "heldout"])["regressions"] == []
-    assert release_gate(RESULTS, []) == {"tasks": [], "regressions": []}
+    assert release_gate(RESULTS, []) == {"tasks": [], "regressions": [], "tolerance": 0.0}
+
+
+def test_a_tolerance_lets_a_small_task_move_by_that_much():
+    # manpages-ja-dev is 0.02 below its base: a regression at tolerance 0.01, none at 0.03.
+    assert [r["task"] for r in release_gate(RESULTS, ["*-dev"], tolerance=0.01)["regressions"]] == ["manpages-ja-dev"]
+    assert release_gate(RESULTS, ["*-dev"], tolerance=0.03)["regressions"] == []
 
 
 def test_a_gate_task_that_was_not_evaluated_names_the_key():
@@ -66,3 +72,9 @@ def test_a_met_gate_is_stated_in_the_card(tiny_recipe_data, tiny_model_path, eva
     data = {**tiny_recipe_data, "publish": {"dry_run": True, "gate_tasks": ["manpages-de-dev", "heldout"]}}
     folder = build_release_folder(recipe_from_dict(data), tiny_model_path, eval_dir, tmp_path / "release")
     assert "on manpages-de-dev, heldout\n(met)." in ModelCard.load(folder / "README.md").text
+    data["publish"] = {"dry_run": True, "gate_tasks": ["*-dev"], "gate_tolerance": 0.03}
+    folder = build_release_folder(recipe_from_dict(data), tiny_model_path, eval_dir, tmp_path / "release-tolerant")
+    assert (
+        "at least its base (less 0.03 nDCG) on manpages-de-dev, manpages-ja-dev\n(met)."
+        in ModelCard.load(folder / "README.md").text
+    )
