@@ -30,11 +30,14 @@ EXAMPLES: dict[str, list[Any]] = {
     "mining.range_max": [50],
     "synth.corpus.path": ["docs.jsonl"],
     "synth.backend.model": ["gpt-4o-mini"],
+    "train.matryoshka_dims": [[32, 16]],
+    "train.matryoshka_weights": [[1.0, 0.5]],
 }
 # Values that are valid only together with another value of the same section.
 COMPANIONS: dict[str, list[str]] = {
     "data.synthetic": ['data.sources=[{"name": "extra", "path": "org/dataset"}]'],
     "synth.source": ["synth.corpus.path=docs.jsonl"],
+    "train.matryoshka_weights": ["train.matryoshka_dims=[32, 16]"],
 }
 
 
