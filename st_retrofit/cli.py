@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ablate.add_argument("--dry-run", action="store_true", help="validate and list the variants, run nothing")
 
+    evaluate = add_command("evaluate", help="score models on mteb tasks without a recipe, side by side")
+    evaluate.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
+    evaluate.add_argument(
+        "--tasks", nargs="+", required=True,
+        help="mteb tasks or benchmarks, BEIR folders, or folders of them (data/manpages/test)",
+    )  # fmt: skip
+    evaluate.add_argument("-o", "--output", default="runs/evaluate", help="results folder (default runs/evaluate)")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
+    evaluate.add_argument("--max-seq-length", type=int, help="tokens per text (default: each model's own)")
+
     merge = add_command("merge", help="merge models fine-tuned from one base (soup, slerp, task arithmetic, TIES)")
     merge.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
     merge.add_argument("-o", "--output", required=True, help="the new model folder (must not exist)")
@@ -251,6 +261,13 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "ablate":
         return _ablate(args.ablation, args.overrides, args.dry_run)
+    if args.command == "evaluate":
+        from st_retrofit.evaluation.models import evaluate_models
+
+        evaluate_models(args.models, args.tasks, args.output, args.batch_size, args.max_seq_length)
+        print((Path(args.output) / "mteb_comparison.md").read_text())
+        print(f"results: {args.output} (mteb_comparison.json, mteb/results/)")
+        return 0
     if args.command == "merge":
         from st_retrofit.merge.folders import merge_folders
 
