@@ -32,6 +32,7 @@ EXAMPLES: dict[str, list[Any]] = {
     "synth.backend.model": ["gpt-4o-mini"],
     "train.matryoshka_dims": [[32, 16]],
     "train.matryoshka_weights": [[1.0, 0.5]],
+    "train.losses": [[{"loss": "GlobalOrthogonalRegularizationLoss", "weight": 0.1}]],
 }
 # Values that are valid only together with another value of the same section.
 COMPANIONS: dict[str, list[str]] = {

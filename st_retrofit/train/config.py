@@ -74,6 +74,36 @@ def resolve_loss_class(name: str) -> type:
     return loss_class
 
 
+class LossTerm(ConfigModel):
+    """One more loss added to ``train.loss`` (an entry of ``train.losses``).
+
+    Args:
+        loss: a loss class name, as ``train.loss`` (``GlobalOrthogonalRegularizationLoss`` for the spread-out
+            regularizer, ``MultipleNegativesRankingLoss`` with ``hardness_mode`` for hardness weighting...).
+        weight: its weight in the sum (``train.loss`` has weight 1).
+        kwargs: its keyword arguments (besides the model).
+    """
+
+    loss: str = Field(description="Loss class name.")
+    weight: float = Field(1.0, ge=0, description="Weight in the sum.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Loss keyword arguments.")
+
+    def loss_class(self) -> type:
+        try:
+            return resolve_loss_class(self.loss)
+        except ConfigError as exc:
+            raise ConfigError("loss", exc.message) from None
+
+
+def check_loss_kwargs(loss_class: type, kwargs: dict[str, Any], key: str) -> None:
+    """Every key of ``kwargs`` is an argument of ``loss_class`` (besides the model)."""
+    accepted = [name for name in inspect.signature(loss_class).parameters if name != "model"]
+    for name in kwargs:
+        if name not in accepted:
+            hint = did_you_mean(name, accepted, "it takes")
+            raise ConfigError(f"{key}.{name}", f"not an argument of {loss_class.__name__}{hint}")
+
+
 class TrainConfig(ConfigModel):
     """Contrastive training through the stock ``SentenceTransformerTrainer`` (recipe section ``train``).
 
@@ -91,6 +121,8 @@ class TrainConfig(ConfigModel):
             wrapped in sentence-transformers' ``MatryoshkaLoss``, so that the model still works with its embeddings
             cut to any of them (``SentenceTransformer(..., truncate_dim=128)``). Empty = the full size only.
         matryoshka_weights: the weight of each size in ``matryoshka_dims`` (default: 1 each).
+        losses: more losses added to ``loss`` with weights, on the same forward pass (``WeightedLossSum``): the
+            library's spread-out regularizer or a hardness-weighted MNRL term beside ``RetrofitInfoNCELoss``.
     """
 
     loss: str = Field("MultipleNegativesRankingLoss", description="Loss class name.")
@@ -108,6 +140,8 @@ class TrainConfig(ConfigModel):
     matryoshka_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
         None, description="Weight of each Matryoshka size."
     )
+
+    losses: list[LossTerm] = Field(default_factory=list, description="More weighted losses added to loss.")
 
     @model_validator(mode="after")
     def _check_matryoshka(self) -> TrainConfig:
@@ -132,11 +166,17 @@ class TrainConfig(ConfigModel):
 
     def check_environment(self) -> None:
         """The loss exists and takes ``loss_kwargs``; ``args`` build ``SentenceTransformerTrainingArguments``."""
-        accepted = [name for name in inspect.signature(self.loss_class()).parameters if name != "model"]
-        for key in self.loss_kwargs:
-            if key not in accepted:
-                hint = did_you_mean(key, accepted, "it takes")
-                raise ConfigError(f"loss_kwargs.{key}", f"not an argument of {self.loss}{hint}")
+        check_loss_kwargs(self.loss_class(), self.loss_kwargs, "loss_kwargs")
+        for i, term in enumerate(self.losses):
+            try:
+                loss_class = term.loss_class()
+            except ConfigError as exc:
+                raise exc.under(f"losses[{i}]") from None
+            if not hasattr(loss_class, "compute_loss_from_embeddings"):
+                raise ConfigError(
+                    f"losses[{i}].loss", f"{term.loss} cannot share a forward pass (no compute_loss_from_embeddings)"
+                )
+            check_loss_kwargs(loss_class, term.kwargs, f"losses[{i}].kwargs")
         self.training_arguments(output_dir="checkpoints", seed=0, validating=True)
         from st_retrofit.evaluation.heldout import beir_folders
 

@@ -10,7 +10,6 @@ is a plain sentence-transformers folder that needs neither peft nor st-retrofit 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
@@ -28,12 +27,19 @@ logger = logging.getLogger(__name__)
 
 
 def build_loss(config: TrainConfig, model: SentenceTransformer):
-    """The recipe's loss, wrapped in sentence-transformers' ``MatryoshkaLoss`` when ``matryoshka_dims`` is set (a
+    """The recipe's loss: ``train.loss``, summed with ``train.losses`` on one forward pass (``WeightedLossSum``)
+    when there are any, wrapped in sentence-transformers' ``MatryoshkaLoss`` when ``matryoshka_dims`` is set (a
     loss that can return its components returns their sum there: MatryoshkaLoss weighs one tensor per size)."""
     kwargs = dict(config.loss_kwargs)
     loss_class = config.loss_class()
+    loss = loss_class(model, **kwargs)
+    if config.losses:
+        from st_retrofit.losses import WeightedLossSum
+
+        terms = [(loss, 1.0)] + [(term.loss_class()(model, **term.kwargs), term.weight) for term in config.losses]
+        loss = WeightedLossSum(model, terms, return_components=not config.matryoshka_dims)
     if not config.matryoshka_dims:
-        return loss_class(model, **kwargs)
+        return loss
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
     from st_retrofit.config import ConfigError
@@ -44,9 +50,9 @@ def build_loss(config: TrainConfig, model: SentenceTransformer):
             "train.matryoshka_dims",
             f"the model's embeddings have {size} dimensions; {config.matryoshka_dims[0]} is more",
         )
-    if "return_components" in inspect.signature(loss_class).parameters:
-        kwargs.setdefault("return_components", False)
-    return MatryoshkaLoss(model, loss_class(model, **kwargs), config.matryoshka_dims, config.matryoshka_weights)
+    if hasattr(loss, "return_components"):
+        loss.return_components = False  # MatryoshkaLoss weighs one tensor per size
+    return MatryoshkaLoss(model, loss, config.matryoshka_dims, config.matryoshka_weights)
 
 
 def build_model(recipe: SectionView, device: str | None = None) -> SentenceTransformer:
