@@ -83,7 +83,7 @@ def test_a_failing_stage_leaves_the_finished_output_intact_and_the_next_run_repo
     # The next run says what happened, resumes in the partial folder, and commits.
     monkeypatch.setattr(pipeline, "STAGES", STAGES)
     changed = recipe_from_dict(tiny_recipe_data, ["eval.k=3"])
-    broken = {**STAGES, "eval": Stage("eval", ("model", "eval"), ("synth", "train"), _failing(None, "start"))}
+    broken = {**STAGES, "eval": Stage("eval", STAGES["eval"].sections, ("synth", "train"), _failing(None, "start"))}
     monkeypatch.setattr(pipeline, "STAGES", broken)
     with pytest.raises(Injected):
         run_stage(changed, "eval")

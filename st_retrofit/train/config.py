@@ -65,9 +65,11 @@ def resolve_loss_class(name: str) -> type:
 
     from st_retrofit import losses as retrofit_losses
 
-    loss_class = getattr(retrofit_losses, name, None) or getattr(losses, name, None)
+    # WeightedLossSum is built from train.losses, not named as train.loss.
+    ours = [n for n in retrofit_losses.__all__ if n != "WeightedLossSum"]
+    loss_class = (getattr(retrofit_losses, name) if name in ours else None) or getattr(losses, name, None)
     if not isinstance(loss_class, type):
-        known = list(retrofit_losses.__all__) + sorted(n for n in dir(losses) if n.endswith("Loss"))
+        known = ours + sorted(n for n in dir(losses) if n.endswith("Loss"))
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError("loss", f"unknown loss {name!r}{hint}; known losses: {', '.join(known)}")
