@@ -179,3 +179,20 @@ def test_the_manpages_recipe_validates_beside_a_built_benchmark(debs, tmp_path, 
     recipe = load_recipe("manpages.yaml")
     assert Path(recipe.synth.corpus.path).resolve() == (tmp_path / "data" / "manpages" / "corpus.jsonl").resolve()
     assert len(recipe.eval.mteb_tasks) == 2
+
+
+def test_the_dev_ablation_validates_beside_a_built_benchmark(debs, tmp_path, monkeypatch):
+    from st_retrofit.ablate import load_ablation, variant_recipes
+
+    build(tmp_path / "data" / "manpages", debs=debs, seed=0, min_queries=1)
+    (tmp_path / "recipes" / "ablations").mkdir(parents=True)
+    shutil.copy(REPO / "recipes" / "manpages.yaml", tmp_path / "recipes" / "manpages.yaml")
+    shutil.copy(REPO / "recipes" / "ablations" / "manpages-dev.yaml", tmp_path / "recipes" / "ablations")
+    monkeypatch.chdir(tmp_path)  # the ablation's --set paths are read from where it runs, as the README runs it
+    ablation = load_ablation(tmp_path / "recipes" / "ablations" / "manpages-dev.yaml")
+    variants = variant_recipes(ablation)
+    assert [name for name, *_ in variants] == [
+        "recipe", "full-fine-tuning", "no-distillation", "in-batch-negatives-only", "round-trip-top-10"
+    ]  # fmt: skip
+    assert all(recipe.eval.mteb_tasks == ["data/manpages/dev"] for *_, recipe in variants)  # test stays unseen
+    assert ablation.tasks == "*-dev" and ablation.soup == [x.label for x in ablation.x.values]

@@ -144,7 +144,12 @@ def test_every_shipped_recipe_loads(path, monkeypatch):
     assert yaml.safe_load(path.read_text())["name"] == recipe.name
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    # manpages-dev.yaml needs the built benchmark: tests/test_manpages.py validates it beside a miniature one.
+    sorted(p for p in (REPO / "recipes" / "ablations").glob("*.yaml") if p.name != "manpages-dev.yaml"),
+    ids=lambda p: p.name,
+)
 def test_every_shipped_ablation_validates_all_its_variants(path, monkeypatch):
     from st_retrofit.ablate import load_ablation, variant_recipes
 
