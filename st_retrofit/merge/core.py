@@ -46,7 +46,8 @@ def check_same_architecture(state_dicts: Sequence[dict[str, torch.Tensor]], name
                 )
 
 
-def _weights(weights: Sequence[float] | None, count: int) -> list[float]:
+def soup_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """A soup's weights, normalized to sum to 1 (uniform when ``None``)."""
     if weights is None:
         return [1.0 / count] * count
     if len(weights) != count:
@@ -60,7 +61,7 @@ def soup(state_dicts: Sequence[dict[str, torch.Tensor]], weights: Sequence[float
     """The weighted average of every floating-point tensor (weights normalized to sum to 1; uniform by default)."""
     import torch
 
-    shares = _weights(weights, len(state_dicts))
+    shares = soup_weights(weights, len(state_dicts))
     merged = {}
     for key, tensor in state_dicts[0].items():
         if not tensor.is_floating_point():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from st_retrofit.merge.core import TASK_VECTOR_METHODS, MergeError, MergeMethod, merge_models
+from st_retrofit.merge.core import TASK_VECTOR_METHODS, MergeError, MergeMethod, merge_models, soup_weights
 from st_retrofit.tables import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,8 @@ def merge_folders(
 
     ingredients = [{"model": name, "path": path} for name, path in zip(inputs, paths, strict=True)]
     if method == "soup":
-        shares = weights or [1.0] * len(inputs)
-        for item, weight in zip(ingredients, shares, strict=True):
-            item["weight"] = round(weight / sum(shares), 6)
+        for item, weight in zip(ingredients, soup_weights(weights, len(inputs)), strict=True):
+            item["weight"] = round(weight, 6)
     elif method == "slerp":
         ingredients[0]["weight"], ingredients[1]["weight"] = round(1 - t, 6), round(t, 6)
     else:
