@@ -27,7 +27,7 @@ from st_retrofit.config import ConfigError
 from st_retrofit.distributed import is_main_process
 from st_retrofit.merge.core import MergeError
 from st_retrofit.pipeline import STAGES, StageError, interrupted_stage, run_pipeline, run_stage, write_manifest
-from st_retrofit.publish.release import PublishError
+from st_retrofit.publish.errors import PublishError
 from st_retrofit.recipe import load_recipe
 from st_retrofit.runfolder import RunFolderBusy, locked
 
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--repo", help="the Hub repository, ORG/NAME (sets publish.repo_id)")
             stage.add_argument("--private", action="store_true", default=None, help="create the repository private")
             stage.add_argument("--dry-run", action="store_true", default=None, help="only write the release folder")
+            stage.add_argument(
+                "--mteb-submission", metavar="DIR",
+                help="also write the MTEB leaderboard submission (ModelMeta, results, .eval_results) into DIR",
+            )  # fmt: skip
 
     validate = add_command("validate", help="check a recipe and print it resolved, touching nothing")
     _add_recipe_arguments(validate)
@@ -291,6 +295,11 @@ def _main(args: argparse.Namespace) -> int:
                 write_manifest(recipe)
     if not is_main_process():
         return 0
+    if getattr(args, "mteb_submission", None):
+        from st_retrofit.publish.mteb_submission import write_mteb_submission
+
+        folder = write_mteb_submission(recipe, outputs["publish"], args.mteb_submission)
+        print(f"MTEB submission: {folder} (README.md says where each part goes)")
 
     table = recipe.run_dir / "eval" / "results.md"
     if "eval" in outputs and table.is_file():

@@ -119,6 +119,7 @@ def render_model_card(
     languages = recipe.synth.pair_languages()
     card_data = ModelCardData(
         language=list(languages) or None,
+        license=recipe.publish.license,
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
         tags=["sentence-transformers", "feature-extraction", "retrieval", "st-retrofit", "retrofitting"]

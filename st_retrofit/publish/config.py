@@ -24,6 +24,11 @@ class PublishConfig(ConfigModel):
         gate_tolerance: how far below its base (in nDCG, 0.03 = 3 points) a gate task may score before it counts as
             a regression; small dev tasks move by a few points when one query changes rank.
         allow_regression: publish even when the model scores below its base on a gate task (the card says so).
+        license: the model's licence, a Hub licence id (``mit``, ``apache-2.0``); in the card, and needed by the
+            MTEB leaderboard submission.
+        mteb_training_datasets: the mteb tasks whose data the model was trained on (``[MSMARCO, NQ]``; ``[]`` =
+            none), declared in the MTEB submission so the leaderboard can tell zero-shot scores; ``null`` = not
+            declared (the leaderboard then counts the model's zero-shot share as unknown).
     """
 
     repo_id: str | None = Field(None, description="Hub repository, org/name.")
@@ -36,6 +41,10 @@ class PublishConfig(ConfigModel):
     gate_tasks: list[str] = Field(default_factory=list, description="Tasks the model must not regress on.")
     gate_tolerance: float = Field(0.0, ge=0, lt=1, description="nDCG below the base a gate task may score.")
     allow_regression: bool = Field(False, description="Publish below the base on a gate task.")
+    license: str | None = Field(None, description="Hub licence id of the model (mit, apache-2.0).")
+    mteb_training_datasets: list[str] | None = Field(
+        None, description="mteb tasks whose data trained the model, for the leaderboard submission."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PublishConfig:
@@ -59,3 +68,14 @@ class PublishConfig(ConfigModel):
     def check_environment(self) -> None:
         if self.card_template is not None and not Path(self.card_template).is_file():
             raise ConfigError("card_template", f"file {self.card_template} does not exist")
+        if self.mteb_training_datasets:
+            from st_retrofit.extras import require_module
+
+            mteb = require_module("mteb", "publish.mteb_training_datasets")
+            for i, name in enumerate(self.mteb_training_datasets):
+                try:
+                    mteb.get_task(name)
+                except KeyError:
+                    raise ConfigError(
+                        f"mteb_training_datasets[{i}]", f"{name!r} is no mteb task name (e.g. MSMARCO, NQ)"
+                    ) from None

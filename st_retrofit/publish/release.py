@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from st_retrofit.publish.errors import PublishError
+
 if TYPE_CHECKING:
     from st_retrofit.config import SectionView
 
 logger = logging.getLogger(__name__)
-
-
-class PublishError(RuntimeError):
-    """Publishing cannot go ahead as configured."""
 
 
 def build_release_folder(
@@ -76,6 +74,7 @@ def build_release_folder(
         copy_mteb_results(
             mteb_results, output_dir / "mteb_results", f"st-retrofit/{recipe.name}", recipe.publish.repo_id
         )
+        write_eval_results(output_dir, recipe.publish.repo_id)
     manifest = recipe.run_dir / "manifest.json"
     if manifest.is_file():
         shutil.copy(manifest, output_dir / "manifest.json")
@@ -141,6 +140,19 @@ def copy_mteb_results(source: Path, target: Path, run_model: str, repo_id: str |
         data = json.loads(meta.read_text(encoding="utf-8"))
         data["name"] = repo_id
         meta.write_text(json.dumps(data, indent=4), encoding="utf-8")
+
+
+def write_eval_results(release_dir: Path, repo_id: str | None) -> None:
+    """The Hub's ``.eval_results/`` for the released model's results on tasks mteb knows by name (local tasks have
+    no dataset on the Hub to point to)."""
+    from st_retrofit.publish.mteb_submission import leaderboard_results, write_hub_eval_results
+
+    folder = release_dir / "mteb_results" / (repo_id or "").replace("/", "__")
+    if not repo_id or not folder.is_dir():
+        return
+    known, _ = leaderboard_results(folder)
+    if known:
+        write_hub_eval_results(known, release_dir / ".eval_results")
 
 
 def push_release(

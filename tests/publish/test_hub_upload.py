@@ -104,8 +104,21 @@ def test_publish_a_run_folder_from_the_command_line(hub, tiny_recipe_data, tmp_p
     release = recipe.run_dir / "publish" / "release"
     assert (release / "README.md").is_file() and (release / "manifest.json").is_file()
 
-    assert main(["publish", run_dir, "--repo", "test-org/from-cli", "--private"]) == 0
+    # A score on a task mteb knows by name, as the eval stage would have written it: the leaderboard submission.
+    import mteb
+
+    task = mteb.get_task("NFCorpus")
+    scores = {"test": {"default": {"main_score": 0.31, "ndcg_at_10": 0.31}}}
+    results = recipe.run_dir / "eval" / "mteb" / "results" / "st-retrofit__tiny" / "no_revision_available"
+    results.mkdir(parents=True)
+    mteb.TaskResult.from_task_results(task, scores, evaluation_time=1.0).to_disk(results / "NFCorpus.json")
+    submission = tmp_path / "submission"
+    args = ["publish", run_dir, "--repo", "test-org/from-cli", "--private", "--mteb-submission", str(submission)]
+    assert main([*args, "--set", "publish.license=mit"]) == 0
     repo = hub.state.repos["test-org/from-cli"]
+    revision = repo["commits"][0]["sha"]  # the submission names the revision that was pushed
+    assert (submission / "results" / "results" / "test-org__from-cli" / revision / "NFCorpus.json").is_file()
+    assert ".eval_results/NFCorpus.yaml" in repo["commits"][0]["files"]
     assert repo["private"] and len(repo["commits"]) == 1
     assert set(repo["commits"][0]["files"]) == {p.relative_to(release).as_posix() for p in release.rglob("*")
                                                  if p.is_file()}  # fmt: skip
