@@ -114,10 +114,10 @@ STAGES: dict[str, Stage] = {
         Stage("synth", ("synth",), (), _synth),
         Stage("mine", ("data", "mining"), ("synth",), _mine),
         # mining: the pool's negatives per row when mixing.num_negatives is null.
-        Stage("train", ("model", "mining", "mixing", "train"), ("mine",), _train),
+        Stage("train", ("model", "mining", "mixing", "train", "merge"), ("mine",), _train),
         Stage("eval", ("model", "train", "eval"), ("synth", "train"), _eval),  # train: its Matryoshka sizes
         # publish: the release carries the whole recipe and the card describes every part of the run.
-        Stage("publish", ("model", "synth", "data", "mining", "mixing", "train", "eval", "publish"), ("train",),
+        Stage("publish", ("model", "synth", "data", "mining", "mixing", "train", "merge", "eval", "publish"), ("train",),
               _publish, uses=("eval",)),
     )
 }  # fmt: skip

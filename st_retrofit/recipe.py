@@ -9,6 +9,7 @@ data       :class:`st_retrofit.data.config.DataConfig`        mine, publish
 mining     :class:`st_retrofit.mining.config.MiningConfig`    mine, train, publish
 mixing     :class:`st_retrofit.mixing.config.MixingConfig`    train, publish
 train      :class:`st_retrofit.train.config.TrainConfig`      train, publish
+merge      :class:`st_retrofit.merge.config.MergeConfig`      train, publish
 eval       :class:`st_retrofit.evaluation.config.EvalConfig`  eval
 publish    :class:`st_retrofit.publish.config.PublishConfig`  publish
 =========  ============================================  ====================================
@@ -43,6 +44,7 @@ from st_retrofit.config import (
 )
 from st_retrofit.data.config import DataConfig
 from st_retrofit.evaluation.config import EvalConfig
+from st_retrofit.merge.config import MergeConfig
 from st_retrofit.mining.config import MiningConfig
 from st_retrofit.mixing.config import MixingConfig
 from st_retrofit.models.config import ModelConfig
@@ -50,7 +52,7 @@ from st_retrofit.publish.config import PublishConfig
 from st_retrofit.synth.config import SynthConfig
 from st_retrofit.train.config import TrainConfig
 
-SECTIONS = ("model", "synth", "data", "mining", "mixing", "train", "eval", "publish")
+SECTIONS = ("model", "synth", "data", "mining", "mixing", "train", "merge", "eval", "publish")
 
 
 class Recipe(ConfigModel):
@@ -71,6 +73,7 @@ class Recipe(ConfigModel):
     mining: MiningConfig = Field(default_factory=MiningConfig)
     mixing: MixingConfig = Field(default_factory=MixingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
@@ -106,6 +109,13 @@ class Recipe(ConfigModel):
         for key, folder in (("mining.cache_dir", self.mining.cache_dir), ("synth.cache_dir", self.synth.cache_dir)):
             if folder is not None:
                 check_writable(folder, key)
+        keep = self.train.args.get("save_total_limit")
+        if self.merge.enabled and self.merge.checkpoints and keep is not None and keep < self.merge.checkpoints + 1:
+            raise ConfigError(
+                "merge.checkpoints",
+                f"{self.merge.checkpoints} checkpoints before the last, but train.args.save_total_limit keeps "
+                f"{keep} in all; raise it to {self.merge.checkpoints + 1}",
+            )
         columns = self.pair_columns()
         if self.mining.enabled and self.mining.group_by and self.mining.group_by not in columns:
             raise ConfigError(

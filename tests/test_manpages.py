@@ -13,6 +13,7 @@ import pytest
 
 from st_retrofit.evaluation.manpages import build, parse_page, parse_roff, part_of, roff_inline
 
+MANPAGES_ABLATIONS = ("manpages-dev.yaml", "manpages-minilm-distill.yaml")  # they need the built benchmark
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build .deb files")
@@ -181,18 +182,27 @@ def test_the_manpages_recipe_validates_beside_a_built_benchmark(debs, tmp_path, 
     assert len(recipe.eval.mteb_tasks) == 2
 
 
-def test_the_dev_ablation_validates_beside_a_built_benchmark(debs, tmp_path, monkeypatch):
+def test_the_dev_ablations_validate_beside_a_built_benchmark(debs, tmp_path, monkeypatch):
     from st_retrofit.ablate import load_ablation, variant_recipes
 
     build(tmp_path / "data" / "manpages", debs=debs, seed=0, min_queries=1)
     (tmp_path / "recipes" / "ablations").mkdir(parents=True)
     shutil.copy(REPO / "recipes" / "manpages.yaml", tmp_path / "recipes" / "manpages.yaml")
-    shutil.copy(REPO / "recipes" / "ablations" / "manpages-dev.yaml", tmp_path / "recipes" / "ablations")
+    for name in MANPAGES_ABLATIONS:
+        shutil.copy(REPO / "recipes" / "ablations" / name, tmp_path / "recipes" / "ablations")
     monkeypatch.chdir(tmp_path)  # the ablation's --set paths are read from where it runs, as the README runs it
     ablation = load_ablation(tmp_path / "recipes" / "ablations" / "manpages-dev.yaml")
     variants = variant_recipes(ablation)
     assert [name for name, *_ in variants] == [
-        "recipe", "full-fine-tuning", "no-distillation", "in-batch-negatives-only", "round-trip-top-10"
+        "recipe", "full-fine-tuning", "no-distillation", "in-batch-negatives-only", "round-trip-top-10",
+        "self-guided-mask-5",
     ]  # fmt: skip
     assert all(recipe.eval.mteb_tasks == ["data/manpages/dev"] for *_, recipe in variants)  # test stays unseen
     assert ablation.tasks == "*-dev" and ablation.soup == [x.label for x in ablation.x.values]
+
+    variants = variant_recipes(load_ablation(tmp_path / "recipes" / "ablations" / "manpages-minilm-distill.yaml"))
+    assert {recipe.model.base for *_, recipe in variants} == {"offline:all-MiniLM-L6-v2"}
+    assert {recipe.mining.teacher for *_, recipe in variants} == {"offline:multilingual-e5-small"}
+    assert [[t.loss for t in recipe.train.losses] for *_, recipe in variants] == [
+        [], ["TeacherEmbeddingLoss"], ["TeacherEmbeddingLoss"]
+    ]  # fmt: skip

@@ -74,3 +74,23 @@ def test_a_recipe_trains_at_every_size_with_teacher_scores_as_labels(tiny_recipe
     run_pipeline(recipe, stages=["publish"])
     card = (recipe.run_dir / "publish" / "release" / "README.md").read_text()
     assert "`MatryoshkaLoss` at 32, 16 dimensions" in card and "truncate_dim=16)" in card and "| 16 |" in card
+
+
+def test_eval_dimensions_score_cut_embeddings_of_a_model_trained_without_matryoshka(tiny_recipe_data):
+    data = {**tiny_recipe_data, "eval": {**tiny_recipe_data["eval"], "dimensions": [8, 16]}}
+    recipe = recipe_from_dict(data)
+    outputs = run_pipeline(recipe, stages=["synth", "mine", "train", "eval"])
+    results = json.loads(Path(outputs["eval"]).read_text())
+    assert list(results["dimensions"]) == ["16", "8"]  # largest first, as the table reads
+    model = SentenceTransformer(str(outputs["train"]), device="cpu", truncate_dim=8)
+    model.max_seq_length = 48
+    from datasets import load_from_disk
+
+    from st_retrofit.evaluation.heldout import evaluate_retrieval
+
+    pairs = load_from_disk(str(recipe.run_dir / "synth" / "dataset"))["eval"]
+    expected = evaluate_retrieval(model, pairs, k=5, batch_size=16)["mean"]["ndcg"]
+    assert results["dimensions"]["8"]["retrofitted"]["ndcg"] == pytest.approx(expected, abs=1e-6)
+    run_pipeline(recipe, stages=["publish"])
+    card = (recipe.run_dir / "publish" / "release" / "README.md").read_text()
+    assert "truncate_dim" not in card  # cutting was measured, not trained for: the card does not offer it

@@ -119,3 +119,51 @@ def test_the_merge_command_writes_a_loadable_model_with_its_ingredients(models, 
     assert main(["merge", *folders, "-o", str(tmp_path / "x"), "--method", "ties"]) == 2
     assert "name the base model (--base)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_recipe_merges_the_trained_model_with_a_checkpoint_and_its_base(tiny_recipe_data):
+    """Recipe section merge: a soup of the trained model, its last checkpoint before the end and the base; the
+    unmerged model is kept, eval and publish read the merged one, and the card lists the ingredients."""
+    from st_retrofit.pipeline import run_pipeline
+    from st_retrofit.recipe import recipe_from_dict
+
+    data = {**tiny_recipe_data, "merge": {"method": "soup", "checkpoints": 1, "models": ["base"],
+                                          "weights": [2, 1, 1]}}  # fmt: skip
+    data["train"] = {**data["train"], "args": {**data["train"]["args"], "save_total_limit": 3}}
+    recipe = recipe_from_dict(data)
+    outputs = run_pipeline(recipe, stages=["synth", "mine", "train", "eval", "publish"])
+    train = recipe.run_dir / "train"
+    record = json.loads((train / "model" / "merge.json").read_text())
+    steps = sorted(int(p.name.rpartition("-")[2]) for p in (train / "checkpoints").glob("checkpoint-*"))
+    assert [i["model"] for i in record["ingredients"]] == ["trained", f"checkpoint-{steps[-2]}", "base"]
+    assert [i["weight"] for i in record["ingredients"]] == [0.5, 0.25, 0.25]
+
+    name = "0.model.encoder.layer.0.attention.self.query.weight"
+    trained, base = SentenceTransformer(str(train / "unmerged")), SentenceTransformer(data["model"]["base"])
+    checkpoint = SentenceTransformer(str(train / "checkpoint-models" / f"checkpoint-{steps[-2]}"))
+    expected = 0.5 * _tensor(trained, name) + 0.25 * _tensor(checkpoint, name) + 0.25 * _tensor(base, name)
+    assert torch.allclose(_tensor(SentenceTransformer(str(train / "model")), name), expected, atol=1e-6)
+    assert not torch.allclose(_tensor(trained, name), _tensor(base, name))  # training moved the weights
+
+    card = (outputs["publish"] / "README.md").read_text()
+    assert "## Merge" in card and "checkpoint-" in card
+
+
+def test_merge_settings_that_cannot_work_are_named(tiny_recipe_data):
+    from st_retrofit.config import ConfigError
+    from st_retrofit.recipe import recipe_from_dict
+
+    cases = [
+        ({"method": "soup"}, "merge.models", "another ingredient"),
+        ({"method": "slerp", "models": ["base", "runs/other"]}, "merge.models", "exactly two"),
+        ({"method": "soup", "models": ["base"], "weights": [1.0]}, "merge.weights", "2 ingredients"),
+    ]
+    for merge, key, words in cases:
+        with pytest.raises(ConfigError) as info:
+            recipe_from_dict({**tiny_recipe_data, "merge": merge})
+        assert info.value.key == key and words in info.value.message, merge
+    data = {**tiny_recipe_data, "merge": {"method": "soup", "checkpoints": 2}}
+    data["train"] = {**data["train"], "args": {**data["train"]["args"], "save_total_limit": 2}}
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict(data)
+    assert info.value.key == "merge.checkpoints" and "save_total_limit" in info.value.message

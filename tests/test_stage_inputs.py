@@ -33,12 +33,17 @@ EXAMPLES: dict[str, list[Any]] = {
     "train.matryoshka_dims": [[32, 16]],
     "train.matryoshka_weights": [[1.0, 0.5]],
     "train.losses": [[{"loss": "GlobalOrthogonalRegularizationLoss", "weight": 0.1}]],
+    "merge.method": ["soup"],
+    "merge.weights": [[2.0, 1.0]],
+    "eval.dimensions": [[16]],
 }
 # Values that are valid only together with another value of the same section.
 COMPANIONS: dict[str, list[str]] = {
     "data.synthetic": ['data.sources=[{"name": "extra", "path": "org/dataset"}]'],
     "synth.source": ["synth.corpus.path=docs.jsonl"],
     "train.matryoshka_weights": ["train.matryoshka_dims=[32, 16]"],
+    "merge.method": ["merge.models=[base]"],
+    "merge.weights": ["merge.method=soup", "merge.models=[base]"],
 }
 
 

@@ -19,6 +19,9 @@ class EvalConfig(ConfigModel):
             task names (``MIRACLRetrieval``) or local BEIR-style folders (see :mod:`st_retrofit.evaluation.mteb`;
             the ``eval`` extra).
         mteb_baselines: ``{label: folder}`` of mteb results of other models, added as columns of the comparison.
+        dimensions: embedding sizes to score besides the full one (embeddings cut with ``truncate_dim``); ``null``
+            = ``train.matryoshka_dims``. Set it without Matryoshka training to see what cutting costs a model
+            trained without it.
     """
 
     k: int = Field(10, ge=1, description="Cut-off for nDCG@k and Recall@k.")
@@ -29,9 +32,12 @@ class EvalConfig(ConfigModel):
     mteb_baselines: dict[str, str] = Field(
         default_factory=dict, json_schema_extra={"local_path": True}, description="Label -> mteb results folder."
     )
+    dimensions: list[int] | None = Field(None, description="Embedding sizes to score; null = train.matryoshka_dims.")
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
+        for i, size in enumerate(self.dimensions or []):
+            require(size >= 1, f"dimensions[{i}]", f"expected a size >= 1, got {size}")
         for label, folder in self.mteb_baselines.items():
             require(Path(folder).expanduser().is_dir(), f"mteb_baselines.{label}", f"folder {folder} does not exist")
         return self

@@ -35,7 +35,8 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
             model.max_seq_length = recipe.model.max_seq_length
         logger.info("Evaluating the %s model", label)
         results[label] = evaluate_retrieval(model, pairs, k=recipe.eval.k, batch_size=recipe.eval.batch_size)
-    sizes = smaller_sizes(recipe.train.matryoshka_dims, models["retrofitted"])
+    dims = recipe.eval.dimensions if recipe.eval.dimensions is not None else recipe.train.matryoshka_dims
+    sizes = smaller_sizes(sorted(dims, reverse=True), models["retrofitted"])
     if sizes:
         results["dimensions"] = {}
         for size in sizes:

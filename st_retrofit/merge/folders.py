@@ -31,8 +31,10 @@ def merge_folders(
     base: str | None = None,
     t: float = 0.5,
     density: float = 0.5,
+    names: Sequence[str] | None = None,
 ) -> Path:
-    """Load ``inputs``, merge them (:func:`~st_retrofit.merge.merge_models`) and save the result to ``output``.
+    """Load ``inputs``, merge them (:func:`~st_retrofit.merge.merge_models`) and save the result to ``output``;
+    ``names`` label the ingredients in ``merge.json`` and the card (default: the inputs as given).
 
     ``output`` must not exist yet: the model is written beside it and renamed into place when complete, so a failed
     merge leaves nothing half-written and never replaces a finished model.
@@ -50,9 +52,10 @@ def merge_folders(
     paths = [resolve_ingredient(name) for name in inputs]
     models = [load_model(path) for path in paths]
     base_model = load_model(resolve_ingredient(base)) if base is not None else None
-    merged = merge_models(models, method, weights, base_model, t, density, names=list(inputs))
+    names = list(names or inputs)
+    merged = merge_models(models, method, weights, base_model, t, density, names=names)
 
-    ingredients = [{"model": name, "path": path} for name, path in zip(inputs, paths, strict=True)]
+    ingredients = [{"model": name, "path": path} for name, path in zip(names, paths, strict=True)]
     if method == "soup":
         for item, weight in zip(ingredients, soup_weights(weights, len(inputs)), strict=True):
             item["weight"] = round(weight, 6)

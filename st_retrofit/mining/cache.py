@@ -118,6 +118,90 @@ class EmbeddingTable:
             yield start, self.read(start, start + block_size)
 
 
+Index = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]
+
+
+def read_index(folder: Path) -> Index:
+    """A namespace's committed shards: their names, and every key (sorted) with its shard index and row."""
+    names = sorted(p.name[: -len(".keys.npy")] for p in folder.glob("*.keys.npy"))
+    keys, shard_ids, rows = [], [], []
+    for i, name in enumerate(names):
+        k = np.load(folder / f"{name}.keys.npy")
+        keys.append(k)
+        shard_ids.append(np.full(len(k), i, dtype=np.int32))
+        rows.append(np.arange(len(k), dtype=np.int64))
+    if not keys:
+        empty = np.empty(0, dtype=np.int64)
+        return names, np.empty(0, dtype=KEY_DTYPE), empty.astype(np.int32), empty
+    keys_all, shard_all, rows_all = np.concatenate(keys), np.concatenate(shard_ids), np.concatenate(rows)
+    order = np.argsort(keys_all, kind="stable")
+    return names, keys_all[order], shard_all[order], rows_all[order]
+
+
+def lookup_keys(index: Index, keys: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Shard names, and for each key: found, shard index, row."""
+    names, sorted_keys, shards, rows = index
+    if not len(sorted_keys):
+        zeros = np.zeros(len(keys), dtype=np.int64)
+        return names, zeros.astype(bool), zeros.astype(np.int32), zeros
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return names, sorted_keys[pos] == keys, shards[pos], rows[pos]
+
+
+class TeacherEmbeddings:
+    """The embeddings a mining run's teacher computed, found again by text: what
+    :class:`~st_retrofit.losses.TeacherEmbeddingLoss` distils, with no teacher forward pass during training.
+
+    Args:
+        query_folder: the cache namespace of the teacher's query embeddings (the mining report's
+            ``cache.query_namespace``).
+        document_folder: the namespace of its document embeddings (``cache.document_namespace``).
+
+    The key index of each namespace is read once; rows are read from the memory-mapped shards per call.
+    """
+
+    def __init__(self, query_folder: str | Path, document_folder: str | Path) -> None:
+        self.folders = {"query": Path(query_folder), "document": Path(document_folder)}
+        self._indexes: dict[str, Index] = {}
+        self.dim: int | None = None
+        for role, folder in self.folders.items():
+            meta = folder / "meta.json"
+            if not meta.is_file():
+                raise FileNotFoundError(
+                    f"{folder}: the mining cache's {role} embeddings are gone; run the mine stage again "
+                    "(st-retrofit mine --force) to encode them"
+                )
+            self.dim = int(json.loads(meta.read_text())["dim"])
+
+    @classmethod
+    def from_mining_report(cls, report: dict) -> TeacherEmbeddings:
+        cache = report.get("cache") or {}
+        if "query_namespace" not in cache:
+            raise ValueError("the mining report names no cache namespaces; run the mine stage again")
+        return cls(cache["query_namespace"], cache["document_namespace"])
+
+    def __getstate__(self) -> dict:  # dataloader workers read their own index
+        return {**self.__dict__, "_indexes": {}}
+
+    def lookup(self, texts: Sequence[str], role: Role) -> np.ndarray:
+        """The teacher's fp16 ``[len(texts), dim]`` embeddings of ``texts`` (as queries or as documents).
+
+        Raises:
+            KeyError: a text the teacher never encoded in this role (data that did not go through mining).
+        """
+        if role not in self._indexes:
+            self._indexes[role] = read_index(self.folders[role])
+        keys = text_keys(texts)
+        names, found, shards, rows = lookup_keys(self._indexes[role], keys)
+        if not found.all():
+            missing = texts[int(np.flatnonzero(~found)[0])]
+            raise KeyError(
+                f"{int((~found).sum())} of {len(texts)} texts have no teacher {role} embedding in "
+                f"{self.folders[role]} (first: {missing[:60]!r}); only mined data can be distilled"
+            )
+        return EmbeddingTable(self.folders[role], names, shards, rows, self.dim).read()
+
+
 class EmbeddingCache:
     """Encode texts with a model, reusing every embedding computed before under the same namespace.
 
@@ -158,29 +242,9 @@ class EmbeddingCache:
     def _shards(self) -> list[str]:
         return sorted(p.name[: -len(".keys.npy")] for p in self.folder.glob("*.keys.npy"))
 
-    def _index(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        names = self._shards()
-        keys, shard_ids, rows = [], [], []
-        for i, name in enumerate(names):
-            k = np.load(self.folder / f"{name}.keys.npy")
-            keys.append(k)
-            shard_ids.append(np.full(len(k), i, dtype=np.int32))
-            rows.append(np.arange(len(k), dtype=np.int64))
-        if not keys:
-            empty = np.empty(0, dtype=np.int64)
-            return names, np.empty(0, dtype=KEY_DTYPE), empty.astype(np.int32), empty
-        keys_all, shard_all, rows_all = np.concatenate(keys), np.concatenate(shard_ids), np.concatenate(rows)
-        order = np.argsort(keys_all, kind="stable")
-        return names, keys_all[order], shard_all[order], rows_all[order]
-
     def _lookup(self, keys: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Shard names, and for each key: found, shard index, row."""
-        names, sorted_keys, shards, rows = self._index()
-        if not len(sorted_keys):
-            zeros = np.zeros(len(keys), dtype=np.int64)
-            return names, zeros.astype(bool), zeros.astype(np.int32), zeros
-        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        return names, sorted_keys[pos] == keys, shards[pos], rows[pos]
+        return lookup_keys(read_index(self.folder), keys)
 
     def _write_meta(self, dim: int) -> None:
         meta = self.folder / "meta.json"

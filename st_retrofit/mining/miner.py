@@ -440,6 +440,9 @@ class HardNegativeMiner:
                 "folder": str(self.cache_root),
                 "encoded": query_cache.encoded + doc_cache.encoded,
                 "reused": query_cache.reused + doc_cache.reused,
+                # Where the teacher's embeddings of this run's texts are: TeacherEmbeddings reads them in training.
+                "query_namespace": str(query_cache.folder),
+                "document_namespace": str(doc_cache.folder),
             },
             shards={"total": total_shards, "resumed": resumed},
             timings=timings,

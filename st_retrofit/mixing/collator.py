@@ -87,6 +87,10 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
             "task_ids": (batch,)}`` (what :class:`~st_retrofit.losses.RetrofitInfoNCELoss` reads), ``"teacher_scores"``
             = the scores tensor alone (``DistillKLDivLoss``, ``MarginMSELoss``), ``"none"``.
         ignore_columns: string columns that are metadata, never trained on.
+        teacher_embeddings: a :class:`~st_retrofit.mining.cache.TeacherEmbeddings` lookup: with ``labels="dict"``,
+            the teacher's embeddings of every text of the batch (anchors as queries, the rest as documents) go to
+            the loss as ``"teacher_embeddings"`` ``(columns, batch, dim)``, for
+            :class:`~st_retrofit.losses.TeacherEmbeddingLoss`.
         seed: the sampling seed.
         router_mapping, max_length, valid_label_columns: as in the stock collator.
 
@@ -135,6 +139,7 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     pool_ids_column: str = "negative_ids"
     labels: str = "dict"
     ignore_columns: Sequence[str] = METADATA_COLUMNS
+    teacher_embeddings: Any = None
     seed: int = 0
     epoch: int = field(default=0, init=False)
     stats: Counter = field(default_factory=Counter, init=False, repr=False)
@@ -200,6 +205,14 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
                 batch[f"{column}_task"] = route
 
         label = self._label(teacher, tasks)
+        if self.teacher_embeddings is not None and self.labels == "dict":
+            label = label or {}
+            label["teacher_embeddings"] = torch.from_numpy(
+                np.stack([
+                    self.teacher_embeddings.lookup(texts[column], "query" if position == 0 else "document")
+                    for position, column in enumerate(columns)
+                ]).astype(np.float32)
+            )  # fmt: skip
         if label is not None:
             batch["label"] = label
         return batch

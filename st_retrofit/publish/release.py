@@ -62,6 +62,11 @@ def build_release_folder(
     shutil.copytree(model_dir, output_dir, copy_function=_link_or_copy)
     model = SentenceTransformer(str(output_dir), device="cpu")
     card = render_model_card(recipe, model, results, table, recipe.publish.card_template, gate=gate)
+    merge_record = output_dir / "merge.json"
+    if merge_record.is_file():  # recipe section merge: the card lists the ingredients and their weights
+        from st_retrofit.merge.folders import merge_card_section
+
+        card = card.rstrip() + "\n\n" + merge_card_section(json.loads(merge_record.read_text())) + "\n"
     (output_dir / "README.md").unlink(missing_ok=True)  # a link to the trained model's own card: write a new file
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     if results is not None:

@@ -114,8 +114,36 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
     return merged
 
 
-def build_collator(recipe: SectionView, model: SentenceTransformer, router_mapping=None):
-    """The recipe's :class:`~st_retrofit.mixing.RetrofitDataCollator` for ``model``."""
+def needs_teacher_embeddings(config: TrainConfig) -> bool:
+    """Whether a loss of the recipe (``train.loss`` or a ``train.losses`` term) reads the teacher's embeddings."""
+    classes = [config.loss_class(), *(term.loss_class() for term in config.losses)]
+    return any(getattr(cls, "needs_teacher_embeddings", False) for cls in classes)
+
+
+def teacher_embeddings(recipe: SectionView, mined: Path):
+    """The mining run's teacher embeddings (:class:`~st_retrofit.mining.cache.TeacherEmbeddings`), for the losses
+    that distil them.
+
+    Raises:
+        ConfigError: mining is off, or its cache no longer holds them.
+    """
+    from st_retrofit.config import ConfigError
+    from st_retrofit.mining.cache import TeacherEmbeddings
+
+    report = mined.parent / "report.json"
+    if not recipe.mining.enabled or not report.is_file():
+        raise ConfigError(
+            "train.losses", "TeacherEmbeddingLoss distils the miner's teacher embeddings; turn mining on"
+        )
+    try:
+        return TeacherEmbeddings.from_mining_report(json.loads(report.read_text()))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError("train.losses", f"TeacherEmbeddingLoss: {exc}") from None
+
+
+def build_collator(recipe: SectionView, model: SentenceTransformer, router_mapping=None, teacher=None):
+    """The recipe's :class:`~st_retrofit.mixing.RetrofitDataCollator` for ``model`` (``teacher``: the
+    :class:`~st_retrofit.mining.cache.TeacherEmbeddings` a loss distils)."""
     from st_retrofit.mixing import RetrofitDataCollator
 
     mixing = recipe.mixing
@@ -135,7 +163,8 @@ def build_collator(recipe: SectionView, model: SentenceTransformer, router_mappi
         sampling_temperature=mixing.sampling_temperature,
         prompt_side=mixing.prompt_side,
         task_column=mixing.task_column,
-        labels=labels,
+        labels="dict" if teacher is not None else labels,
+        teacher_embeddings=teacher,
         seed=recipe.seed,
     )
 
@@ -213,7 +242,8 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     args.multi_dataset_batch_sampler = batch_sampler(recipe, list(dataset))
     model = build_model(recipe)
     loss = build_loss(recipe.train, model)
-    collator = build_collator(recipe, model, args.router_mapping)
+    teacher = teacher_embeddings(recipe, Path(train_dataset)) if needs_teacher_embeddings(recipe.train) else None
+    collator = build_collator(recipe, model, args.router_mapping, teacher)
     mixing = MixingCallback()
 
     evaluator = None
@@ -259,4 +289,55 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     else:
         model.save_pretrained(str(model_dir))
     logger.info("Saved the retrofitted model to %s", model_dir)
+    if recipe.merge.enabled:
+        merge_trained_model(recipe, output_dir, trainer.state.global_step)
     return model_dir
+
+
+def checkpoint_models(recipe: SectionView, output_dir: Path, count: int, final_step: int) -> list[str]:
+    """The run's last ``count`` trainer checkpoints before its final step, as model folders (a LoRA checkpoint is
+    merged into the base once, under ``checkpoint-models/``).
+
+    Raises:
+        ConfigError: the run kept fewer checkpoints.
+    """
+    from st_retrofit.config import ConfigError
+
+    found = sorted(output_dir.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
+    earlier = [p for p in found if int(p.name.rpartition("-")[2]) < final_step][-count:]
+    if len(earlier) < count:
+        raise ConfigError(
+            "merge.checkpoints",
+            f"{count} asked, but the run kept {len(earlier)} checkpoints before its last step; raise "
+            f"train.args.save_total_limit to {count + 1} or more, or save more often (save_steps)",
+        )
+    if recipe.model.lora is None:
+        return [str(p) for p in earlier]
+    folders = []
+    for checkpoint in earlier:
+        target = output_dir / "checkpoint-models" / checkpoint.name
+        if not target.is_dir():
+            merge_adapter(recipe.model.base, checkpoint, recipe.model.max_seq_length).save_pretrained(str(target))
+        folders.append(str(target))
+    return folders
+
+
+def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) -> Path:
+    """Merge ``output_dir/model`` with the ingredients of the recipe's ``merge`` section; the unmerged model moves
+    to ``output_dir/unmerged``, the merged one takes its place (with ``merge.json``)."""
+    from st_retrofit.merge.config import BASE
+    from st_retrofit.merge.core import TASK_VECTOR_METHODS
+    from st_retrofit.merge.folders import merge_folders
+
+    config = recipe.merge
+    unmerged = output_dir / "unmerged"
+    if unmerged.exists():
+        shutil.rmtree(unmerged)
+    (output_dir / "model").rename(unmerged)
+    checkpoints = checkpoint_models(recipe, output_dir, config.checkpoints, final_step)
+    others = [recipe.model.base if name == BASE else name for name in config.models]
+    names = ["trained", *(Path(p).name for p in checkpoints), *config.models]
+    return merge_folders(
+        [str(unmerged), *checkpoints, *others], output_dir / "model", config.method, config.weights,
+        recipe.model.base if config.method in TASK_VECTOR_METHODS else None, config.t, config.density, names=names,
+    )  # fmt: skip
