@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", default="runs/evaluate", help="results folder (default runs/evaluate)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
     evaluate.add_argument("--max-seq-length", type=int, help="tokens per text (default: each model's own)")
+    evaluate.add_argument(
+        "--dimensions", type=int, nargs="+", default=[], help="also score embeddings cut to these sizes (truncate_dim)"
+    )
 
     merge = add_command("merge", help="merge models fine-tuned from one base (soup, slerp, task arithmetic, TIES)")
     merge.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
@@ -268,7 +271,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from st_retrofit.evaluation.models import evaluate_models
 
-        evaluate_models(args.models, args.tasks, args.output, args.batch_size, args.max_seq_length)
+        evaluate_models(args.models, args.tasks, args.output, args.batch_size, args.max_seq_length, args.dimensions)
         print((Path(args.output) / "mteb_comparison.md").read_text())
         print(f"results: {args.output} (mteb_comparison.json, mteb/results/)")
         return 0

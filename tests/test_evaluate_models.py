@@ -49,3 +49,20 @@ def test_an_unknown_task_or_model_is_one_line_naming_it(two_models, tmp_path, ca
     missing = str(tmp_path / "no-such-model")
     assert main(["evaluate", two_models[0], missing, "--tasks", str(beir), "-o", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: models[1]:")
+
+
+def test_cut_sizes_are_scored_as_columns_beside_each_model(two_models, tmp_path, capsys):
+    beir = write_beir(tmp_path / "towns-en")
+    out = tmp_path / "evaluation"
+    args = ["evaluate", two_models[0], "--tasks", str(beir), "-o", str(out), "--batch-size", "16"]
+    assert main([*args, "--dimensions", "8", "16"]) == 0
+    data = json.loads((out / "mteb_comparison.json").read_text())
+    name = two_models[0]
+    assert data["models"] == [name, f"{name} @16", f"{name} @8"]
+    cut = SentenceTransformer(name, device="cpu", truncate_dim=8)
+    alone = run_mteb(cut, "x", [beir_task(beir)], tmp_path / "x", 16)
+    assert data["rows"][0][f"{name} @8"] == pytest.approx(alone["towns-en"], abs=1e-6)
+    assert data["rows"][0][f"{name} @8"] != pytest.approx(data["rows"][0][name], abs=1e-4)
+
+    assert main([*args, "-o", str(tmp_path / "other"), "--dimensions", "32"]) == 2  # the tiny model has 32
+    assert "--dimensions" in capsys.readouterr().err

@@ -32,6 +32,7 @@ def evaluate_models(
     output_dir: str | Path,
     batch_size: int = 32,
     max_seq_length: int | None = None,
+    dimensions: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Score every model on every task with mteb; the first model is the reference of the table's last column.
 
@@ -44,11 +45,14 @@ def evaluate_models(
         output_dir: where results go.
         batch_size: encoding batch size.
         max_seq_length: cut texts to this many tokens (the models' own limit by default).
+        dimensions: also score every model with its embeddings cut to each size (``truncate_dim``), as a column
+            ``<model> @<size>`` beside the model's own.
 
     Raises:
         ConfigError: a model or task that cannot be found, named with its position.
     """
     from st_retrofit.evaluation.mteb import comparison, resolve_tasks, run_mteb
+    from st_retrofit.evaluation.stage import truncated
     from st_retrofit.merge.folders import resolve_ingredient
     from st_retrofit.models.resolve import check_model_name, load_model
 
@@ -72,6 +76,13 @@ def evaluate_models(
             model.max_seq_length = max_seq_length
         logger.info("mteb: %d task(s) for %s", len(task_objects), name)
         scores[name] = run_mteb(model, model_label(name), task_objects, output_dir / "mteb", batch_size)
+        full = model.get_embedding_dimension()
+        for size in sorted(dimensions, reverse=True):
+            if full is not None and size >= full:
+                raise ConfigError("--dimensions", f"{name} has {full} dimensions; cut sizes must be smaller")
+            with truncated(model, size):
+                label = f"{model_label(name)}-d{size}"
+                scores[f"{name} @{size}"] = run_mteb(model, label, task_objects, output_dir / "mteb", batch_size)
     data, table = comparison(scores)
     data["main_scores"] = {task.metadata.name: task.metadata.main_score for task in task_objects}
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ class MixingConfig(ConfigModel):
         group_by: what a batch may not mix: ``dataset`` (the splits), a column, or a list of them.
         num_batches: batches per epoch; ``null`` = the (capped) rows over the batch size.
         no_duplicates: keep repeated texts out of a batch (across every text column).
+        length_buckets: batch texts of similar length together: each group's rows are sorted by length within
+            windows of this many batches, whose batches are then shuffled; ``0`` = off. Less padding per batch.
         num_negatives: negatives drawn per row and step from a mined ``pool``; ``null`` = ``mining.num_negatives``.
         range_min: first pool rank drawn from (the name mining uses for the same idea).
         range_max: end of the drawn ranks (exclusive); ``null`` = the whole pool.
@@ -50,6 +52,7 @@ class MixingConfig(ConfigModel):
     group_by: str | list[str] = Field(default_factory=lambda: ["dataset"], description="Batch groups.")
     num_batches: int | None = Field(None, description="Batches per epoch.")
     no_duplicates: bool = Field(True, description="No repeated text in a batch.")
+    length_buckets: int = Field(0, ge=0, description="Sort rows by length within windows of this many batches.")
     num_negatives: int | None = Field(None, description="Pool negatives drawn per row.")
     range_min: int = Field(0, description="First pool rank drawn from.")
     range_max: int | None = Field(None, description="End of drawn pool ranks.")

@@ -117,6 +117,11 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
         text_columns: the columns compared for duplicates; ``None`` = every string column except labels,
             ``group_by`` columns, ``dataset_name`` and ``ignore_columns``.
         ignore_columns: string columns that are metadata, not texts.
+        length_buckets: order each group's stream by text length within windows of this many batches (the
+            batches of a window are then shuffled among themselves), so that a batch holds texts of similar length
+            and pads less; ``0`` = off. A row's length is its longest text column's, in characters. Every row is
+            still visited once per pass; what changes is which rows share a batch (and so each other's in-batch
+            negatives).
 
     Relations:
         - :class:`~sentence_transformers.base.sampler.ProportionalBatchSampler` is ``alpha=1`` without caps,
@@ -159,6 +164,7 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
         no_duplicates: bool = True,
         text_columns: Sequence[str] | None = None,
         ignore_columns: Sequence[str] = METADATA_COLUMNS,
+        length_buckets: int = 0,
     ) -> None:
         super().__init__(dataset, batch_samplers=batch_samplers, generator=generator, seed=seed)
         self.group_by = check_sampler_settings(alpha, weights, caps, group_by, num_batches)
@@ -191,6 +197,10 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
             )
         self.num_batches = num_batches
         self._hashes = self._hash_texts() if no_duplicates else None
+        if length_buckets < 0:
+            raise ValueError(f"length_buckets must be >= 0, got {length_buckets}")
+        self.length_buckets = length_buckets
+        self._lengths = self._text_lengths() if length_buckets else None
         self._offsets_cache: dict[int, np.ndarray] = {0: np.zeros(len(self.groups), dtype=np.int64)}
         self._warned_short: set[str] = set()
         logger.info("Mixture over %d groups, %d batches per epoch:\n%s", len(self.groups), num_batches, self.table())
@@ -292,6 +302,15 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
                 bar.update(len(split))
         return table
 
+    def _text_lengths(self) -> np.ndarray:
+        """Each row's longest text, in characters, over the whole ``ConcatDataset``."""
+        lengths = []
+        for split in self.dataset.datasets:
+            columns = [[len(v) if isinstance(v, str) else 0 for v in _column(split, name)]
+                       for name in self._duplicate_columns(split)]  # fmt: skip
+            lengths.append(np.max(columns, axis=0) if columns else np.zeros(len(split), dtype=np.int64))
+        return np.concatenate(lengths).astype(np.int64)
+
     # ------------------------------------------------------------------------------------------------------------
     # Epochs
 
@@ -314,7 +333,21 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
         return offsets
 
     def _permutation(self, group: int, rank: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, group, rank, 1]).permutation(len(self.groups[group].rows))
+        permutation = np.random.default_rng([self.seed, group, rank, 1]).permutation(len(self.groups[group].rows))
+        if not self.length_buckets:
+            return permutation
+        # Sort each window of the pass by length, cut it into batches, and shuffle those: similar lengths share a
+        # batch, while the order of lengths across the epoch stays random.
+        rng = np.random.default_rng([self.seed, group, rank, 3])
+        lengths = self._lengths[self.groups[group].rows]
+        window = self.batch_size * self.length_buckets
+        parts = []
+        for start in range(0, len(permutation), window):
+            chunk = permutation[start : start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            parts += [batches[i] for i in rng.permutation(len(batches))]
+        return np.concatenate(parts)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
@@ -368,6 +401,7 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
             "batch_size": self.batch_size,
             "drop_last": self.drop_last,
             "no_duplicates": self.no_duplicates,
+            "length_buckets": self.length_buckets,
             "seed": self.seed,
         }
 

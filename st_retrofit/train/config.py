@@ -169,6 +169,13 @@ class TrainConfig(ConfigModel):
     def check_environment(self) -> None:
         """The loss exists and takes ``loss_kwargs``; ``args`` build ``SentenceTransformerTrainingArguments``."""
         check_loss_kwargs(self.loss_class(), self.loss_kwargs, "loss_kwargs")
+        if self.losses and not hasattr(self.loss_class(), "compute_loss_from_embeddings"):
+            # A gradient-caching loss embeds in mini-batches of its own: the other terms cannot read that pass.
+            raise ConfigError(
+                "losses",
+                f"{self.loss} cannot share its forward pass with more losses; use "
+                f"{self.loss.removeprefix('Cached')} as train.loss (without mini_batch_size) to add them",
+            )
         for i, term in enumerate(self.losses):
             try:
                 loss_class = term.loss_class()

@@ -181,6 +181,7 @@ def batch_sampler(recipe: SectionView, dataset_names: list[str]):
         group_by=mixing.group_by,
         num_batches=mixing.num_batches,
         no_duplicates=mixing.no_duplicates,
+        length_buckets=mixing.length_buckets,
         dataset_names=dataset_names,
     )
 

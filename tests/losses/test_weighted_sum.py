@@ -82,3 +82,12 @@ def test_a_bad_term_names_its_key(tiny_recipe_data, term, key):
     with pytest.raises(ConfigError) as info:
         recipe_from_dict(data)
     assert info.value.key == key
+
+
+def test_a_gradient_caching_main_loss_cannot_share_its_pass_and_the_recipe_says_what_to_use(tiny_recipe_data):
+    data = {**tiny_recipe_data, "train": {**tiny_recipe_data["train"], "loss": "CachedRetrofitInfoNCELoss",
+            "loss_kwargs": {"mini_batch_size": 8},
+            "losses": [{"loss": "GlobalOrthogonalRegularizationLoss", "weight": 0.1}]}}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict(data)
+    assert info.value.key == "train.losses" and "use RetrofitInfoNCELoss as train.loss" in info.value.message

@@ -193,3 +193,37 @@ def test_bad_settings_name_the_setting():
         make_sampler(three_datasets(), weights={"d": 1.0})
     with pytest.raises(match="dataset 'a' has no column 'task'"):
         make_sampler(three_datasets(), group_by="task")
+
+
+def varied_lengths(prefix: str, n: int, seed: int) -> Dataset:
+    """Documents of 1 to 60 words, in random order."""
+    rng = np.random.default_rng(seed)
+    words = rng.integers(1, 61, size=n)
+    return Dataset.from_dict({
+        "query": [f"{prefix} query {i}" for i in range(n)],
+        "document": [" ".join(f"w{i}" for _ in range(k)) for i, k in enumerate(words)],
+    })  # fmt: skip
+
+
+def padding_share(batches, lengths) -> float:
+    """The share of a batch's padded area that is padding, over all batches (each batch pads to its longest)."""
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / padded
+
+
+def test_length_buckets_batch_similar_lengths_and_still_visit_every_row_once_per_pass():
+    splits = {"a": varied_lengths("a", 640, seed=0), "b": varied_lengths("b", 320, seed=1)}
+    lengths = [len(d) for split in splits.values() for d in split["document"]]
+    plain, _ = make_sampler(splits, batch_size=8, alpha=1.0, seed=3)
+    bucketed, _ = make_sampler(splits, batch_size=8, alpha=1.0, seed=3, length_buckets=10)
+    plain_batches, bucketed_batches = epoch_batches(plain, 0), epoch_batches(bucketed, 0)
+    assert padding_share(bucketed_batches, lengths) < padding_share(plain_batches, lengths) / 3
+    # The batches are still one group each, and with alpha 1 one epoch is one pass: every row exactly once.
+    assert sorted(i for b in bucketed_batches for i in b) == list(range(960))
+    assert all(len({i < 640 for i in b}) == 1 for b in bucketed_batches)
+    # Lengths do not rise through the epoch: the window's batches are shuffled.
+    means = [np.mean([lengths[i] for i in b]) for b in bucketed_batches[:10]]
+    assert means != sorted(means)
+    again, _ = make_sampler(splits, batch_size=8, alpha=1.0, seed=3, length_buckets=10)
+    assert epoch_batches(again, 1) == epoch_batches(bucketed, 1)  # a pure function of seed and epoch
+    assert bucketed.get_config_dict()["length_buckets"] == 10
