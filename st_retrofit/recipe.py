@@ -109,6 +109,11 @@ class Recipe(ConfigModel):
         for key, folder in (("mining.cache_dir", self.mining.cache_dir), ("synth.cache_dir", self.synth.cache_dir)):
             if folder is not None:
                 check_writable(folder, key)
+        distils = any(getattr(t.loss_class(), "needs_teacher_embeddings", False) for t in self.train.losses)
+        if distils and not self.mining.enabled:
+            raise ConfigError(
+                "train.losses", "TeacherEmbeddingLoss distils the miner's teacher embeddings; turn mining on"
+            )
         keep = self.train.args.get("save_total_limit")
         if self.merge.enabled and self.merge.checkpoints and keep is not None and keep < self.merge.checkpoints + 1:
             raise ConfigError(

@@ -167,3 +167,17 @@ def test_merge_settings_that_cannot_work_are_named(tiny_recipe_data):
     with pytest.raises(ConfigError) as info:
         recipe_from_dict(data)
     assert info.value.key == "merge.checkpoints" and "save_total_limit" in info.value.message
+
+
+def test_a_changed_ingredient_makes_the_merged_model_stale(tiny_recipe_data, tiny_model_path, tmp_path):
+    import shutil
+
+    from st_retrofit import pipeline
+    from st_retrofit.recipe import recipe_from_dict
+
+    ingredient = tmp_path / "other-model"
+    shutil.copytree(tiny_model_path, ingredient)
+    data = {**tiny_recipe_data, "merge": {"method": "slerp", "models": [str(ingredient)], "t": 0.3}}
+    before = pipeline.fingerprint(recipe_from_dict(data), "train")
+    _finetuned(ingredient, 7).save_pretrained(str(ingredient))  # the ingredient was retrained
+    assert pipeline.fingerprint(recipe_from_dict(data), "train") != before

@@ -35,10 +35,18 @@ class MergeConfig(ConfigModel):
         None, description="Merge method; null = no merge."
     )
     checkpoints: int = Field(0, ge=0, description="Last trainer checkpoints to add as ingredients.")
-    models: list[str] = Field(default_factory=list, description="More ingredients: base, runs, models.")
+    models: list[str] = Field(
+        default_factory=list,
+        json_schema_extra={"local_path": True},
+        description="More ingredients: base, runs, models.",
+    )
     weights: list[float] | None = Field(None, description="One weight per ingredient, the trained model first.")
     t: float = Field(0.5, ge=0, le=1, description="Slerp position (0 = the trained model).")
     density: float = Field(0.5, gt=0, le=1, description="Share of each task vector kept (ties, dare_ties).")
+
+    def local_inputs(self) -> list[str]:
+        """Ingredients on disk: a retrained one makes the merged model stale."""
+        return [name for name in self.models if name != BASE] if self.enabled else []
 
     @property
     def enabled(self) -> bool:
