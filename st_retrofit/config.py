@@ -107,9 +107,15 @@ class ConfigModel(BaseModel):
         section count their contents in their fingerprints."""
         return []
 
+    # Bump when a default changes what the stages reading the section compute, so that finished runs that relied on
+    # the old default run again; tests/test_fingerprints.py holds every default and fails until it is bumped.
+    defaults_version: ClassVar[int] = 1
+
     def fingerprint_payload(self) -> dict[str, Any]:
-        """What the section contributes to the fingerprints of the stages that read it."""
-        return self.model_dump(mode="json")
+        """What the section contributes to the fingerprints of the stages that read it: the values that differ from
+        their defaults, and the section's ``defaults_version``. A release that adds a field (at a default that keeps
+        the old behaviour) leaves finished runs up to date; one that changes a default bumps the version."""
+        return {"set": self.model_dump(mode="json", exclude_defaults=True), "defaults_version": self.defaults_version}
 
 
 def validate_section(cls: type[ConfigModel], data: Any, prefix: str = "") -> Any:
