@@ -94,3 +94,16 @@ def test_eval_dimensions_score_cut_embeddings_of_a_model_trained_without_matryos
     run_pipeline(recipe, stages=["publish"])
     card = (recipe.run_dir / "publish" / "release" / "README.md").read_text()
     assert "truncate_dim" not in card  # cutting was measured, not trained for: the card does not offer it
+
+
+def test_the_cached_loss_trains_inside_matryoshka_as_the_recipes_use_it(tiny_recipe_data):
+    data = {**tiny_recipe_data, "train": {**tiny_recipe_data["train"], "loss": "CachedRetrofitInfoNCELoss",
+            "loss_kwargs": {"scale": 20.0, "mini_batch_size": 4, "distill_weight": 0.5},
+            "matryoshka_dims": [32, 16]}}  # fmt: skip
+    data["train"]["args"] = {**data["train"]["args"], "max_steps": 2}
+    recipe = recipe_from_dict(data)
+    outputs = run_pipeline(recipe, stages=["synth", "mine", "train"])
+    history = json.loads(next((recipe.run_dir / "train").rglob("trainer_state.json")).read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 2  # MatryoshkaLoss drove the gradient-caching loss through both steps
+    assert SentenceTransformer(str(outputs["train"]), truncate_dim=16).encode(["Mikaro"]).shape == (1, 16)
