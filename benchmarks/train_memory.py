@@ -32,6 +32,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def run_one(config: str, args: argparse.Namespace) -> dict:
 
 def measure(config: str, args: argparse.Namespace) -> dict:
     """Run ``config`` in a child process; its result with the kernel's peak RSS of that process."""
-    command = [sys.executable, __file__, "--child", config, *sys.argv[1:]]
+    command = [sys.executable, __file__, "--child", config, *sys.argv[1:], "--workdir", args.workdir]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--mini-batch", type=int, default=16)
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--workdir", default="/tmp/st-retrofit-train-memory")
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)  # the trainers' output folder (a temporary one)
     parser.add_argument("--output", help="write the results as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,10 +171,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     results = []
-    for config in configs:
-        result = measure(config, args)
-        results.append(result)
-        print(f"{config}: peak {result['peak_rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        args.workdir = workdir
+        for config in configs:
+            result = measure(config, args)
+            results.append(result)
+            print(f"{config}: peak {result['peak_rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
 
     reference = next((r for r in results if r["config"] == "st-mnrl"), results[0])
     texts = args.batch_size * (2 + args.negatives)
@@ -195,7 +198,8 @@ def main() -> None:
             f"| {step:.1f} | {step / ref_step:.2f} | {losses} |"
         )
     if args.output:
-        Path(args.output).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
+        settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "child", "output")}
+        Path(args.output).write_text(json.dumps({"settings": settings, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
