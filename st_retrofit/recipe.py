@@ -109,18 +109,7 @@ class Recipe(ConfigModel):
         for key, folder in (("mining.cache_dir", self.mining.cache_dir), ("synth.cache_dir", self.synth.cache_dir)):
             if folder is not None:
                 check_writable(folder, key)
-        distils = any(getattr(t.loss_class(), "needs_teacher_embeddings", False) for t in self.train.losses)
-        if distils and not self.mining.enabled:
-            raise ConfigError(
-                "train.losses", "TeacherEmbeddingLoss distils the miner's teacher embeddings; turn mining on"
-            )
-        keep = self.train.args.get("save_total_limit")
-        if self.merge.enabled and self.merge.checkpoints and keep is not None and keep < self.merge.checkpoints + 1:
-            raise ConfigError(
-                "merge.checkpoints",
-                f"{self.merge.checkpoints} checkpoints before the last, but train.args.save_total_limit keeps "
-                f"{keep} in all; raise it to {self.merge.checkpoints + 1}",
-            )
+        self.train.check_with_sections(mining_enabled=self.mining.enabled, merge=self.merge)
         columns = self.pair_columns()
         if self.mining.enabled and self.mining.group_by and self.mining.group_by not in columns:
             raise ConfigError(

@@ -89,7 +89,7 @@ CASES = [
     ("negative learning rate", lambda f, d, r: ["validate", str(r), "--set", "train.args.learning_rate=-0.1"],
      "train.args.learning_rate: expected >= 0"),
     ("unknown loss", lambda f, d, r: ["validate", str(r), "--set", "train.loss=NoSuchLoss"],
-     "; known losses: CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss, AdaptiveLayerLoss, "),
+     "; known losses: CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss, TeacherEmbeddingLoss, AdaptiveLayerLoss, "),
     ("missing local corpus", lambda f, d, r: _corpus_recipe(f, d, f / "my_docs.jsonl"), "my_docs.jsonl does not exist"),
     ("empty corpus", lambda f, d, r: _corpus_recipe(f, d, _write(f, "empty.jsonl", b"")), "empty.jsonl is empty"),
     ("corpus not UTF-8", lambda f, d, r: _corpus_recipe(f, d, _write(f, "latin.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"))),

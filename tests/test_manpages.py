@@ -204,5 +204,5 @@ def test_the_dev_ablations_validate_beside_a_built_benchmark(debs, tmp_path, mon
     assert {recipe.model.base for *_, recipe in variants} == {"offline:all-MiniLM-L6-v2"}
     assert {recipe.mining.teacher for *_, recipe in variants} == {"offline:multilingual-e5-small"}
     assert [[t.loss for t in recipe.train.losses] for *_, recipe in variants] == [
-        [], ["TeacherEmbeddingLoss"], ["TeacherEmbeddingLoss"]
+        [], ["TeacherEmbeddingLoss"], ["EmbedDistillLoss"]
     ]  # fmt: skip

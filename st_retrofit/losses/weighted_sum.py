@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from st_retrofit.losses.labels import PER_COLUMN, label_key
+
 
 class WeightedLossSum(nn.Module):
     """Several losses on one forward pass: each term's ``compute_loss_from_embeddings`` gets the same embeddings,
@@ -22,7 +24,8 @@ class WeightedLossSum(nn.Module):
         losses: ``(loss, weight)`` pairs; every loss must have ``compute_loss_from_embeddings(embeddings[,
             labels])`` (all of sentence-transformers' in-batch losses and st-retrofit's do). The first is the main
             loss: it alone receives the labels (teacher scores, task ids) unless another declares a ``labels``
-            argument.
+            argument; the library's distillation losses (``EmbedDistillLoss``, ``MSELoss``, ``DistillKLDivLoss``)
+            get their entry of the collator's label dict (``teacher_embeddings``, ``teacher_scores``).
         return_components: return ``{name: weighted term}`` (a term that returns several components keeps them,
             prefixed with its class name when two terms share a component name) so the trainer logs each; set
             ``False`` for their sum (``MatryoshkaLoss`` needs one tensor).
@@ -75,9 +78,10 @@ class WeightedLossSum(nn.Module):
         self.losses = nn.ModuleList(loss for loss, _ in losses)
         self.weights = [float(weight) for _, weight in losses]
         self.return_components = return_components
+        self._label_keys = [label_key(type(loss)) for loss in self.losses]
         self._takes_labels = [
-            i == 0 or "labels" in inspect.signature(loss.compute_loss_from_embeddings).parameters
-            for i, loss in enumerate(self.losses)
+            i == 0 or key is not None or "labels" in inspect.signature(loss.compute_loss_from_embeddings).parameters
+            for i, (loss, key) in enumerate(zip(self.losses, self._label_keys, strict=True))
         ]
         # A term that returns components (RetrofitInfoNCELoss) would hand MatryoshkaLoss a dict.
         for loss in self.losses:
@@ -92,14 +96,18 @@ class WeightedLossSum(nn.Module):
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Any = None) -> Tensor | dict:
         components: dict[str, Tensor] = {}
-        for loss, weight, takes_labels in zip(self.losses, self.weights, self._takes_labels, strict=True):
+        for loss, weight, takes_labels, key in zip(
+            self.losses, self.weights, self._takes_labels, self._label_keys, strict=True
+        ):
             if weight == 0:
                 continue
-            value = (
-                loss.compute_loss_from_embeddings(embeddings, labels)
-                if takes_labels
-                else loss.compute_loss_from_embeddings(embeddings)
-            )
+            if not takes_labels:
+                value = loss.compute_loss_from_embeddings(embeddings)
+            else:  # a library loss gets its own entry of the collator's label dict, as the tensor it expects
+                term_labels = labels.get(key) if key is not None and isinstance(labels, Mapping) else labels
+                if key in PER_COLUMN and term_labels is not None:
+                    term_labels = list(term_labels.unbind(1))  # (batch, columns, dim) -> one tensor per column
+                value = loss.compute_loss_from_embeddings(embeddings, term_labels)
             name = type(loss).__name__
             parts = value if isinstance(value, Mapping) else {name: value}
             for key, part in parts.items():

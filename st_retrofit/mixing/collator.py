@@ -89,8 +89,8 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
         ignore_columns: string columns that are metadata, never trained on.
         teacher_embeddings: a :class:`~st_retrofit.mining.cache.TeacherEmbeddings` lookup: with ``labels="dict"``,
             the teacher's embeddings of every text of the batch (anchors as queries, the rest as documents) go to
-            the loss as ``"teacher_embeddings"`` ``(columns, batch, dim)``, for
-            :class:`~st_retrofit.losses.TeacherEmbeddingLoss`.
+            the losses as ``"teacher_embeddings"`` ``(batch, columns, dim)``, for
+            :class:`~st_retrofit.losses.TeacherEmbeddingLoss` and the library's ``EmbedDistillLoss``.
         seed: the sampling seed.
         router_mapping, max_length, valid_label_columns: as in the stock collator.
 
@@ -207,11 +207,12 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
         label = self._label(teacher, tasks)
         if self.teacher_embeddings is not None and self.labels == "dict":
             label = label or {}
+            # (batch, columns, dim): the layout of sentence-transformers' EmbedDistillLoss labels.
             label["teacher_embeddings"] = torch.from_numpy(
                 np.stack([
                     self.teacher_embeddings.lookup(texts[column], "query" if position == 0 else "document")
                     for position, column in enumerate(columns)
-                ]).astype(np.float32)
+                ], axis=1).astype(np.float32)
             )  # fmt: skip
         if label is not None:
             batch["label"] = label

@@ -193,6 +193,23 @@ class TrainConfig(ConfigModel):
             if not Path(path).expanduser().is_dir() or not beir_folders([path]):
                 raise ConfigError(f"dev_tasks[{i}]", f"{path} is neither a BEIR folder nor a folder of them")
 
+    def check_with_sections(self, mining_enabled: bool, merge: Any) -> None:
+        """Rules between this section and the others the train stage reads (keys are full paths): distilling the
+        teacher's embeddings needs mining, and merging N checkpoints needs the trainer to keep N + 1."""
+        from st_retrofit.losses.labels import reads_teacher_embeddings
+
+        if not mining_enabled and any(reads_teacher_embeddings(t.loss_class()) for t in self.losses):
+            raise ConfigError(
+                "train.losses", "distilling the teacher's embeddings needs the miner's cache of them; turn mining on"
+            )
+        keep = self.args.get("save_total_limit")
+        if merge.enabled and merge.checkpoints and keep is not None and keep < merge.checkpoints + 1:
+            raise ConfigError(
+                "merge.checkpoints",
+                f"{merge.checkpoints} checkpoints before the last, but train.args.save_total_limit keeps {keep} in "
+                f"all; raise it to {merge.checkpoints + 1}",
+            )
+
     def training_arguments(
         self, output_dir: str, seed: int, validating: bool = False
     ) -> SentenceTransformerTrainingArguments:

@@ -116,8 +116,10 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
 
 def needs_teacher_embeddings(config: TrainConfig) -> bool:
     """Whether a loss of the recipe (``train.loss`` or a ``train.losses`` term) reads the teacher's embeddings."""
+    from st_retrofit.losses.labels import reads_teacher_embeddings
+
     classes = [config.loss_class(), *(term.loss_class() for term in config.losses)]
-    return any(getattr(cls, "needs_teacher_embeddings", False) for cls in classes)
+    return any(reads_teacher_embeddings(cls) for cls in classes)
 
 
 def teacher_embeddings(recipe: SectionView, mined: Path):
@@ -133,7 +135,7 @@ def teacher_embeddings(recipe: SectionView, mined: Path):
     report = mined.parent / "report.json"
     if not recipe.mining.enabled or not report.is_file():
         raise ConfigError(
-            "train.losses", "TeacherEmbeddingLoss distils the miner's teacher embeddings; turn mining on"
+            "train.losses", "distilling the teacher's embeddings needs the miner's cache of them; turn mining on"
         )
     try:
         return TeacherEmbeddings.from_mining_report(json.loads(report.read_text()))

@@ -25,20 +25,19 @@ def columns(dim: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(4, dim, generator=generator) for _ in range(3)]  # anchor, positive, negative
 
 
-@pytest.mark.parametrize("target", ["similarities", "embeddings"])
-def test_a_student_equal_to_its_teacher_has_nothing_to_learn(tiny_model, target):
+def test_a_student_equal_to_its_teacher_has_nothing_to_learn(tiny_model):
     student = columns(32, seed=0)
-    loss = TeacherEmbeddingLoss(tiny_model, target=target, scale=20.0)
-    same = {"teacher_embeddings": torch.stack(student) * 3.0}  # the scale of an embedding does not matter
+    loss = TeacherEmbeddingLoss(tiny_model, scale=20.0)
+    same = {"teacher_embeddings": torch.stack(student, dim=1) * 3.0}  # the scale of an embedding does not matter
     assert loss.compute_loss_from_embeddings(student, same).item() == pytest.approx(0.0, abs=1e-6)
-    other = {"teacher_embeddings": torch.stack(columns(32, seed=1))}
+    other = {"teacher_embeddings": torch.stack(columns(32, seed=1), dim=1)}
     assert loss.compute_loss_from_embeddings(student, other).item() > 0.05
 
 
 def test_gradient_steps_bring_the_students_similarities_to_the_teachers_of_another_dimension(tiny_model):
-    teacher = torch.stack(columns(48, seed=1))  # a teacher with more dimensions than the student
+    teacher = torch.stack(columns(48, seed=1), dim=1)  # a teacher with more dimensions than the student
     student = [c.clone().requires_grad_(True) for c in columns(32, seed=0)]
-    loss = TeacherEmbeddingLoss(tiny_model, target="similarities", scale=20.0, teacher_scale=50.0)
+    loss = TeacherEmbeddingLoss(tiny_model, scale=20.0, teacher_scale=50.0)
     optimizer = torch.optim.SGD(student, lr=0.5)
     before = loss.compute_loss_from_embeddings(student, {"teacher_embeddings": teacher}).item()
     for _ in range(50):
@@ -53,18 +52,34 @@ def test_gradient_steps_bring_the_students_similarities_to_the_teachers_of_anoth
         q, d = F.normalize(embeddings[0], dim=-1), F.normalize(torch.cat(list(embeddings[1:])), dim=-1)
         return (q @ d.T).argmax(dim=1)
 
-    assert torch.equal(ranking([s.detach() for s in student]), ranking(list(teacher)))
+    assert torch.equal(ranking([s.detach() for s in student]), ranking(list(teacher.transpose(0, 1))))
 
 
 def test_missing_or_misshapen_teacher_embeddings_are_named(tiny_model):
-    loss = TeacherEmbeddingLoss(tiny_model, target="embeddings")
+    loss = TeacherEmbeddingLoss(tiny_model)
     student = columns(32, seed=0)
     with pytest.raises(ValueError, match="labels\\['teacher_embeddings'\\]"):
         loss.compute_loss_from_embeddings(student, {"teacher_scores": torch.zeros(4, 2)})
-    with pytest.raises(ValueError, match="use target='similarities'"):
-        loss.compute_loss_from_embeddings(student, {"teacher_embeddings": torch.zeros(3, 4, 48)})
-    with pytest.raises(ValueError, match=r"\(columns, batch, dim\) = \(3, 4, dim\)"):
-        loss.compute_loss_from_embeddings(student, {"teacher_embeddings": torch.zeros(2, 4, 32)})
+    with pytest.raises(ValueError, match=r"\(batch, columns, dim\) = \(4, 3, dim\)"):
+        loss.compute_loss_from_embeddings(student, {"teacher_embeddings": torch.zeros(3, 4, 32)})
+
+
+def test_the_librarys_embedding_distillation_gets_its_entry_of_the_label_dict(tiny_model):
+    """EmbedDistillLoss (sentence-transformers) beside RetrofitInfoNCELoss: it reads the cached teacher embeddings
+    from the collator's dict, exactly as it reads a plain (batch, columns, dim) label on its own."""
+    from sentence_transformers.sentence_transformer.losses import EmbedDistillLoss
+
+    from st_retrofit.losses import RetrofitInfoNCELoss, WeightedLossSum
+
+    student = columns(32, seed=0)
+    teacher = torch.stack(columns(32, seed=1), dim=1)
+    labels = {"teacher_scores": torch.rand(4, 2), "teacher_embeddings": teacher}
+    embed = EmbedDistillLoss(tiny_model, distance_metric="cosine")
+    total = WeightedLossSum(tiny_model, [(RetrofitInfoNCELoss(tiny_model, distill_weight=0.5), 1.0), (embed, 0.5)])
+    parts = total.compute_loss_from_embeddings(student, labels)
+    alone = embed.compute_loss_from_embeddings(student, list(teacher.unbind(1)))  # what its forward makes of it
+    assert parts["EmbedDistillLoss"].item() == pytest.approx(0.5 * alone.item(), abs=1e-6)
+    assert {"infonce", "distill"} <= set(parts)  # the main loss still reads the dict's teacher scores
 
 
 @pytest.fixture
@@ -96,25 +111,29 @@ def test_the_collator_hands_the_loss_the_teacher_embeddings_of_each_column(tiny_
     ]
     collator = RetrofitDataCollator(tiny_model.preprocess, num_negatives=1, teacher_embeddings=teacher)
     label = collator(rows)["label"]
-    assert label["teacher_embeddings"].shape == (3, 2, 32)
-    assert np.allclose(label["teacher_embeddings"][0].numpy(), queries.astype(np.float32))
-    assert np.allclose(label["teacher_embeddings"][1].numpy(), documents[:2].astype(np.float32))
-    assert np.allclose(label["teacher_embeddings"][2].numpy(), documents[2:].astype(np.float32))
+    assert label["teacher_embeddings"].shape == (2, 3, 32)  # (batch, columns, dim), EmbedDistillLoss's layout
+    assert np.allclose(label["teacher_embeddings"][:, 0].numpy(), queries.astype(np.float32))
+    assert np.allclose(label["teacher_embeddings"][:, 1].numpy(), documents[:2].astype(np.float32))
+    assert np.allclose(label["teacher_embeddings"][:, 2].numpy(), documents[2:].astype(np.float32))
     assert label["teacher_scores"].shape == (2, 2)  # the scores RetrofitInfoNCELoss reads are still there
 
 
 def test_a_recipe_adds_the_term_and_trains_on_the_miners_cache(tiny_recipe_data, tmp_path):
-    term = {"loss": "TeacherEmbeddingLoss", "weight": 1.0, "kwargs": {"scale": 20.0}}
+    terms = [{"loss": "TeacherEmbeddingLoss", "weight": 1.0, "kwargs": {"scale": 20.0}},
+             {"loss": "EmbedDistillLoss", "weight": 0.5}]  # fmt: skip
     data = {**tiny_recipe_data, "mining": {**tiny_recipe_data["mining"], "cache_dir": str(tmp_path / "cache")},
-            "train": {**tiny_recipe_data["train"], "loss": "RetrofitInfoNCELoss", "losses": [term]}}  # fmt: skip
+            "train": {**tiny_recipe_data["train"], "loss": "RetrofitInfoNCELoss", "losses": terms}}  # fmt: skip
     data["train"]["args"] = {**data["train"]["args"], "max_steps": 2}
     recipe = recipe_from_dict(data)
     run_pipeline(recipe, stages=["synth", "mine", "train"])
     history = json.loads(next((recipe.run_dir / "train").rglob("trainer_state.json")).read_text())["log_history"]
-    assert any("TeacherEmbeddingLoss" in entry for entry in history)
+    assert any("TeacherEmbeddingLoss" in entry and "EmbedDistillLoss" in entry for entry in history)
 
     # Without mining there are no teacher embeddings: the recipe says so before training.
     data["name"], data["mining"] = "no-mining", {"enabled": False}
     with pytest.raises(ConfigError) as info:
         run_pipeline(recipe_from_dict(data), stages=["synth", "mine", "train"])
     assert info.value.key == "train.losses" and "turn mining on" in info.value.message
+    data["train"]["losses"] = terms[1:]  # the library's loss needs them just the same
+    with pytest.raises(ConfigError, match="turn mining on"):
+        recipe_from_dict(data)
