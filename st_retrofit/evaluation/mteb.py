@@ -198,20 +198,25 @@ def run_mteb(
     return {task.task_name: float(task.get_score()) for task in result.task_results}
 
 
-def read_results(folder: str | Path) -> dict[str, float]:
-    """``{task name: main score}`` from an mteb results folder of one model (any depth; the newest file per task)."""
+def result_files(folder: str | Path) -> dict[str, tuple[Path, Any]]:
+    """``{task name: (file, mteb TaskResult)}`` under an mteb results folder (any depth; the newest per task)."""
     TaskResult = require_module("mteb", "reading mteb results").TaskResult
 
-    scores: dict[str, float] = {}
+    files: dict[str, tuple[Path, Any]] = {}
     for path in sorted(Path(folder).rglob("*.json"), key=lambda p: p.stat().st_mtime):
-        if path.name in ("model_meta.json",):
+        if path.name == "model_meta.json":
             continue
         try:
-            task = TaskResult.from_disk(path)
+            result = TaskResult.from_disk(path)
         except Exception:  # not a task result (settings, other JSON)
             continue
-        scores[task.task_name] = float(task.get_score())
-    return scores
+        files[result.task_name] = (path, result)
+    return files
+
+
+def read_results(folder: str | Path) -> dict[str, float]:
+    """``{task name: main score}`` from an mteb results folder of one model (any depth; the newest file per task)."""
+    return {task: float(result.get_score()) for task, (_, result) in result_files(folder).items()}
 
 
 def comparison(scores: dict[str, dict[str, float]]) -> tuple[dict[str, Any], str]:

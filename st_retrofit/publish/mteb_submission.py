@@ -47,23 +47,18 @@ def leaderboard_results(folder: Path) -> tuple[dict[str, Path], list[str]]:
     """The task result files under ``folder`` (mteb's layout, any depth) split into tasks mteb knows by name
     (``{task: file}``, the newest file per task) and the names of the others (local tasks)."""
     mteb = require_module("mteb", "the MTEB submission")
+    from st_retrofit.evaluation.mteb import result_files
 
     known: dict[str, Path] = {}
-    local: set[str] = set()
-    for path in sorted(folder.rglob("*.json"), key=lambda p: p.stat().st_mtime):
-        if path.name == "model_meta.json":
-            continue
-        try:
-            name = mteb.TaskResult.from_disk(path).task_name
-        except Exception:  # not a task result
-            continue
+    local: list[str] = []
+    for name, (path, _) in result_files(folder).items():
         try:
             mteb.get_task(name)
         except KeyError:
-            local.add(name)
+            local.append(name)
         else:
             known[name] = path
-    return known, sorted(local - set(known))
+    return known, sorted(local)
 
 
 def write_hub_eval_results(results: dict[str, Path], folder: Path, user: str | None = None) -> list[Path]:
