@@ -20,6 +20,7 @@ EXTRAS = {
     "jsonschema": "synth",
     "py3langid": "synth",
     "datasketch": "synth",
+    "llguidance": "synth",
     "mteb": "eval",
     "faiss": "faiss",
     "matplotlib": "plots",

@@ -54,6 +54,24 @@ def test_roff_markup_becomes_plain_text():
     assert text == "ls(1), two words and"
 
 
+def test_special_characters_and_layout_escapes_become_the_characters_groff_prints():
+    # Accents and quotes of translated pages, DocBook's bullets and link colours: no roff escape is left.
+    assert roff_inline(r"k\(:onnte als \(FcBackend\(Fo, caf\('e \[aq]x\[aq]") == "könnte als »Backend«, café 'x'"
+    assert roff_inline(r"\h'-04'\(bu\h'+03'item, see \m[blue]\fBfoo\fR\m[]\u[1]\d") == "•item, see foo[1]"
+    assert roff_inline(r"\[u00E9]t\[e aa] \C'u00FC' \e(aq") == "été ü \\(aq"  # an escaped backslash stays text
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff not installed")
+def test_every_name_groff_knows_is_resolved_not_only_the_built_in_few():
+    from st_retrofit.evaluation.manpages import _CHARS, special_characters
+
+    names = ["'e", ":u", ",c", "~n", "ss", "Po", "Eu", "OK", "de", "nosuch"]
+    assert not set(names) & set(_CHARS)
+    assert special_characters(names) == dict(
+        zip(names, ["é", "ü", "ç", "ñ", "ß", "£", "€", "✓", "°", ""], strict=True)
+    )
+
+
 def test_a_page_gives_its_summary_and_its_description_whatever_its_title():
     de = parse_page(LS_DE, "ls.1", "de")
     assert de.summary == "Verzeichnisinhalte auflisten"

@@ -13,6 +13,9 @@ Pages are split by page name (``ls.1``), the same way in every language, into th
 
 ``.deb`` files come from ``apt-get download`` (no install) or a folder the user has; ``dpkg-deb -x`` unpacks them.
 The copyright file of every package is kept beside the data. The same inputs and seed give the same files.
+Roff is read by a small parser of the ``man`` macros; special characters (``\\('e``, ``\\[aq]``, ``\\(Fo``) are
+resolved by groff itself when it is installed (Debian's ``groff-base``; ``summary.json`` names the version), so
+that no escape reaches a query or a document.
 
     st-retrofit benchmark build manpages data/manpages [--debs DIR] [--seed 0]
 """
@@ -88,23 +91,59 @@ class BuildReport:
 _FONT = re.compile(r"\\f(\(..|\[[^]]*\]|.)")
 _SIZE = re.compile(r"\\s[+-]?\d+")
 _STRING = re.compile(r"\\\*(\(..|\[[^]]*\]|.)")
+# Motions, colours, marks and drawing (DocBook-made pages bullet their lists with \h'-04'\(bu\h'+03'): layout only.
+_LAYOUT = re.compile(r"\\[hvwlLxXSDbo]'[^']*'|\\[mM](\(..|\[[^]]*\]|.)|\\k.|\\[udz]")
+_SPECIAL = re.compile(r"\\(\(..|\[[^]]*\]|C'[^']*')")
+# Without groff: the commonest special characters (groff's own names, groff_char(7)).
 _CHARS = {
-    r"\(em": "—", r"\(en": "–", r"\(aq": "'", r"\(dq": '"', r"\(lq": "“", r"\(rq": "”", r"\(oq": "‘", r"\(cq": "’",
-    r"\(bu": "•", r"\(co": "©", r"\(rg": "®", r"\(tm": "™", r"\(mu": "×", r"\(>=": "≥", r"\(<=": "≤",
-    r"\(ga": "`", r"\(ti": "~", r"\(ha": "^", r"\(ba": "|", r"\(hy": "-", r"\(rs": "\\",
+    "em": "—", "en": "–", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘", "cq": "’", "bu": "•", "co": "©",
+    "rg": "®", "tm": "™", "mu": "×", ">=": "≥", "<=": "≤", "ga": "`", "ti": "~", "ha": "^", "ba": "|", "hy": "-",
+    "rs": "\\", "Fo": "«", "Fc": "»",
 }  # fmt: skip
+_GROFF_CHARS: dict[str, str] = {}
 _ALTERNATING = {".BR", ".RB", ".IR", ".RI", ".BI", ".IB"}
 _TEXT_MACROS = {".B", ".I", ".SM", ".SB", ".SS", ".IP", ".TQ", ".UR", ".MT", ".Nm", ".Nd"}
 
 
+def _special_name(escape: str) -> str:
+    """``\\('e`` -> ``'e``, ``\\[aq]`` -> ``aq``, ``\\C'u00E9'`` -> ``u00E9``."""
+    return escape[2:] if escape[1] == "(" else escape[2:-1] if escape[1] == "[" else escape[3:-1]
+
+
+def special_characters(names: Iterable[str]) -> dict[str, str]:
+    """Each groff special character name (``'e``, ``:u``, ``aq``, ``Fo``, ``u00E9``) as the character it stands
+    for, as groff itself prints it to a UTF-8 terminal: groff's table is the authority (hundreds of names and
+    composites), asked once per new name. Without groff, the commonest names only; an unknown name prints as
+    nothing."""
+    names = list(names)
+    missing = sorted({name for name in names if name not in _GROFF_CHARS})
+    if missing and shutil.which("groff") is not None:
+        document = ".nf\n" + "".join(f"{i}:\\[{name}]\n" for i, name in enumerate(missing))
+        result = subprocess.run(["groff", "-Tutf8", "-P-cbou"], input=document, capture_output=True, text=True)
+        printed = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
+        _GROFF_CHARS.update({name: printed.get(str(i), "") for i, name in enumerate(missing)})
+    return {name: _GROFF_CHARS.get(name, _CHARS.get(name, "")) for name in names}
+
+
+def groff_version() -> str | None:
+    """``GNU groff version 1.22.4``, or ``None`` without groff (the build then resolves fewer characters)."""
+    if shutil.which("groff") is None:
+        return None
+    result = subprocess.run(["groff", "--version"], capture_output=True, text=True)
+    return (result.stdout.splitlines() or [""])[0].strip() or None
+
+
 def roff_inline(text: str) -> str:
-    """One line of roff text without font, size and string escapes, special characters as themselves."""
+    """One line of roff text without font, size, string and layout escapes, special characters as themselves."""
     text = text.replace(r"\e", "\0")  # an escaped backslash survives the rest
     text = _FONT.sub("", text)
     text = _SIZE.sub("", text)
     text = _STRING.sub("", text)
-    for escape, char in _CHARS.items():
-        text = text.replace(escape, char)
+    text = _LAYOUT.sub("", text)
+    escapes = _SPECIAL.findall(text)
+    if escapes:
+        chars = special_characters(_special_name("\\" + e) for e in escapes)
+        text = _SPECIAL.sub(lambda m: chars[_special_name(m.group())], text)
     for escape, char in ((r"\-", "-"), (r"\ ", " "), (r"\~", " "), (r"\0", " "), (r"\&", ""), (r"\%", ""),
                          (r"\|", ""), (r"\^", ""), (r"\c", ""), (r"\,", ""), (r"\/", ""), (r"\:", "")):  # fmt: skip
         text = text.replace(escape, char)
@@ -375,6 +414,7 @@ def _write(
         "tasks": tasks,
         "left_out": left_out,
         "licenses": "licenses/<package>.copyright: the Debian copyright file of each package (GPL and others)",
+        "special_characters": groff_version() or "the built-in table of the commonest (groff not installed)",
     }
     atomic_write_text(output / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     logger.info(

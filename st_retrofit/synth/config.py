@@ -93,14 +93,18 @@ class BackendConfig(ConfigModel):
         temperature: sampling temperature (0 = greedy for ``transformers``).
         top_p: nucleus sampling; ``null`` = the backend's default.
         max_tokens: the longest answer, in tokens.
-        response_format: ``openai``: ``json_object``, ``json_schema`` (structured outputs) or ``none``.
+        response_format: ``json_object``, ``json_schema`` or ``none``. ``openai``: the request's JSON mode
+            (``json_schema`` = structured outputs). ``transformers``: ``json_schema`` constrains decoding to the
+            template's ``output_schema`` (llguidance: every answer parses and validates); the others leave the
+            model free, with ``prefill_json`` as its only help.
         send_seed: ``openai``: send a per-request seed.
         extra_body: ``openai``: extra request fields for the server.
         gguf_file: ``transformers``: the GGUF file in ``model``.
         device: ``transformers``: ``cuda``, ``cpu``...; ``null`` = CUDA when available.
         dtype: ``transformers``: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
         batch_size: ``transformers``: prompts per generation batch.
-        prefill_json: ``transformers``: start each answer with the schema's first key, stop when the JSON closes.
+        prefill_json: ``transformers``: start each answer with the schema's first key, stop when the JSON closes
+            (unused with ``response_format: json_schema``, which writes the JSON itself).
     """
 
     type: Literal["heuristic", "openai", "transformers"] = Field("heuristic", description="Backend.")
@@ -114,7 +118,7 @@ class BackendConfig(ConfigModel):
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
     max_tokens: int = Field(1024, ge=1, description="Longest answer in tokens.")
     response_format: Literal["json_object", "json_schema", "none"] = Field(
-        "json_object", description="openai: JSON mode."
+        "json_object", description="JSON mode (transformers: json_schema = constrained decoding)."
     )
     send_seed: bool = Field(True, description="openai: per-request seed.")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: extra request fields.")
@@ -159,6 +163,13 @@ class BackendConfig(ConfigModel):
                 resolve_llm(self.model or "offline:smollm2-135m-instruct", self.gguf_file)
             except SynthBackendError as exc:
                 raise ConfigError("model", str(exc)) from None
+            if self.response_format == "json_schema":
+                from st_retrofit.extras import MissingExtraError, require_module
+
+                try:
+                    require_module("llguidance", "constrained decoding")
+                except MissingExtraError as exc:
+                    raise ConfigError("response_format", exc.message) from None
 
 
 class BrainstormConfig(ConfigModel):
@@ -350,6 +361,8 @@ class SynthConfig(ConfigModel):
         max_per_task: ``corpus``: the most train pairs per task type; ``null`` = no cap.
         eval_fraction: ``corpus``: share of documents held out for the ``eval`` split (by a hash of the id).
         chunk_size: ``corpus``: requests issued between validations and cap checks.
+        few_shot: ``corpus``: worked examples from each LLM template's ``examples`` shown before each request (the
+            request's language first); helps small local models most. 0 = none.
         cache_dir: ``corpus``: the answer cache; ``null`` = ``$ST_RETROFIT_CACHE/synth``, shared by all runs.
     """
 
@@ -372,6 +385,7 @@ class SynthConfig(ConfigModel):
     max_per_task: int | None = Field(None, ge=1, description="Train pairs per task type, at most.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of documents held out.")
     chunk_size: int = Field(256, ge=1, description="Requests between validations.")
+    few_shot: int = Field(0, ge=0, description="Few-shot examples per LLM request.")
     cache_dir: str | None = Field(None, description="Answer cache folder.")
 
     @model_validator(mode="after")

@@ -111,6 +111,8 @@ class SyntheticDataGenerator:
         max_per_task: the most accepted pairs per task type; ``None`` = no cap.
         brainstorm: brainstorm settings; ``None`` disables the step (``{{ task }}`` gets a generic task).
         chunk_size: requests issued between validations (and between cap checks).
+        few_shot: worked examples from each ``llm`` template's ``examples`` shown before each request, as earlier
+            chat turns (the request's language first); 0 = none.
 
     Example::
 
@@ -140,6 +142,7 @@ class SyntheticDataGenerator:
         max_per_task: int | None = None,
         brainstorm: BrainstormConfig | None = None,
         chunk_size: int = 256,
+        few_shot: int = 0,
     ) -> None:
         needs_llm = [t.name for t in templates if t.kind == "llm"]
         if needs_llm and (backend is None or isinstance(backend, HeuristicBackend)):
@@ -149,7 +152,7 @@ class SyntheticDataGenerator:
         self.pairs_per_document, self.chunk_size = pairs_per_document, chunk_size
         self.target_languages = [normalize_language(code) for code in target_languages]
         self.max_per_language, self.max_per_task = max_per_language, max_per_task
-        self.brainstorm = brainstorm
+        self.brainstorm, self.few_shot = brainstorm, few_shot
         self._heuristic = HeuristicBackend()
         self._tasks: dict[str, list[str]] | None = None
 
@@ -160,7 +163,7 @@ class SyntheticDataGenerator:
 
     def _request(self, template: SynthTemplate, context: dict[str, Any], seed: int) -> GenerationRequest:
         backend = self._backend_for(template)
-        messages = template.render(context) if template.kind != "heuristic" else []
+        messages = template.render(context, self.few_shot, seed) if template.kind != "heuristic" else []
         identity = backend.identity() | ({"template": template.name} if template.kind == "heuristic" else {})
         key = request_key(identity, messages or [{"context": json.dumps(context, sort_keys=True)}], seed)
         return GenerationRequest(key, messages, template.output_schema or None, seed, template, context)

@@ -110,6 +110,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
                 max_per_task=_scaled(config.max_per_task, scale),
                 brainstorm=config.brainstorm,
                 chunk_size=config.chunk_size,
+                few_shot=config.few_shot,
             )
             splits[name], report = generator.generate(documents)
             reports[name] = report.to_dict()

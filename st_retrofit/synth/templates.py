@@ -14,12 +14,20 @@ language, checked by language ID. The package ships one file per task type in ``
 the user's own files adds templates and overrides shipped ones of the same name. Prompts can use ``passage``,
 ``title``, ``language``/``language_name``, ``target_language``/``target_language_name``, ``task``,
 ``task_type`` and any ``variables`` (one value drawn per request, for diversity of length, style, difficulty).
+
+``examples`` are worked answers for few-shot prompting (``synth.few_shot``): each is a ``passage`` and its
+``language`` (with optional ``title``, ``target_language`` and the ``variables`` values its answer was written for) and the
+``output`` the model should have given, checked against ``output_schema`` when the file is read. They are rendered
+with the template's own prompt as earlier chat turns, the request's language first: small local models follow the
+answer format and the query style far more often with them (Promptagator prompts with 8 examples per task).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,8 @@ from typing import Any
 import yaml
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
+
+from st_retrofit.synth.languages import language_name
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +46,9 @@ PAIR_COLUMNS = ("query", "document")
 CONTEXT_FIELDS = ("passage", "title")
 _KEYS = {
     "name", "kind", "task_type", "description", "system", "prompt", "output_schema", "pair", "languages",
-    "lengths", "requires", "cross_lingual", "variables", "brainstorm", "method", "params",
+    "lengths", "requires", "cross_lingual", "variables", "brainstorm", "method", "params", "examples",
 }  # fmt: skip
+_EXAMPLE_KEYS = ("passage", "title", "language", "target_language", "variables", "output")
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
@@ -67,6 +78,7 @@ class SynthTemplate:
         brainstorm: the ``brainstorm`` template whose task descriptions fill ``{{ task }}``.
         method: the heuristic method (``heuristic``).
         params: keyword arguments of the heuristic method.
+        examples: worked answers for few-shot prompts (``llm``; see the module docstring).
         source: the file it came from.
     """
 
@@ -86,19 +98,42 @@ class SynthTemplate:
     brainstorm: str | None = None
     method: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    examples: tuple[dict[str, Any], ...] = ()
     source: str = ""
 
-    def render(self, context: dict[str, Any]) -> list[dict[str, str]]:
-        """The chat messages for ``context``; a variable the prompt uses and the context lacks is an error."""
-        messages = []
-        for role, text in (("system", self.system), ("user", self.prompt)):
-            if text:
-                try:
-                    content = _ENV.from_string(text).render(**context)
-                except UndefinedError as exc:
-                    raise TemplateLibraryError(f"{self.source} [{self.name}].{role}: {exc.message}") from None
-                messages.append({"role": role, "content": content.strip()})
+    def _text(self, key: str, text: str, context: dict[str, Any]) -> str:
+        try:
+            return _ENV.from_string(text).render(**context).strip()
+        except UndefinedError as exc:
+            raise TemplateLibraryError(f"{self.source} [{self.name}].{key}: {exc.message}") from None
+
+    def render(self, context: dict[str, Any], shots: int = 0, seed: int = 0) -> list[dict[str, str]]:
+        """The chat messages for ``context``, after ``shots`` of the template's examples as earlier turns (those in
+        the request's language first, the rest drawn with ``seed``); a variable the prompt uses and the context
+        lacks is an error."""
+        messages = [{"role": "system", "content": self._text("system", self.system, context)}] if self.system else []
+        for example in self.pick_examples(context.get("language"), shots, seed):
+            shown = context | {"passage": example["passage"], "title": example.get("title")}
+            shown |= example.get("variables", {})
+            for key in ("language", "target_language"):
+                if key in example:
+                    shown |= {key: example[key], f"{key}_name": language_name(example[key])}
+            messages.append({"role": "user", "content": self._text("prompt", self.prompt, shown)})
+            messages.append({"role": "assistant", "content": json.dumps(example["output"], ensure_ascii=False)})
+        if self.prompt:
+            messages.append({"role": "user", "content": self._text("prompt", self.prompt, context)})
         return messages
+
+    def pick_examples(self, language: str | None, shots: int, seed: int) -> list[dict[str, Any]]:
+        """``shots`` examples: those written in ``language`` first, each group in a seeded order."""
+        if shots <= 0 or not self.examples:
+            return []
+        rng = random.Random(seed)
+        same = [e for e in self.examples if e.get("language") == language]
+        other = [e for e in self.examples if e.get("language") != language]
+        rng.shuffle(same)
+        rng.shuffle(other)
+        return (same + other)[:shots]
 
     def language_of(self, column: str, context: dict[str, Any]) -> str:
         """The language the template writes ``column`` in: the request's target language where ``languages``
@@ -174,6 +209,25 @@ def _check_template(data: dict[str, Any], source: str) -> SynthTemplate:
     for key, values in (data.get("variables") or {}).items():
         if not (isinstance(values, list) and values):
             _fail(source, name, f"variables.{key}", "expected a non-empty list of values")
+    examples = data.get("examples") or []
+    if examples and kind != "llm":
+        _fail(source, name, "examples", "only llm templates take few-shot examples")
+    if not isinstance(examples, list):
+        _fail(source, name, "examples", "expected a list of {passage, output} mappings")
+    validator = Draft202012Validator(data.get("output_schema") or {})
+    for i, example in enumerate(examples):
+        where = f"examples[{i}]"
+        if not isinstance(example, dict) or not all(isinstance(example.get(k), str) for k in ("passage", "language")):
+            _fail(source, name, where, "expected a mapping with a passage, its language and an output")
+        for key in example:
+            if key not in _EXAMPLE_KEYS:
+                _fail(source, name, f"{where}.{key}", f"unknown key; an example takes {', '.join(_EXAMPLE_KEYS)}")
+        error = next(iter(validator.iter_errors(example.get("output"))), None)
+        if error is not None:
+            _fail(source, name, f"{where}.output", f"does not satisfy output_schema: {error.message}")
+        for key in example.get("variables") or {}:
+            if key not in (data.get("variables") or {}):
+                _fail(source, name, f"{where}.variables.{key}", "not one of the template's variables")
     return SynthTemplate(
         name=name,
         kind=kind,
@@ -191,6 +245,7 @@ def _check_template(data: dict[str, Any], source: str) -> SynthTemplate:
         brainstorm=data.get("brainstorm"),
         method=data.get("method"),
         params=dict(data.get("params") or {}),
+        examples=tuple(examples),
         source=source,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -123,3 +124,15 @@ def test_brainstormed_tasks_reach_the_generation_prompts(fake_server, corpus_fil
     assert len(tasks) == 3  # both rounds gave the same three tasks; pooled without repeats
     generation_prompts = [p for p in server.attempts if p.startswith("Retrieval task:")]
     assert generation_prompts and all(any(task in p for task in tasks) for p in generation_prompts)
+
+
+def test_the_server_receives_the_examples_as_earlier_turns(fake_server, corpus_file, tmp_path):
+    with fake_server() as server:
+        generator = _generator(server, tmp_path)
+        generator.few_shot = 2
+        pairs, report = generator.generate(load_corpus(corpus_file))
+    assert report.requests["generated"] == len(server.bodies) == 9 and len(pairs) == 9
+    for body in server.bodies:
+        roles = [m["role"] for m in body["messages"]]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert all(json.loads(m["content"])["query"] for m in body["messages"] if m["role"] == "assistant")

@@ -42,7 +42,7 @@ def test_the_shipped_library_covers_every_task_type_with_a_valid_schema_and_rend
 
 def test_a_variable_the_context_lacks_is_an_error_naming_template_and_variable():
     template = TemplateLibrary()["short-long"]
-    with pytest.raises(TemplateLibraryError, match=r"\[short-long\]\.user: 'query_type' is undefined"):
+    with pytest.raises(TemplateLibraryError, match=r"\[short-long\].prompt: 'query_type' is undefined"):
         template.render(CONTEXT)
 
 

@@ -97,6 +97,9 @@ class TransformersBackend(SynthBackend):
         max_new_tokens: the longest answer.
         prefill_json: start the answer with the schema's first key (see :func:`json_prefill`) and stop each
             sequence as soon as its JSON object closes.
+        response_format: ``json_schema`` constrains decoding to each request's schema (llguidance; see
+            :mod:`st_retrofit.synth.backends.constrained`): every answer is valid JSON of that schema, and the
+            prefill is not needed. ``json_object`` or ``none``: free decoding.
     """
 
     kind = "transformers"
@@ -113,6 +116,7 @@ class TransformersBackend(SynthBackend):
             top_p=config.top_p if config.top_p is not None else 0.95,
             max_new_tokens=config.max_tokens,
             prefill_json=config.prefill_json,
+            response_format=config.response_format,
         )
 
     def __init__(
@@ -126,13 +130,16 @@ class TransformersBackend(SynthBackend):
         top_p: float = 0.95,
         max_new_tokens: int = 256,
         prefill_json: bool = True,
+        response_format: str = "json_object",
     ) -> None:
         self.model, self.gguf_file = model, gguf_file
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
-        self.prefill_json = prefill_json
+        self.constrained = response_format == "json_schema"
+        self.prefill_json = prefill_json and not self.constrained
         self._path, self._gguf = resolve_llm(model, gguf_file)
         self._loaded: tuple[Any, Any] | None = None
+        self._grammars: Any = None
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -143,6 +150,8 @@ class TransformersBackend(SynthBackend):
             "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
             "prefill_json": self.prefill_json,
+            # Only when set, so that the answers cached by free decoding keep their keys.
+            **({"response_format": "json_schema"} if self.constrained else {}),
         }
 
     def _load(self) -> tuple[Any, Any]:
@@ -171,7 +180,7 @@ class TransformersBackend(SynthBackend):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         tokenizer, model = self._load()
 
@@ -197,20 +206,32 @@ class TransformersBackend(SynthBackend):
             if self.temperature > 0:
                 sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
             stopping = StoppingCriteriaList([JsonClosed(start, list(prefills))]) if self.prefill_json else None
+            constraint = None
+            if self.constrained:
+                grammars = self._schema_grammars(tokenizer, model)
+                constraint = LogitsProcessorList([grammars.processor([r.schema for r in batch], start)])
             with torch.inference_mode():
                 output = model.generate(
                     **inputs,
                     max_new_tokens=self.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     stopping_criteria=stopping,
+                    logits_processor=constraint,
                     **sampling,
                 )
             for request, prefill, row in zip(batch, prefills, output[:, start:], strict=True):
                 text = prefill + tokenizer.decode(row, skip_special_tokens=True)
-                end = json_object_end(text) if self.prefill_json else None
+                end = json_object_end(text) if self.prefill_json or self.constrained else None
                 tokens = int((row != tokenizer.pad_token_id).sum())
                 usage = {"prompt_tokens": start, "completion_tokens": tokens}
                 yield GenerationResult(request, text=text[:end] if end else text, usage=usage)
 
+    def _schema_grammars(self, tokenizer: Any, model: Any) -> Any:
+        if self._grammars is None:
+            from st_retrofit.synth.backends.constrained import SchemaGrammars
+
+            self._grammars = SchemaGrammars(tokenizer, model.config.vocab_size)
+        return self._grammars
+
     def close(self) -> None:
-        self._loaded = None
+        self._loaded = self._grammars = None
