@@ -69,7 +69,7 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
 
 def smaller_sizes(matryoshka_dims: list[int], model: SentenceTransformer) -> list[int]:
     """The Matryoshka sizes below the model's full embedding size (the full size is the main result)."""
-    full = model.get_sentence_embedding_dimension()
+    full = model.get_embedding_dimension()
     return [size for size in matryoshka_dims if full is None or size < full]
 
 

@@ -44,7 +44,7 @@ def build_loss(config: TrainConfig, model: SentenceTransformer):
 
     from st_retrofit.config import ConfigError
 
-    size = model.get_sentence_embedding_dimension()
+    size = model.get_embedding_dimension()
     if size is not None and config.matryoshka_dims[0] > size:
         raise ConfigError(
             "train.matryoshka_dims",
