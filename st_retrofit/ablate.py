@@ -226,7 +226,7 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
     summary = {
         "name": ablation.name,
         "description": ablation.description,
-        "base_recipe": str(ablation.base),
+        "base_recipe": _shown(ablation.base),
         "metric": ablation.metric,
         "x": ablation.x.label,
         "series": ablation.series.label if ablation.series else None,
@@ -237,6 +237,14 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
     (folder / "results.md").write_text(results_table(summary) + "\n", encoding="utf-8")
     plot_ablation(summary, folder / f"{ablation.metric}.png")
     return folder
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies inside it: results files travel between machines."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def soup_row(ablation: Ablation, variants: list, folder: Path) -> dict[str, Any]:

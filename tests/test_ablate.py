@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -167,3 +168,11 @@ def test_a_soup_needs_tasks_and_known_labels(base_recipe):
         load_ablation(write_ablation(base_recipe, soup="all", **grid))
     with pytest.raises(ConfigError, match="two or more x labels among \\['7', '8'\\]"):
         load_ablation(write_ablation(base_recipe, soup=["7", "9"], tasks="*", **grid))
+
+
+def test_results_name_the_base_recipe_relative_to_the_working_folder(tmp_path, monkeypatch):
+    from st_retrofit.ablate import _shown
+
+    monkeypatch.chdir(tmp_path)
+    assert _shown(tmp_path / "recipes" / "a.yaml") == "recipes/a.yaml"  # no path of this machine in results files
+    assert _shown(Path("/elsewhere/a.yaml")) == "/elsewhere/a.yaml"
