@@ -120,8 +120,9 @@ def special_characters(names: Iterable[str]) -> dict[str, str]:
     if missing and shutil.which("groff") is not None:
         document = ".nf\n" + "".join(f"{i}:\\[{name}]\n" for i, name in enumerate(missing))
         result = subprocess.run(["groff", "-Tutf8", "-P-cbou"], input=document, capture_output=True, text=True)
-        printed = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
-        _GROFF_CHARS.update({name: printed.get(str(i), "") for i, name in enumerate(missing)})
+        if result.returncode == 0:  # else the built-in names, as without groff
+            printed = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
+            _GROFF_CHARS.update({name: printed.get(str(i), "") for i, name in enumerate(missing)})
     return {name: _GROFF_CHARS.get(name, _CHARS.get(name, "")) for name in names}
 
 

@@ -36,7 +36,7 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-from st_retrofit.synth.languages import language_name
+from st_retrofit.synth.languages import language_name, normalize_language
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def _check_template(data: dict[str, Any], source: str) -> SynthTemplate:
     if examples and kind != "llm":
         _fail(source, name, "examples", "only llm templates take few-shot examples")
     if not isinstance(examples, list):
-        _fail(source, name, "examples", "expected a list of {passage, output} mappings")
+        _fail(source, name, "examples", "expected a list of {passage, language, output} mappings")
     validator = Draft202012Validator(data.get("output_schema") or {})
     for i, example in enumerate(examples):
         where = f"examples[{i}]"
@@ -245,7 +245,10 @@ def _check_template(data: dict[str, Any], source: str) -> SynthTemplate:
         brainstorm=data.get("brainstorm"),
         method=data.get("method"),
         params=dict(data.get("params") or {}),
-        examples=tuple(examples),
+        # Codes as the corpus's are compared: normalized (``de-DE`` is ``de``).
+        examples=tuple(
+            e | {k: normalize_language(e[k]) for k in ("language", "target_language") if k in e} for e in examples
+        ),  # fmt: skip
         source=source,
     )
 
