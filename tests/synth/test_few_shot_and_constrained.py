@@ -195,3 +195,14 @@ def _missing(name: str):
         return real(module, *args)
 
     return import_module
+
+
+def test_the_grammar_closes_every_object_but_leaves_property_names_alone():
+    from st_retrofit.synth.backends.constrained import closed_objects
+
+    schema = {"type": "object", "properties": {"type": {"type": "object"}, "items": {"items": {"type": "object"}}}}
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False and closed["properties"]["type"]["additionalProperties"] is False
+    assert closed["properties"]["items"]["items"]["additionalProperties"] is False
+    assert set(closed["properties"]) == {"type", "items"}  # a property called "type" is a name, not a keyword
+    assert closed_objects({**schema, "additionalProperties": True})["additionalProperties"] is True

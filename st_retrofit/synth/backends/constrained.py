@@ -26,9 +26,11 @@ def closed_objects(schema: Any) -> Any:
         return [closed_objects(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    closed = {key: closed_objects(value) for key, value in schema.items()}
-    if isinstance(closed.get("properties"), dict):  # a mapping of names, not a schema: its keys stay as they are
-        closed["properties"] = {name: closed_objects(value) for name, value in schema["properties"].items()}
+    closed = {
+        # ``properties`` maps names to schemas: the names are not keywords, only the schemas are closed.
+        key: {n: closed_objects(v) for n, v in value.items()} if key == "properties" else closed_objects(value)
+        for key, value in schema.items()
+    }
     if schema.get("type") == "object" or "properties" in schema:
         closed.setdefault("additionalProperties", False)
     return closed
