@@ -49,13 +49,13 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str = "p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # -v works before or after the command: every subcommand takes it too (SUPPRESS keeps an earlier -v).
+    # -v works before or after the command: every subcommand takes it too (SUPPRESS keeps an earlier -v). The
+    # parsers share the action object, so no set_defaults for it: that would reset an earlier -v in the subcommand.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     parser = argparse.ArgumentParser(
         prog="st-retrofit", description="Retrofit small multilingual embedding models.", parents=[common]
     )
-    parser.set_defaults(verbose=False)
     commands = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(commands.add_parser, parents=[common])
 
@@ -224,6 +224,7 @@ def _user_error(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
     _setup_logging(args.verbose)
     try:
         return _main(args)

@@ -60,6 +60,14 @@ def _folder(path: Path) -> Path:
     return path
 
 
+def _unfinished_run(folder: Path) -> Path:
+    """A run folder whose training never finished: its recipe and a partial train stage, no train/model."""
+    run = _folder(folder / "unfinished-run")
+    (run / "recipe.yaml").write_text("name: unfinished\n")
+    _folder(run / "train.partial")
+    return run
+
+
 def _corpus_recipe(folder: Path, data: dict, corpus: Path) -> list[str]:
     recipe = {**data, "synth": {"source": "corpus", "corpus": {"path": str(corpus)}}, "mining": {**data["mining"],
               "group_by": None}}  # fmt: skip
@@ -73,6 +81,10 @@ CASES = [
     ("--set without =", lambda f, d, r: ["validate", str(r), "--set", "mining.num_negatives"], "--set: expected key.path=value"),
     ("--set with bad YAML", lambda f, d, r: ["validate", str(r), "--set", "synth.languages=[en, de"], "is not valid YAML"),
     ("missing recipe", lambda f, d, r: ["validate", str(f / "absent.yaml")], "absent.yaml does not exist"),
+    ("recipe path is a folder", lambda f, d, r: ["validate", str(_folder(f / "recipes"))],
+     "recipes is a folder; name the recipe's YAML file in it"),
+    ("--set index past the end", lambda f, d, r: ["validate", str(r), "--set", "train.losses[2].weight=1"],
+     "train.losses[2].weight: train.losses has 0 entries; index 2 is past its end"),
     ("empty recipe", lambda f, d, r: ["validate", str(_write(f, "empty.yaml", b""))], "empty.yaml is empty"),
     ("duplicate keys", lambda f, d, r: ["validate", str(_write(f, "dup.yaml", b"name: a\nname: b\n"))],
      "key 'name' appears twice"),
@@ -104,6 +116,14 @@ CASES = [
      "train reads the output of mine, which is missing or out of date"),
     ("bf16 on a CPU at train time", lambda f, d, r: ["train", str(r), "--set", "train.args.bf16=true", "--force"],
      "train.args.bf16"),
+    ("evaluate an unfinished run", lambda f, d, r: ["evaluate", str(_unfinished_run(f)), "--tasks", str(f)],
+     "is a run folder whose training has not finished (no train/model)"),
+    ("merge an unfinished run", lambda f, d, r: ["merge", str(_unfinished_run(f)), d["model"]["base"], "-o", str(f / "soup")],
+     "is a run folder whose training has not finished (no train/model)"),
+    ("LoRA target typo", lambda f, d, r: ["validate", str(r), "--set", "model.lora.target_modules=[qeury, value]"],
+     "has no linear layer named 'qeury' (did you mean query?)"),
+    ("teacher folder that is no model", lambda f, d, r: ["validate", str(r), "--set", f"mining.teacher={_folder(f / 'empty-model')}"],
+     "mining.teacher: model folder"),
     ("publish a folder without a recipe", lambda f, d, r: ["publish", str(_folder(f / "not-a-run"))],
      "is not a run folder (no recipe.yaml)"),
 ]  # fmt: skip
@@ -128,13 +148,12 @@ def test_a_mistake_is_one_error_line_and_nothing_finished_changes(finished_run, 
     assert _snapshot(run_dir) == before
 
 
-def test_verbose_shows_the_traceback_and_works_after_the_command(finished_run):
+@pytest.mark.parametrize("where", ["after the command", "before the command"])
+def test_verbose_shows_the_traceback_before_or_after_the_command(finished_run, where):
     folder, _ = finished_run
-    result = subprocess.run(
-        [sys.executable, "-m", "st_retrofit", "validate", str(folder / "absent.yaml"), "-v"],
-        capture_output=True,
-        text=True,
-    )
+    argv = ["validate", str(folder / "absent.yaml")]
+    argv = [*argv, "-v"] if where == "after the command" else ["-v", *argv]
+    result = subprocess.run([sys.executable, "-m", "st_retrofit", *argv], capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 

@@ -18,9 +18,23 @@ logger = logging.getLogger(__name__)
 
 def resolve_ingredient(name: str) -> str:
     """A run folder's trained model (``<run>/train/model``), or ``name`` itself (a model folder, Hub id or
-    ``offline:`` name)."""
-    trained = Path(name).expanduser() / "train" / "model"
-    return str(trained) if trained.is_dir() else name
+    ``offline:`` name).
+
+    Raises:
+        ModelNotFoundError: ``name`` is a run folder whose training has not finished.
+    """
+    from st_retrofit.models.resolve import ModelNotFoundError
+
+    folder = Path(name).expanduser()
+    trained = folder / "train" / "model"
+    if trained.is_dir():
+        return str(trained)
+    if (folder / "recipe.yaml").is_file() and not (folder / "modules.json").is_file():
+        raise ModelNotFoundError(
+            f"{name} is a run folder whose training has not finished (no train/model); "
+            f"run `st-retrofit train {folder / 'recipe.yaml'}` first"
+        )
+    return name
 
 
 def merge_folders(

@@ -3,7 +3,9 @@
 Encoding is nearly all of a mining run's time, so every embedding is kept and found again by what produced it:
 
 - **namespace** = teacher fingerprint (a hash of its weights, module configs and tokenizer, never its path) + role
-  (query or document, which Router models encode differently) + prompt + max sequence length;
+  (query or document, which Router models encode differently) + prompt + max sequence length + backend (the
+  runtime and precision that computed the vectors: ``torch-float32``, ``torch-bfloat16``; the same weights run
+  elsewhere give other vectors, and onnxruntime's int8 even differs by batch size);
 - **key** = a 128-bit BLAKE2b hash of the text.
 
 A namespace folder holds append-only shards: ``<name>.npy`` (fp16 rows) and ``<name>.keys.npy`` (their keys). The
@@ -73,6 +75,12 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     elif tokenizer is not None and hasattr(tokenizer, "get_vocab"):
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def torch_backend(model: SentenceTransformer) -> str:
+    """``torch-<dtype>`` of the model's parameters: the cache namespace's backend for a model run by torch."""
+    parameter = next(iter(model.parameters()), None)
+    return f"torch-{str(parameter.dtype).removeprefix('torch.') if parameter is not None else 'float32'}"
 
 
 class EmbeddingTable:
@@ -211,7 +219,9 @@ class EmbeddingCache:
         role: ``query`` or ``document``; chooses ``encode_query`` or ``encode_document`` and the default prompt.
         prompt: the prompt string; ``None`` takes the model's own prompt for the role.
         fingerprint: the model's :func:`model_fingerprint`, when the caller already has it.
-        shard_size: texts per shard; a killed run re-encodes at most this many.
+        backend: what computes the vectors, part of the namespace; ``None`` = :func:`torch_backend` of ``model``.
+        shard_size: texts per shard; a killed (or Ctrl-C'd) run re-encodes at most this many. A 300M teacher on
+            two CPU cores encodes ~10 texts a second, so the default loses at most a few minutes.
 
     Example:
         ::
@@ -228,14 +238,18 @@ class EmbeddingCache:
         role: Role,
         prompt: str | None = None,
         fingerprint: str | None = None,
-        shard_size: int = 16384,
+        backend: str | None = None,
+        shard_size: int = 2048,
     ) -> None:
         self.model, self.role, self.shard_size = model, role, shard_size
         self.prompt = role_prompt(model, role) if prompt is None else prompt
         self.fingerprint = fingerprint or model_fingerprint(model)
+        self.backend = backend or torch_backend(model)
         self.max_seq_length = getattr(model, "max_seq_length", None)
         prompt_hash = hashlib.blake2b(self.prompt.encode(), digest_size=4).hexdigest()
-        self.folder = Path(root).expanduser() / f"{self.fingerprint[:20]}-{role}-{self.max_seq_length}-{prompt_hash}"
+        self.folder = Path(root).expanduser() / (
+            f"{self.fingerprint[:20]}-{role}-{self.max_seq_length}-{prompt_hash}-{self.backend}"
+        )
         self.encoded = self.reused = 0
 
     # -- index of committed shards -----------------------------------------------------------------------------
@@ -254,6 +268,7 @@ class EmbeddingCache:
                 "role": self.role,
                 "prompt": self.prompt,
                 "max_seq_length": self.max_seq_length,
+                "backend": self.backend,
                 "dim": dim,
                 "dtype": "float16",
                 "normalized": True,

@@ -418,6 +418,8 @@ class HardNegativeMiner:
                 "name": self.teacher_name,
                 "fingerprint": fingerprint,
                 "max_seq_length": getattr(self.teacher, "max_seq_length", None),
+                "backend": query_cache.backend,
+                "embedding_dim": query_table.dim,
                 "query_prompt": query_cache.prompt,
                 "document_prompt": doc_cache.prompt,
                 "similarity": "cosine (normalized embeddings)",

@@ -42,6 +42,10 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         raise exc.under("teacher") from None
     if config.max_seq_length is not None:
         teacher.max_seq_length = config.max_seq_length
+    if config.teacher_dtype != "float32":
+        import torch
+
+        teacher.to(getattr(torch, config.teacher_dtype))
     cross_encoder = None
     if config.cross_encoder is not None:
         from sentence_transformers import CrossEncoder
@@ -56,6 +60,10 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         cross_encoder_name=config.cross_encoder,
     )
     result = miner.mine(pairs, output_dir=output_dir / "work")
+    # What the student learns from: cards and releases name it, its licence and its verified weights.
+    from st_retrofit.models.resolve import model_source
+
+    result.report["teacher"]["source"] = model_source(config.teacher)
     result.dataset.save_to_disk(str(path))
     result.corpus.save_to_disk(str(output_dir / "corpus"))
     (output_dir / "report.json").write_text(json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8")

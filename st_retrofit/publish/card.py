@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,37 @@ def mixing_description(recipe: SectionView) -> str:
     return text
 
 
+# Licences whose terms reach models trained on the licensed model's outputs (a card must say so).
+DERIVATIVE_TERMS = {
+    "gemma": "a model trained on its outputs (here: its scores and embeddings) is a *Model Derivative* under the "
+    "Gemma Terms of Use, which, with the Gemma Prohibited Use Policy, apply to this model too",
+}
+
+
+def teacher_source(recipe: SectionView) -> dict[str, Any] | None:
+    """The mining report's record of the teacher (name, Hub id, licence, verified sha256), when it mined."""
+    report = recipe.run_dir / "mine" / "report.json"
+    if not recipe.mining.enabled or not report.is_file():
+        return None
+    teacher = json.loads(report.read_text(encoding="utf-8")).get("teacher") or {}
+    if not teacher:
+        return None
+    source = dict(teacher.get("source") or {"name": teacher.get("name")})
+    source["fingerprint"] = teacher.get("fingerprint")
+    source["distilled"] = distills_teacher(recipe)
+    return source
+
+
+def distills_teacher(recipe: SectionView) -> bool:
+    """Whether training reads the teacher's outputs beyond choosing negatives (scores or embeddings)."""
+    from st_retrofit.losses.labels import reads_teacher_embeddings
+
+    kwargs = recipe.train.loss_kwargs
+    scored = any(kwargs.get(k) for k in ("distill_weight", "teacher_margin"))
+    classes = [recipe.train.loss_class(), *(term.loss_class() for term in recipe.train.losses)]
+    return scored or any(reads_teacher_embeddings(c) or "Distill" in c.__name__ for c in classes)
+
+
 def render_model_card(
     recipe: SectionView,
     model: SentenceTransformer,
@@ -117,9 +149,12 @@ def render_model_card(
     repo_id = recipe.publish.repo_id or f"<org>/{recipe.name}"
     model_name = repo_id.split("/")[-1]
     languages = recipe.synth.pair_languages()
+    teacher = teacher_source(recipe)
+    terms = DERIVATIVE_TERMS.get((teacher or {}).get("license") or "")
     card_data = ModelCardData(
         language=list(languages) or None,
-        license=recipe.publish.license,
+        # A derivative carries its teacher's terms: without a licence of its own, the card names the teacher's.
+        license=recipe.publish.license or (teacher["license"] if terms else None),
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
         tags=["sentence-transformers", "feature-extraction", "retrieval", "st-retrofit", "retrofitting"]
@@ -159,6 +194,8 @@ def render_model_card(
             else "none (in-batch negatives only)"
         ),
         mixing_description=mixing_description(recipe),
+        teacher=teacher,
+        teacher_terms=terms,
         loss=recipe.train.loss,
         loss_kwargs=", ".join(f"{k}={v}" for k, v in recipe.train.loss_kwargs.items()),
         adapter_description=(

@@ -32,7 +32,7 @@ def build_release_folder(
     """Write the folder that would be pushed into ``output_dir`` (replacing what was there)."""
     from sentence_transformers import SentenceTransformer
 
-    from st_retrofit.publish.card import render_model_card
+    from st_retrofit.publish.card import DERIVATIVE_TERMS, render_model_card, teacher_source
 
     results_path = Path(eval_dir) / "results.json" if eval_dir else None
     results = json.loads(results_path.read_text()) if results_path and results_path.is_file() else None
@@ -62,6 +62,19 @@ def build_release_folder(
     shutil.copytree(model_dir, output_dir, copy_function=_link_or_copy)
     model = SentenceTransformer(str(output_dir), device="cpu")
     card = render_model_card(recipe, model, results, table, recipe.publish.card_template, gate=gate)
+    teacher = teacher_source(recipe)
+    if teacher and teacher.get("license") in DERIVATIVE_TERMS:
+        logger.warning(
+            "%s was trained with %s as teacher: it is a derivative under the %s licence's terms (%s); the card says "
+            "so%s",
+            recipe.name,
+            teacher.get("hub_id") or teacher["name"],
+            teacher["license"],
+            teacher.get("license_url"),
+            f", and publish.license {recipe.publish.license!r} does not lift them"
+            if recipe.publish.license and recipe.publish.license != teacher["license"]
+            else "",
+        )
     merge_record = output_dir / "merge.json"
     if merge_record.is_file():  # recipe section merge: the card lists the ingredients and their weights
         from st_retrofit.merge.folders import merge_card_section

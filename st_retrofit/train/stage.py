@@ -10,6 +10,7 @@ is a plain sentence-transformers folder that needs neither peft nor st-retrofit 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -76,7 +77,11 @@ def build_model(recipe: SectionView, device: str | None = None) -> SentenceTrans
         except ConfigError as exc:
             raise exc.under("model.lora") from None
         from peft import LoraConfig, TaskType
+        from transformers import set_seed
 
+        # The adapter's initial weights are random: drawn from the recipe's seed, so that a LoRA run repeats bit
+        # for bit (the trainer seeds only later, when the adapter already exists).
+        set_seed(recipe.seed)
         model.add_adapter(
             LoraConfig(
                 task_type=TaskType.FEATURE_EXTRACTION,
@@ -141,6 +146,36 @@ def teacher_embeddings(recipe: SectionView, mined: Path):
         return TeacherEmbeddings.from_mining_report(json.loads(report.read_text()))
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError("train.losses", f"TeacherEmbeddingLoss: {exc}") from None
+
+
+def check_teacher_dimensions(config: TrainConfig, student_dim: int | None, teacher_dim: int | None) -> None:
+    """An embedding-matching loss (``EmbedDistillLoss``, ``MSELoss``) compares the student's vectors with the
+    teacher's one by one, so their sizes must agree: through a learned projection (``projection_dim``) when the
+    teacher is wider or narrower. ``TeacherEmbeddingLoss`` compares rankings and takes any sizes."""
+    from st_retrofit.config import ConfigError
+    from st_retrofit.losses.labels import label_key
+
+    if student_dim is None or teacher_dim is None or student_dim == teacher_dim:
+        return
+    for i, term in enumerate(config.losses):
+        if label_key(term.loss_class()) != "teacher_embeddings":
+            continue
+        projection = term.kwargs.get("projection_dim")
+        if projection == teacher_dim:
+            continue
+        fix = (
+            f"set train.losses[{i}].kwargs.projection_dim: {teacher_dim} (a learned projection into the teacher's "
+            "space)"
+            if "projection_dim" in inspect.signature(term.loss_class()).parameters
+            else "use EmbedDistillLoss with projection_dim"
+        )
+        got = f"projection_dim {projection} is not" if projection is not None else "the student has"
+        raise ConfigError(
+            f"train.losses[{i}]",
+            f"{term.loss} matches embeddings one by one: the teacher's have {teacher_dim} dimensions, {got} "
+            f"{student_dim if projection is None else teacher_dim}; {fix}, or TeacherEmbeddingLoss (its in-batch "
+            "ranking, any dimensions)",
+        )
 
 
 def build_collator(recipe: SectionView, model: SentenceTransformer, router_mapping=None, teacher=None):
@@ -246,6 +281,8 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     model = build_model(recipe)
     loss = build_loss(recipe.train, model)
     teacher = teacher_embeddings(recipe, Path(train_dataset)) if needs_teacher_embeddings(recipe.train) else None
+    if teacher is not None:
+        check_teacher_dimensions(recipe.train, model.get_embedding_dimension(), teacher.dim)
     collator = build_collator(recipe, model, args.router_mapping, teacher)
     mixing = MixingCallback()
 

