@@ -73,7 +73,7 @@ def train_plain(recipe, scale: float, output: Path, negatives_from: Path | None 
     else:
         # One table in input order (the miner's splits are its language groups), shuffled by the trainer.
         mined = load_from_disk(str(negatives_from / "dataset"))
-        data = concatenate_datasets([pool_to_ntuple(split, 1) for split in mined.values()]).drop_columns("label")
+        data = concatenate_datasets([pool_to_ntuple(split, 1) for split in mined.values()]).remove_columns("label")
     model = load_model(recipe.model.base)
     model.max_seq_length = recipe.model.max_seq_length
     prompts = {"query": role_prompt(model, "query"), "document": role_prompt(model, "document")}

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from st_retrofit.config import ConfigError, load_yaml
+from st_retrofit.config import ConfigError, did_you_mean, load_yaml
 from st_retrofit.recipe import Recipe, load_recipe
 from st_retrofit.tables import markdown_table
 
@@ -204,12 +204,23 @@ def variant_recipes(
     return out
 
 
-def run_ablation(ablation: Ablation, extra: list[str] | None = None) -> Path:
-    """Run every variant (finished ones are skipped), then write the table and the plot. Returns the folder."""
+def run_ablation(ablation: Ablation, extra: list[str] | None = None, only: list[str] | None = None) -> Path:
+    """Run every variant (finished ones are skipped), then write the table and the plot. Returns the folder.
+
+    ``only`` names the variants to run (folder names or x labels), in the file's order; the table and the soup
+    cover those. Every variant is still validated first.
+    """
     from st_retrofit.pipeline import run_pipeline
 
     variants = variant_recipes(ablation, extra)
     folder = variants[0][3].run_dir.parent
+    if only:
+        names = {name for name, *_ in variants} | {x.label for _, _, x, _ in variants}
+        for i, wanted in enumerate(only):
+            if wanted not in names:
+                known = [name for name, *_ in variants]
+                raise ConfigError(f"--only[{i}]", f"no variant {wanted!r}{did_you_mean(wanted, known, 'variants')}")
+        variants = [v for v in variants if v[0] in only or v[2].label in only]
     rows = []
     for i, (name, series, x, recipe) in enumerate(variants, 1):
         logger.info("Ablation %s: variant %d of %d, %s", ablation.name, i, len(variants), name)

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe value in every variant (repeatable)",
     )  # fmt: skip
     ablate.add_argument("--dry-run", action="store_true", help="validate and list the variants, run nothing")
+    ablate.add_argument(
+        "--only", nargs="+", metavar="VARIANT", default=None,
+        help="run these variants only (folder names or labels, as --dry-run lists them); the table covers them",
+    )  # fmt: skip
 
     evaluate = add_command("evaluate", help="score models on mteb tasks without a recipe, side by side")
     evaluate.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
@@ -151,7 +155,7 @@ def _list_templates(dirs: list[str]) -> int:
     return 0
 
 
-def _ablate(path: str, overrides: list[str], dry_run: bool) -> int:
+def _ablate(path: str, overrides: list[str], dry_run: bool, only: list[str] | None = None) -> int:
     from st_retrofit.ablate import load_ablation, run_ablation, variant_recipes
 
     ablation = load_ablation(path)
@@ -161,7 +165,7 @@ def _ablate(path: str, overrides: list[str], dry_run: bool) -> int:
             print(f"{name:<40} {recipe.run_dir}  {changes}")
         print(f"{len(ablation.variants())} variants OK")
         return 0
-    folder = run_ablation(ablation, overrides)
+    folder = run_ablation(ablation, overrides, only=only)
     print((folder / "results.md").read_text())
     print(f"ablation: {folder} (results.json, {ablation.metric}.png)")
     return 0
@@ -268,7 +272,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"benchmark: {args.output} (corpus.jsonl, dev/, test/, licenses/, summary.json)")
         return 0
     if args.command == "ablate":
-        return _ablate(args.ablation, args.overrides, args.dry_run)
+        return _ablate(args.ablation, args.overrides, args.dry_run, args.only)
     if args.command == "evaluate":
         from st_retrofit.evaluation.models import evaluate_models
 

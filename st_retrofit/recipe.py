@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from st_retrofit.config import (
     load_yaml,
     require,
     resolve_local_paths,
+    set_override,
     validate_section,
 )
 from st_retrofit.data.config import DataConfig
@@ -125,55 +125,6 @@ class Recipe(ConfigModel):
         from st_retrofit.data.sources import PAIR_COLUMNS
 
         return PAIR_COLUMNS if self.data.sources else self.synth.source_entry.columns
-
-
-_PART = re.compile(r"^([A-Za-z_][\w-]*)((?:\[\d+\])*)$")
-
-
-def set_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply ``key.path=value`` to a recipe mapping; the value is read as YAML (``[en, de]``, ``null``, ``5``).
-
-    A part may index a list: ``train.losses[0].weight=0.5`` sets a key of the first entry, and an index one past
-    the end appends (``train.losses[1]={loss: EmbedDistillLoss}``).
-    """
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError("--set", f"expected key.path=value, got {assignment!r}")
-    try:
-        value = load_yaml(raw, f"the value {raw!r} of {key}")
-    except ConfigError as exc:
-        raise ConfigError("--set", exc.message) from None
-    steps: list[str | int] = []
-    for part in key.split("."):
-        match = _PART.match(part)
-        if match is None:
-            raise ConfigError("--set", f"{key}: {part!r} is not a key name (with [index]es after it)")
-        steps.append(match.group(1))
-        steps.extend(int(i) for i in re.findall(r"\d+", match.group(2)))
-    node: Any = data
-    for depth, step in enumerate(steps):
-        last = depth == len(steps) - 1
-        where = _path_text(steps[:depth]) or "the recipe"
-        if isinstance(step, int):
-            if not isinstance(node, list):
-                raise ConfigError(key, f"{where} is not a list; [{step}] indexes a list")
-            if step > len(node) or (step == len(node) and not last):
-                raise ConfigError(key, f"{where} has {len(node)} entries; index {step} is past its end")
-            if step == len(node):
-                node.append(value)
-                return
-        elif not isinstance(node, dict):
-            raise ConfigError(key, f"cannot set a key inside {where}, which is not a mapping")
-        if last:
-            node[step] = value
-            return
-        if isinstance(step, str) and step not in node:
-            node[step] = [] if isinstance(steps[depth + 1], int) else {}
-        node = node[step]
-
-
-def _path_text(steps: list[str | int]) -> str:
-    return "".join(f"[{s}]" if isinstance(s, int) else (f".{s}" if i else s) for i, s in enumerate(steps))
 
 
 def recipe_from_dict(

@@ -176,3 +176,15 @@ def test_results_name_the_base_recipe_relative_to_the_working_folder(tmp_path, m
     monkeypatch.chdir(tmp_path)
     assert _shown(tmp_path / "recipes" / "a.yaml") == "recipes/a.yaml"  # no path of this machine in results files
     assert _shown(Path("/elsewhere/a.yaml")) == "/elsewhere/a.yaml"
+
+
+def test_only_runs_the_named_variants_and_the_table_covers_them(base_recipe, tmp_path, capsys):
+    path = write_ablation(base_recipe, x=GRID["x"])
+    assert main(["ablate", str(path), "--only", "mined"]) == 0  # a label; folder names work too
+    folder = tmp_path / "runs" / "hard-negatives"
+    summary = json.loads((folder / "results.json").read_text())
+    assert [r["x"] for r in summary["rows"]] == ["mined"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["mined"]
+
+    assert main(["ablate", str(path), "--only", "in-batch-onyl"]) == 2
+    assert "--only[0]: no variant 'in-batch-onyl' (did you mean in-batch-only?)" in capsys.readouterr().err

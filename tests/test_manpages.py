@@ -13,7 +13,11 @@ import pytest
 
 from st_retrofit.evaluation.manpages import build, parse_page, parse_roff, part_of, roff_inline
 
-MANPAGES_ABLATIONS = ("manpages-dev.yaml", "manpages-minilm-distill.yaml")  # they need the built benchmark
+MANPAGES_ABLATIONS = (
+    "manpages-dev.yaml",
+    "manpages-minilm-distill.yaml",
+    "manpages-teacher-dev.yaml",
+)  # they need the built benchmark
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build .deb files")
@@ -193,11 +197,17 @@ def test_the_manpages_recipe_validates_beside_a_built_benchmark(debs, tmp_path, 
 
     build(tmp_path / "data" / "manpages", debs=debs, seed=0, min_queries=1)
     (tmp_path / "recipes").mkdir()
-    shutil.copy(REPO / "recipes" / "manpages.yaml", tmp_path / "recipes" / "manpages.yaml")
+    for name in ("manpages.yaml", "manpages-teacher.yaml"):
+        shutil.copy(REPO / "recipes" / name, tmp_path / "recipes" / name)
     monkeypatch.chdir(tmp_path / "recipes")  # paths are read from the recipe's folder, wherever it is run from
     recipe = load_recipe("manpages.yaml")
     assert Path(recipe.synth.corpus.path).resolve() == (tmp_path / "data" / "manpages" / "corpus.jsonl").resolve()
     assert len(recipe.eval.mteb_tasks) == 2
+    teacher = load_recipe("manpages-teacher.yaml")
+    # The same pairs as the self-teacher recipe (benchmarks/real_text.py compares them on those), another teacher.
+    assert teacher.synth == recipe.synth and teacher.section_hash("synth") == recipe.section_hash("synth")
+    assert (teacher.mining.teacher, teacher.mining.teacher_dtype) == ("offline:embeddinggemma-300m", "bfloat16")
+    assert [t.loss for t in teacher.train.losses] == ["TeacherEmbeddingLoss"]
 
 
 def test_the_dev_ablations_validate_beside_a_built_benchmark(debs, tmp_path, monkeypatch):
@@ -217,6 +227,21 @@ def test_the_dev_ablations_validate_beside_a_built_benchmark(debs, tmp_path, mon
     ]  # fmt: skip
     assert all(recipe.eval.mteb_tasks == ["data/manpages/dev"] for *_, recipe in variants)  # test stays unseen
     assert ablation.tasks == "*-dev" and ablation.soup == [x.label for x in ablation.x.values]
+
+    shutil.copy(REPO / "recipes" / "manpages-teacher.yaml", tmp_path / "recipes" / "manpages-teacher.yaml")
+    variants = dict((name, recipe) for name, *_, recipe in variant_recipes(
+        load_ablation(tmp_path / "recipes" / "ablations" / "manpages-teacher-dev.yaml")))  # fmt: skip
+    assert variants["self-teacher"].mining.teacher == "offline:multilingual-e5-small"
+    assert variants["self-teacher"].train.losses[0].kwargs == {"scale": 100.0, "teacher_scale": 100.0}
+    assert (
+        variants["no-distillation"].train.losses == []
+        and variants["distillation-only"].train.loss == "TeacherEmbeddingLoss"
+    )
+    assert [t.loss for t in variants["embedding-distillation"].train.losses] == [
+        "TeacherEmbeddingLoss",
+        "EmbedDistillLoss",
+    ]
+    assert all(recipe.eval.mteb_tasks == ["data/manpages/dev"] for recipe in variants.values())
 
     variants = variant_recipes(load_ablation(tmp_path / "recipes" / "ablations" / "manpages-minilm-distill.yaml"))
     assert {recipe.model.base for *_, recipe in variants} == {"offline:all-MiniLM-L6-v2"}

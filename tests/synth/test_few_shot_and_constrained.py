@@ -107,6 +107,10 @@ def random_chat_model(tmp_path_factory):
     return str(folder)
 
 
+# maxLength counts characters and the tokenizer is byte-level: a random model that picks Hangul or Cyrillic spends up
+# to 4 tokens a character, so the budget must hold the longest string the schema allows, or an answer is cut off
+# before the grammar can close it (the flake: 40 tokens for up to 24 such characters).
+BUDGET_12, BUDGET_24 = 12 * 4 + 32, 24 * 4 + 32
 SCHEMA = {
     "type": "object",
     "required": ["query", "language"],
@@ -131,7 +135,7 @@ def _parsed(text: str) -> dict | None:
 def test_constrained_decoding_makes_every_answer_of_a_random_model_valid_json_of_the_schema(random_chat_model):
     def answers(response_format: str) -> list[str]:
         backend = TransformersBackend(random_chat_model, device="cpu", batch_size=3, temperature=1.0,
-                                      max_new_tokens=40, prefill_json=False, response_format=response_format)  # fmt: skip
+                                      max_new_tokens=BUDGET_12, prefill_json=False, response_format=response_format)  # fmt: skip
         return [result.text for result in backend.generate(_requests(6))]
 
     free = answers("json_object")
@@ -163,7 +167,7 @@ def test_the_generator_with_few_shot_and_a_constrained_random_model_keeps_every_
                      {"language": "de", "passage": "Der Rhein fließt.", "output": {"query": "Rhein Verlauf"}}],
     }))  # fmt: skip
     library = TemplateLibrary(dirs=[tmp_path / "templates"])
-    backend = TransformersBackend(random_chat_model, device="cpu", batch_size=9, max_new_tokens=40,
+    backend = TransformersBackend(random_chat_model, device="cpu", batch_size=9, max_new_tokens=BUDGET_24,
                                   response_format="json_schema")  # fmt: skip
     generator = SyntheticDataGenerator(backend, library.select(["short-query"]), library, ValidationConfig(), seed=0,
                                        cache=ResponseCache(tmp_path / "cache"), few_shot=2,
