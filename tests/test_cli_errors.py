@@ -104,6 +104,8 @@ CASES = [
      "; known losses: CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss, TeacherEmbeddingLoss, AdaptiveLayerLoss, "),
     ("missing local corpus", lambda f, d, r: _corpus_recipe(f, d, f / "my_docs.jsonl"), "my_docs.jsonl does not exist"),
     ("empty corpus", lambda f, d, r: _corpus_recipe(f, d, _write(f, "empty.jsonl", b"")), "empty.jsonl is empty"),
+    ("one-document corpus", lambda f, d, r: _corpus_recipe(f, d, _write(f, "one.jsonl", b'{"text": "a page"}\n\n')),
+     "one.jsonl holds one document; pairs, a held-out split and hard negatives need at least two"),
     ("corpus not UTF-8", lambda f, d, r: _corpus_recipe(f, d, _write(f, "latin.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"))),
      "latin.jsonl, line 1: not UTF-8 text"),
     ("broken jsonl line", lambda f, d, r: _corpus_recipe(f, d, _write(f, "broken.jsonl", b'{"text": "a"}\n{"text": "b"\n')),

@@ -260,22 +260,15 @@ def base_model_id(name: str) -> str | None:
     return None if Path(name).expanduser().exists() else name
 
 
-def _front_matter_license(readme: Path) -> str | None:
-    """The ``license`` of a model card's YAML front matter, if it has one."""
+def _card_license(readme: Path) -> str | None:
+    """The ``license`` of a model card's metadata (huggingface_hub reads the front matter), if it has one."""
     import yaml
+    from huggingface_hub.repocard import metadata_load
 
     try:
-        text = readme.read_text(encoding="utf-8")
-    except OSError:
+        value = (metadata_load(readme) or {}).get("license")
+    except (OSError, ValueError, yaml.YAMLError):  # no card, or front matter that is not YAML
         return None
-    if not text.startswith("---"):
-        return None
-    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
-    try:
-        data = yaml.safe_load(header) or {}
-    except yaml.YAMLError:
-        return None
-    value = data.get("license") if isinstance(data, dict) else None
     return str(value) if value else None
 
 
@@ -293,12 +286,12 @@ def model_source(name: str) -> dict[str, Any]:
         folder = entry.built() if entry.built is not None else None
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
-        source["license"] = _front_matter_license(folder / "README.md")
+        source["license"] = _card_license(folder / "README.md")
     else:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(name, "README.md")
-        source["license"] = _front_matter_license(Path(cached)) if isinstance(cached, str) else None
+        source["license"] = _card_license(Path(cached)) if isinstance(cached, str) else None
     record = folder / "assembled.json" if folder is not None else None
     if record is not None and record.is_file():
         assembled = json.loads(record.read_text(encoding="utf-8"))

@@ -122,12 +122,13 @@ def teacher_source(recipe: SectionView) -> dict[str, Any] | None:
 
 def distills_teacher(recipe: SectionView) -> bool:
     """Whether training reads the teacher's outputs beyond choosing negatives (scores or embeddings)."""
-    from st_retrofit.losses.labels import reads_teacher_embeddings
+    from st_retrofit.losses.labels import label_key, reads_teacher_embeddings
 
     kwargs = recipe.train.loss_kwargs
     scored = any(kwargs.get(k) for k in ("distill_weight", "teacher_margin"))
     classes = [recipe.train.loss_class(), *(term.loss_class() for term in recipe.train.losses)]
-    return scored or any(reads_teacher_embeddings(c) or "Distill" in c.__name__ for c in classes)
+    # Library losses that read a teacher output (scores or embeddings) are in the label registry.
+    return scored or any(reads_teacher_embeddings(c) or label_key(c) is not None for c in classes)
 
 
 def render_model_card(

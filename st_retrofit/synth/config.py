@@ -66,6 +66,24 @@ class CorpusConfig(ConfigModel):
         for key, name in (("text_column", self.text_column), ("parallel_column", self.parallel_column)):
             if columns is not None and name is not None and name not in columns:
                 raise ConfigError(key, f"the corpus has no column {name!r}; its columns are {columns}")
+        local = Path(path).expanduser()
+        if local.is_file() and local.suffix.lower() == ".jsonl" and _rows_at_least(local, 2) < 2:
+            raise ConfigError(
+                "path",
+                f"{path} holds one document; pairs, a held-out split and hard negatives need at least two "
+                "(every document but a query's own is a candidate negative)",
+            )
+
+
+def _rows_at_least(path: Path, wanted: int) -> int:
+    """How many non-empty lines ``path`` has, counting no further than ``wanted`` (a large file is not read)."""
+    found = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            found += bool(raw.strip())
+            if found >= wanted:
+                break
+    return found
 
 
 # Backend type -> "module:Class"; the class builds itself from the section with ``from_config``.
