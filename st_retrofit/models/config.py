@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from st_retrofit.config import ConfigError, ConfigModel
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean
 
 
 class LoraSettings(ConfigModel):
@@ -93,11 +93,11 @@ def check_lora_targets(base: str, target_modules: list[str]) -> None:
 
     with torch.device("meta"):
         model = AutoModel.from_config(config)
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-    from st_retrofit.config import did_you_mean
-
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    names = sorted({n.rsplit(".", 1)[-1] for n in linear})
     for i, target in enumerate(target_modules):
-        if target not in names:
+        # peft's rule: a target names a module by its full name or by a dotted suffix of it.
+        if not any(n == target or n.endswith("." + target) for n in linear):
             hint = did_you_mean(target, names, "its linear layers are")
             raise ConfigError(f"lora.target_modules[{i}]", f"{base} has no linear layer named {target!r}{hint}")
 

@@ -71,3 +71,12 @@ def test_built_folder_finds_only_what_is_there_and_builds_nothing(tmp_path, monk
     assert not (tmp_path / "cache").exists()
     assert built_folder(str(tiny_model_path)) == tiny_model_path
     assert built_folder("org/some-hub-model") is None
+
+
+def test_lora_targets_follow_peft_matching_by_name_or_dotted_suffix(tiny_model_path):
+    from st_retrofit.config import ConfigError
+    from st_retrofit.models.config import check_lora_targets
+
+    check_lora_targets(str(tiny_model_path), ["query", "attention.self.value"])  # peft accepts both
+    with pytest.raises(ConfigError, match=r"no linear layer named 'self.qeury'"):
+        check_lora_targets(str(tiny_model_path), ["self.qeury"])
