@@ -168,7 +168,13 @@ def test_an_edited_source_file_reruns_mining_and_what_follows(tiny_recipe_data, 
 
 def test_an_edited_corpus_reruns_synthesis(tiny_recipe_data, tmp_path, counting_stages):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text(json.dumps({"text": "Mikaro was founded in 1723.", "language": "en"}) + "\n")
+    # Two documents: a corpus of one is refused when the recipe is checked (nothing to mine negatives from).
+    corpus.write_text(
+        json.dumps({"text": "Mikaro was founded in 1723.", "language": "en"})
+        + "\n"
+        + json.dumps({"text": "Dabe lies on the river Sadu.", "language": "en"})
+        + "\n"
+    )
     data = {**tiny_recipe_data, "synth": {"source": "corpus", "corpus": {"path": str(corpus)}}}
     run_pipeline(recipe_from_dict(data), stages=["synth"])
     before = pipeline.fingerprint(recipe_from_dict(data), "synth")
