@@ -19,6 +19,10 @@ every system trained on the same generated pairs:
     st-retrofit benchmark build manpages data/manpages     # once
     python benchmarks/real_text.py [--data data/manpages]
 
+Trained baselines are reused when their pairs and settings are the same (``baseline.json``), and so are the test
+scores of an unchanged model (``scores.json`` beside it; the report lists them under ``scores_reused``): a rerun
+with a new teacher recipe trains and scores only that recipe.
+
 Goals (issue "A teacher stronger than the student"): the teacher recipe >= base + 9.0 and >= the best plain variant
 + 2.0 on the test mean, no task below base, its monolingual mean above every plain variant. The table, the share of
 the teacher-student gap closed and ``benchmarks/results/real_text.json`` say which are met.
@@ -98,6 +102,22 @@ def train_plain(recipe, scale: float, output: Path, negatives_from: Path | None 
     return output
 
 
+REUSED: list[str] = []  # the systems whose scores a rerun read back (reported)
+
+
+def cached_scores(folder: Path, key: dict, score, label: str) -> dict[str, float]:
+    """``score()`` (a model's test scores), or what it returned before in ``folder`` for the same ``key`` (the model
+    and the tasks): a rerun after one recipe changed scores only that recipe again."""
+    stamp = folder / "scores.json"
+    if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
+        REUSED.append(label)
+        return json.loads(stamp.read_text())["scores"]
+    scores = score()
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "scores": scores}, indent=2))
+    return scores
+
+
 def recipe_scores(recipe) -> tuple[dict[str, float], dict[str, float]]:
     """Run the recipe (stages already done are skipped) and read its base and retrofitted test scores."""
     from st_retrofit.pipeline import run_pipeline
@@ -140,28 +160,42 @@ def main() -> None:
         raise SystemExit("the two recipes synthesized different pairs; their synth sections must be the same")
     scores = {BASE: base_scores}
     tasks = resolve_tasks([str(Path(args.data) / "test")])
-    teacher = load_model(teacher_recipe.mining.teacher, device="cpu")
-    teacher.max_seq_length = teacher_recipe.mining.max_seq_length
-    if teacher_recipe.mining.teacher_dtype != "float32":  # scored as it mined
-        import torch
+    task_names = sorted(task.metadata.name for task in tasks)
+    mining = teacher_recipe.mining
 
-        teacher.to(getattr(torch, teacher_recipe.mining.teacher_dtype))
-    scores[CEILING] = run_mteb(teacher, "teacher", tasks, teacher_recipe.run_dir / "baselines" / "teacher", 32)
-    del teacher
+    def score_teacher() -> dict[str, float]:
+        from st_retrofit.export.backends import ENCODER_BACKENDS
+
+        teacher = load_model(mining.teacher, device="cpu")
+        teacher.max_seq_length = mining.max_seq_length
+        teacher = ENCODER_BACKENDS[mining.backend].prepare(teacher, mining.teacher_dtype)  # scored as it mined
+        return run_mteb(teacher, "teacher", tasks, recipe.run_dir / "baselines" / "teacher" / "mteb", 32)
+
+    ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
+                   "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
+    scores[CEILING] = cached_scores(recipe.run_dir / "baselines" / "teacher", ceiling_key, score_teacher, CEILING)
     plain = [(f"plain ST, scale {s:g}", s, recipe.run_dir / "baselines" / f"mnrl-scale-{s:g}", None)
              for s in PLAIN_SCALES]  # fmt: skip
-    plain.append((TEACHER_NEGATIVES, 100.0, teacher_recipe.run_dir / "baselines" / "mnrl-scale-100-teacher-negatives",
+    # Keyed by the mined data, not the variant: teacher recipes that mine alike share this baseline.
+    mined = json.loads((teacher_recipe.run_dir / "mine" / "stage.json").read_text())["fingerprint"]
+    plain.append((TEACHER_NEGATIVES, 100.0, recipe.run_dir / "baselines" / f"mnrl-scale-100-teacher-negatives-{mined[:8]}",
                   teacher_recipe.run_dir / "mine"))  # fmt: skip
     for label, scale, folder, negatives in plain:
         folder = train_plain(recipe, scale, folder, negatives)
-        model = SentenceTransformer(str(folder), device="cpu")
-        model.max_seq_length = recipe.model.max_seq_length
-        scores[label] = run_mteb(model, label.replace(" ", "-").replace(",", ""), tasks, folder / "mteb", 32)
+
+        def score_plain(folder: Path = folder, label: str = label) -> dict[str, float]:
+            model = SentenceTransformer(str(folder), device="cpu")
+            model.max_seq_length = recipe.model.max_seq_length
+            return run_mteb(model, label.replace(" ", "-").replace(",", ""), tasks, folder / "mteb", 32)
+
+        key = {"model": json.loads((folder / "baseline.json").read_text()), "tasks": task_names}
+        scores[label] = cached_scores(folder, key, score_plain, label)
     scores[SELF], scores[TEACHER] = self_scores, teacher_scores
 
     report = summarize(scores)
     report["pairs"] = pairs_digest(recipe)
     report["seconds"] = round(time.time() - started)
+    report["scores_reused"] = REUSED  # same model, same tasks: scored by an earlier run
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
     print(report["table"])

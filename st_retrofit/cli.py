@@ -5,6 +5,7 @@
     st-retrofit publish runs/quickstart --repo my-org/retrofit-e5-small [--private] [--dry-run]
     st-retrofit validate recipes/quickstart.yaml
     st-retrofit ablate recipes/ablations/hard-negatives.yaml [--set ...] [--dry-run]
+    st-retrofit export runs/quickstart exported/ [--int8]
     st-retrofit templates [--dir my_templates/]
     st-retrofit schema > recipe.schema.json
     st-retrofit benchmark build manpages data/manpages [--debs DIR]
@@ -119,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--base", help="the common base model (task_arithmetic, ties, dare_ties)")
     merge.add_argument("--t", type=float, default=0.5, help="slerp: 0 = the first model, 1 = the second")
     merge.add_argument("--density", type=float, default=0.5, help="ties / dare_ties: share of each task vector kept")
+
+    export = add_command("export", help="export a model to ONNX (and int8) for onnxruntime, without optimum")
+    export.add_argument("model", help="a run folder, model folder, Hub id or offline: name")
+    export.add_argument("output", help="the new folder (must not exist): the model, onnx/model.onnx, agreement.json")
+    export.add_argument("--int8", action="store_true", help="also onnx/model_qint8.onnx (dynamic int8, per channel)")
 
     templates = add_command("templates", help="list the synthesis templates (shipped and --dir)")
     templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
@@ -279,6 +285,14 @@ def _main(args: argparse.Namespace) -> int:
         evaluate_models(args.models, args.tasks, args.output, args.batch_size, args.max_seq_length, args.dimensions)
         print((Path(args.output) / "mteb_comparison.md").read_text())
         print(f"results: {args.output} (mteb_comparison.json, mteb/results/)")
+        return 0
+    if args.command == "export":
+        from st_retrofit.export import export_model_folder
+
+        report = export_model_folder(args.model, args.output, int8=args.int8)
+        for file, agreement in report["agreement"].items():
+            print(f"{file}: cosine to the torch model, mean {agreement['mean']:.4f}, min {agreement['min']:.4f}")
+        print(f"exported: {args.output}")
         return 0
     if args.command == "merge":
         from st_retrofit.merge.folders import merge_folders

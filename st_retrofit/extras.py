@@ -24,6 +24,8 @@ EXTRAS = {
     "mteb": "eval",
     "faiss": "faiss",
     "matplotlib": "plots",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
 }
 
 

@@ -79,8 +79,10 @@ class Recipe(ConfigModel):
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @model_validator(mode="after")
-    def _check_name(self) -> Recipe:
+    def _check(self) -> Recipe:
         require(bool(self.name) and "/" not in self.name, "name", f"expected a folder name, got {self.name!r}")
+        require(not self.publish.int8 or "onnx-int8" in self.eval.backends, "publish.int8",
+                "the card states the int8 model's measured scores: add onnx-int8 to eval.backends")  # fmt: skip
         return self
 
     @property

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, require
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.export.backends import ENCODER_BACKENDS
 
 
 class EvalConfig(ConfigModel):
@@ -22,6 +23,9 @@ class EvalConfig(ConfigModel):
         dimensions: embedding sizes to score besides the full one (embeddings cut with ``truncate_dim``); ``null``
             = ``train.matryoshka_dims``. Set it without Matryoshka training to see what cutting costs a model
             trained without it.
+        backends: also score the retrofitted model run by these encoder backends
+            (:data:`~st_retrofit.export.backends.ENCODER_BACKENDS`: ``onnx``, ``onnx-int8``), on the held-out split
+            and ``mteb_tasks``: what int8 costs, measured (``publish.int8`` needs ``onnx-int8`` here).
     """
 
     k: int = Field(10, ge=1, description="Cut-off for nDCG@k and Recall@k.")
@@ -33,11 +37,18 @@ class EvalConfig(ConfigModel):
         default_factory=dict, json_schema_extra={"local_path": True}, description="Label -> mteb results folder."
     )
     dimensions: list[int] | None = Field(None, description="Embedding sizes to score; null = train.matryoshka_dims.")
+    backends: list[str] = Field(default_factory=list, description="Encoder backends to score too: onnx, onnx-int8.")
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         for i, size in enumerate(self.dimensions or []):
             require(size >= 1, f"dimensions[{i}]", f"expected a size >= 1, got {size}")
+        for i, name in enumerate(self.backends):
+            require(name != "torch", f"backends[{i}]", "torch is what eval scores anyway; name onnx or onnx-int8")
+            require(
+                name in ENCODER_BACKENDS, f"backends[{i}]",
+                f"unknown encoder backend {name!r}{did_you_mean(name, ENCODER_BACKENDS, 'registered')}",
+            )  # fmt: skip
         for label, folder in self.mteb_baselines.items():
             require(Path(folder).expanduser().is_dir(), f"mteb_baselines.{label}", f"folder {folder} does not exist")
         return self
@@ -47,7 +58,13 @@ class EvalConfig(ConfigModel):
         return [spec for spec in self.mteb_tasks if Path(spec).expanduser().is_dir()]
 
     def check_environment(self) -> None:
-        """Every ``mteb_tasks`` entry names a folder, an mteb task or a benchmark (mteb is imported only then)."""
+        """Every ``mteb_tasks`` entry names a folder, an mteb task or a benchmark (mteb is imported only then), and
+        every backend's packages are installed."""
+        for i, name in enumerate(self.backends):
+            try:
+                ENCODER_BACKENDS[name].check_environment()
+            except ConfigError as exc:
+                raise exc.under(f"backends[{i}]") from None
         if not self.mteb_tasks:
             return
         from st_retrofit.evaluation.mteb import resolve_tasks

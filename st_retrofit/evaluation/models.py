@@ -53,12 +53,11 @@ def evaluate_models(
     """
     from st_retrofit.evaluation.mteb import comparison, resolve_tasks, run_mteb
     from st_retrofit.evaluation.stage import truncated
-    from st_retrofit.merge.folders import resolve_ingredient
-    from st_retrofit.models.resolve import check_model_name, load_model
+    from st_retrofit.models.resolve import check_model_name, load_model, resolve_run_folder
 
     if len(set(models)) != len(models):
         raise ConfigError("models", f"a model is listed twice: {list(models)}")
-    paths = [resolve_ingredient(name) for name in models]
+    paths = [resolve_run_folder(name) for name in models]
     for i, path in enumerate(paths):  # every name is checked before the first model is scored
         try:
             check_model_name(path)

@@ -48,6 +48,8 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
                 results["dimensions"][str(size)][label] = scores["mean"]
     if recipe.eval.mteb_tasks:
         results["mteb"] = mteb_stage(recipe, models, output_dir, sizes)
+    if recipe.eval.backends:
+        results["backends"] = backend_scores(recipe, models["retrofitted"], pairs, output_dir, results)
     from st_retrofit.evaluation.heldout import MIN_HELDOUT_QUERIES
 
     queries = results["retrofitted"]["mean"]["queries"]
@@ -63,6 +65,8 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
     table = comparison_table(results, recipe.eval.k)
     if sizes:
         table += "\n\n" + dimensions_table(results, recipe.eval.k)
+    if recipe.eval.backends:
+        table += "\n\n" + backends_table(results, recipe.eval.k)
     (output_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     return path
 
@@ -97,6 +101,61 @@ def dimensions_table(results: dict[str, Any], k: int) -> str:
             [size, f"{scores['base']['ndcg']:.4f}", f"{tuned:.4f}", f"{100 * tuned / full:.1f}%" if full else "-"]
         )
     return markdown_table(["dimensions", f"base nDCG@{k}", f"retrofitted nDCG@{k}", "share of full size"], rows)
+
+
+def backend_scores(
+    recipe: SectionView, model: SentenceTransformer, pairs: Any, output_dir: Path, results: dict[str, Any]
+) -> dict[str, Any]:
+    """The retrofitted model run by each of ``eval.backends``: its held-out mean nDCG@k and mteb scores beside the
+    torch model's, and the loss (torch minus backend; positive = the backend scores lower)."""
+    from st_retrofit.export.backends import ENCODER_BACKENDS
+
+    out: dict[str, Any] = {}
+    torch_mean = results["retrofitted"]["mean"]["ndcg"]
+    torch_mteb = _retrofitted_mteb(results)
+    for name in recipe.eval.backends:
+        logger.info("Evaluating the retrofitted model on the %s backend", name)
+        encoder = ENCODER_BACKENDS[name].prepare(model)
+        heldout = evaluate_retrieval(encoder, pairs, k=recipe.eval.k, batch_size=recipe.eval.batch_size)["mean"]
+        entry = {"heldout_ndcg": heldout["ndcg"], "heldout_loss": round(torch_mean - heldout["ndcg"], 6)}
+        if recipe.eval.mteb_tasks:
+            from st_retrofit.evaluation.mteb import resolve_tasks, run_mteb
+
+            scores = run_mteb(
+                encoder, f"st-retrofit/{recipe.name}-{name}", resolve_tasks(recipe.eval.mteb_tasks),
+                output_dir / "mteb", recipe.eval.batch_size,
+            )  # fmt: skip
+            entry["mteb"] = scores
+            if torch_mteb:
+                shared = sorted(set(scores) & set(torch_mteb))
+                entry["mteb_mean"] = sum(scores[t] for t in shared) / len(shared)
+                entry["mteb_loss"] = sum(torch_mteb[t] - scores[t] for t in shared) / len(shared)
+        out[name] = entry
+    return out
+
+
+def _retrofitted_mteb(results: dict[str, Any]) -> dict[str, float]:
+    rows = (results.get("mteb") or {}).get("rows", [])
+    return {row["task"]: row["retrofitted"] for row in rows if row.get("retrofitted") is not None}
+
+
+def backends_table(results: dict[str, Any], k: int) -> str:
+    """Markdown: the retrofitted model's scores per encoder backend, torch first."""
+    from st_retrofit.tables import markdown_table
+
+    mteb = "mteb_mean" in next(iter(results["backends"].values()))
+    header = ["backend", f"held-out nDCG@{k}", "loss", *(["mteb mean", "loss"] if mteb else [])]
+    torch_mteb = _retrofitted_mteb(results) if mteb else None
+    rows = [["torch", f"{results['retrofitted']['mean']['ndcg']:.4f}", "", *(
+        [f"{sum(torch_mteb.values()) / len(torch_mteb):.4f}", ""] if torch_mteb else [])]]  # fmt: skip
+    for name, entry in results["backends"].items():
+        row = [name, f"{entry['heldout_ndcg']:.4f}", f"{entry['heldout_loss']:+.4f}"]
+        if mteb:
+            row += [f"{entry['mteb_mean']:.4f}", f"{entry['mteb_loss']:+.4f}"]
+        rows.append(row)
+    return "**Encoder backends** (the retrofitted model; loss = torch minus the backend):\n\n" + markdown_table(
+        header, rows
+    )
 
 
 def mteb_stage(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
         slerp_tensor,
         soup,
     )
-    from st_retrofit.merge.folders import merge_folders, resolve_ingredient
+    from st_retrofit.merge.folders import merge_folders
 
 _EXPORTS = {
     "MergeError": "st_retrofit.merge.core",
@@ -27,7 +27,6 @@ _EXPORTS = {
     "slerp_tensor": "st_retrofit.merge.core",
     "soup": "st_retrofit.merge.core",
     "merge_folders": "st_retrofit.merge.folders",
-    "resolve_ingredient": "st_retrofit.merge.folders",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

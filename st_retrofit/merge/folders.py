@@ -11,30 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from st_retrofit.merge.core import TASK_VECTOR_METHODS, MergeError, MergeMethod, merge_models, soup_weights
+from st_retrofit.models.resolve import resolve_run_folder
 from st_retrofit.tables import markdown_table
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_ingredient(name: str) -> str:
-    """A run folder's trained model (``<run>/train/model``), or ``name`` itself (a model folder, Hub id or
-    ``offline:`` name).
-
-    Raises:
-        ModelNotFoundError: ``name`` is a run folder whose training has not finished.
-    """
-    from st_retrofit.models.resolve import ModelNotFoundError
-
-    folder = Path(name).expanduser()
-    trained = folder / "train" / "model"
-    if trained.is_dir():
-        return str(trained)
-    if (folder / "recipe.yaml").is_file() and not (folder / "modules.json").is_file():
-        raise ModelNotFoundError(
-            f"{name} is a run folder whose training has not finished (no train/model); "
-            f"run `st-retrofit train {folder / 'recipe.yaml'}` first"
-        )
-    return name
 
 
 def merge_folders(
@@ -63,9 +43,9 @@ def merge_folders(
         raise MergeError(f"{output} exists; merge into a new folder (nothing is overwritten)")
     if method in TASK_VECTOR_METHODS and base is None:
         raise MergeError(f"{method} merges task vectors (model - base); name the base model (--base)")
-    paths = [resolve_ingredient(name) for name in inputs]
+    paths = [resolve_run_folder(name) for name in inputs]
     models = [load_model(path) for path in paths]
-    base_model = load_model(resolve_ingredient(base)) if base is not None else None
+    base_model = load_model(resolve_run_folder(base)) if base is not None else None
     names = list(names or inputs)
     merged = merge_models(models, method, weights, base_model, t, density, names=names)
 

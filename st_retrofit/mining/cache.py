@@ -77,8 +77,14 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     return digest.hexdigest()
 
 
-def torch_backend(model: SentenceTransformer) -> str:
-    """``torch-<dtype>`` of the model's parameters: the cache namespace's backend for a model run by torch."""
+def encoder_backend(model: SentenceTransformer) -> str:
+    """What computes ``model``'s vectors, for the cache namespace: the first module's ``encoder_backend`` where it has one
+    (:class:`~st_retrofit.export.runtime.OnnxEncoder`: ``onnx-model``, ``onnx-model_qint8``), else
+    ``torch-<dtype>`` of the model's parameters."""
+    # Not ``backend``: sentence-transformers' Transformer module has that attribute ("torch") whatever the dtype.
+    named = getattr(model[0], "encoder_backend", None) if len(model) else None
+    if isinstance(named, str):
+        return named
     parameter = next(iter(model.parameters()), None)
     return f"torch-{str(parameter.dtype).removeprefix('torch.') if parameter is not None else 'float32'}"
 
@@ -219,7 +225,7 @@ class EmbeddingCache:
         role: ``query`` or ``document``; chooses ``encode_query`` or ``encode_document`` and the default prompt.
         prompt: the prompt string; ``None`` takes the model's own prompt for the role.
         fingerprint: the model's :func:`model_fingerprint`, when the caller already has it.
-        backend: what computes the vectors, part of the namespace; ``None`` = :func:`torch_backend` of ``model``.
+        backend: what computes the vectors, part of the namespace; ``None`` = :func:`encoder_backend` of ``model``.
         shard_size: texts per shard; a killed (or Ctrl-C'd) run re-encodes at most this many. A 300M teacher on
             two CPU cores encodes ~10 texts a second, so the default loses at most a few minutes.
 
@@ -244,7 +250,7 @@ class EmbeddingCache:
         self.model, self.role, self.shard_size = model, role, shard_size
         self.prompt = role_prompt(model, role) if prompt is None else prompt
         self.fingerprint = fingerprint or model_fingerprint(model)
-        self.backend = backend or torch_backend(model)
+        self.backend = backend or encoder_backend(model)
         self.max_seq_length = getattr(model, "max_seq_length", None)
         prompt_hash = hashlib.blake2b(self.prompt.encode(), digest_size=4).hexdigest()
         self.folder = Path(root).expanduser() / (

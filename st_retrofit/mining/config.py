@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, require
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.export.backends import ENCODER_BACKENDS
 
 
 class SearchConfig(ConfigModel):
@@ -51,6 +52,10 @@ class MiningConfig(ConfigModel):
         max_seq_length: tokens the teacher reads per text; ``null`` = the teacher's own limit. Encoding is most
             of mining's time and grows with it; the student's ``model.max_seq_length`` makes the teacher's scores
             (the distillation targets) those of texts cut as the student sees them.
+        backend: what runs the teacher (:data:`~st_retrofit.export.backends.ENCODER_BACKENDS`): ``torch``, or
+            ``onnx`` / ``onnx-int8`` (onnxruntime, the ``onnx`` extra; the graph is exported once and cached).
+            int8 encodes faster on CPUs and its vectors differ slightly from fp32's; the cache keeps each backend's
+            apart (``benchmarks/mining.py`` measures speed and the overlap of the mined negatives).
         teacher_dtype: the precision the teacher encodes in. ``bfloat16`` halves its memory and, on CPUs with
             bf16 instructions (AVX512-BF16, AMX) and on GPUs, speeds encoding up; the vectors differ slightly, so
             the cache keeps them apart (README "Performance" has the measured agreement and speed).
@@ -91,6 +96,7 @@ class MiningConfig(ConfigModel):
     document_prompt: str | None = Field(None, description="Document prompt; null = the teacher's.")
     max_seq_length: int | None = Field(None, ge=1, description="Teacher's token limit; null = its own.")
     teacher_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Teacher's precision.")
+    backend: str = Field("torch", description="What runs the teacher: torch, onnx, onnx-int8.")
     num_negatives: int = Field(3, ge=1, description="Negatives per query.")
     range_min: int = Field(0, ge=0, description="Skip this many top candidates.")
     range_max: int | None = Field(None, description="Candidates considered per query.")
@@ -114,6 +120,12 @@ class MiningConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> MiningConfig:
+        # A registry, not a Literal: a backend registered by another package is a valid name too.
+        require(
+            self.backend in ENCODER_BACKENDS,
+            "backend",
+            f"unknown encoder backend {self.backend!r}{did_you_mean(self.backend, ENCODER_BACKENDS, 'registered')}",
+        )
         require(
             self.range_max is None or self.range_max >= self.range_min + self.num_negatives,
             "range_max",
@@ -128,6 +140,11 @@ class MiningConfig(ConfigModel):
             self.max_score is None or self.min_score is None or self.min_score < self.max_score,
             "min_score",
             f"expected below max_score ({self.max_score}), got {self.min_score}",
+        )
+        require(
+            self.teacher_dtype == "float32" or ENCODER_BACKENDS[self.backend].supports_dtype,
+            "teacher_dtype",
+            f"applies to the torch backend; the {self.backend} backend runs its own graph: set it to float32",
         )
         require(
             self.round_trip_top_k is None or self.round_trip_top_k <= self.resolved_range_max,
@@ -168,6 +185,11 @@ class MiningConfig(ConfigModel):
                 require_module("faiss", f"backend {self.search.backend}")
             except ConfigError as exc:
                 raise exc.under("search.backend") from None
+        if self.enabled:
+            try:
+                ENCODER_BACKENDS[self.backend].check_environment()
+            except ConfigError as exc:
+                raise exc.under("backend") from None
 
         for key, name in self.models().items():
             try:

@@ -42,10 +42,9 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         raise exc.under("teacher") from None
     if config.max_seq_length is not None:
         teacher.max_seq_length = config.max_seq_length
-    if config.teacher_dtype != "float32":
-        import torch
+    from st_retrofit.export.backends import ENCODER_BACKENDS
 
-        teacher.to(getattr(torch, config.teacher_dtype))
+    teacher = ENCODER_BACKENDS[config.backend].prepare(teacher, config.teacher_dtype)
     cross_encoder = None
     if config.cross_encoder is not None:
         from sentence_transformers import CrossEncoder

@@ -303,6 +303,25 @@ def model_source(name: str) -> dict[str, Any]:
     return source
 
 
+def resolve_run_folder(name: str) -> str:
+    """A run folder's trained model (``<run>/train/model``), or ``name`` itself (a model folder, Hub id or
+    ``offline:`` name).
+
+    Raises:
+        ModelNotFoundError: ``name`` is a run folder whose training has not finished.
+    """
+    folder = Path(name).expanduser()
+    trained = folder / "train" / "model"
+    if trained.is_dir():
+        return str(trained)
+    if (folder / "recipe.yaml").is_file() and not (folder / "modules.json").is_file():
+        raise ModelNotFoundError(
+            f"{name} is a run folder whose training has not finished (no train/model); "
+            f"run `st-retrofit train {folder / 'recipe.yaml'}` first"
+        )
+    return name
+
+
 def load_model(name: str, device: str | None = None):
     """Load ``name`` (``offline:<name>``, a folder or a Hub id) as a ``SentenceTransformer``.
 

@@ -131,6 +131,14 @@ def distills_teacher(recipe: SectionView) -> bool:
     return scored or any(reads_teacher_embeddings(c) or label_key(c) is not None for c in classes)
 
 
+def int8_summary(recipe: SectionView, results: dict | None) -> dict | None:
+    """The eval stage's ``onnx-int8`` scores with the fp32 model's beside them, when the release carries int8."""
+    entry = ((results or {}).get("backends") or {}).get("onnx-int8")
+    if not recipe.publish.int8 or entry is None:
+        return None
+    return {**entry, "fp32_heldout_ndcg": results["retrofitted"]["mean"]["ndcg"]}
+
+
 def render_model_card(
     recipe: SectionView,
     model: SentenceTransformer,
@@ -186,6 +194,9 @@ def render_model_card(
         heldout_queries=(results or {}).get("retrofitted", {}).get("mean", {}).get("queries"),
         min_heldout_queries=MIN_HELDOUT_QUERIES,
         has_mteb_results=bool(results and results.get("mteb")),
+        int8=int8_summary(recipe, results),
+        k=recipe.eval.k,
+        max_seq_length=model.max_seq_length,
         gate=gate or {"tasks": [], "regressions": []},
         data_description=data_description(recipe),
         mining_description=(

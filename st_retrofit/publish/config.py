@@ -29,6 +29,9 @@ class PublishConfig(ConfigModel):
         mteb_training_datasets: the mteb tasks whose data the model was trained on (``[MSMARCO, NQ]``; ``[]`` =
             none), declared in the MTEB submission so the leaderboard can tell zero-shot scores; ``null`` = not
             declared (the leaderboard then counts the model's zero-shot share as unknown).
+        int8: add ``onnx/model.onnx`` and ``onnx/model_qint8.onnx`` (exported without optimum; the layout
+            sentence-transformers' onnx backend reads) and, in the card, the int8 model's measured scores beside the
+            fp32 ones (``eval.backends`` must list ``onnx-int8``) and how to run it with onnxruntime alone.
     """
 
     repo_id: str | None = Field(None, description="Hub repository, org/name.")
@@ -45,6 +48,7 @@ class PublishConfig(ConfigModel):
     mteb_training_datasets: list[str] | None = Field(
         None, description="mteb tasks whose data trained the model, for the leaderboard submission."
     )
+    int8: bool = Field(False, description="Add the ONNX fp32 and int8 models and their measured scores.")
 
     @model_validator(mode="after")
     def _check(self) -> PublishConfig:

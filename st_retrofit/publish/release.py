@@ -80,6 +80,8 @@ def build_release_folder(
         from st_retrofit.merge.folders import merge_card_section
 
         card = card.rstrip() + "\n\n" + merge_card_section(json.loads(merge_record.read_text())) + "\n"
+    if recipe.publish.int8:
+        add_onnx_files(model, output_dir)
     declare_requirements(output_dir)
     (output_dir / "README.md").unlink(missing_ok=True)  # a link to the trained model's own card: write a new file
     (output_dir / "README.md").write_text(card, encoding="utf-8")
@@ -104,6 +106,19 @@ def build_release_folder(
         if path.is_file():
             path.chmod(0o666 & ~umask)
     return output_dir
+
+
+def add_onnx_files(model: Any, output_dir: Path) -> list[str]:
+    """``onnx/model.onnx`` and ``onnx/model_qint8.onnx`` of ``model`` into the release (the eval stage's
+    ``onnx-int8`` scores were measured on these very files: both come from the export cache, keyed by the
+    model's fingerprint)."""
+    from st_retrofit.export.backends import exported_file
+    from st_retrofit.export.onnx import INT8_FILE, ONNX_FILE
+
+    (output_dir / "onnx").mkdir(exist_ok=True)
+    for name, int8 in ((ONNX_FILE, False), (INT8_FILE, True)):
+        _link_or_copy(str(exported_file(model, int8)), str(output_dir / name))
+    return [ONNX_FILE, INT8_FILE]
 
 
 def declare_requirements(folder: Path) -> dict[str, Any]:

@@ -94,11 +94,11 @@ def test_the_backend_is_part_of_the_namespace(tiny_model, tmp_path):
     """The same weights run in another precision (or, later, another runtime) give other vectors: never mixed."""
     import copy
 
-    from st_retrofit.mining.cache import torch_backend
+    from st_retrofit.mining.cache import encoder_backend
 
     fp32 = EmbeddingCache(tmp_path, tiny_model, "document")
     fp32.encode(TEXTS, show_progress_bar=False)
-    assert fp32.backend == torch_backend(tiny_model) == "torch-float32"
+    assert fp32.backend == encoder_backend(tiny_model) == "torch-float32"
     half = copy.deepcopy(tiny_model).to(torch.bfloat16)
     bf16 = EmbeddingCache(tmp_path, half, "document", fingerprint=fp32.fingerprint)  # even with the same fingerprint
     bf16.encode(TEXTS, show_progress_bar=False)

@@ -1,0 +1,120 @@
+"""ONNX export without optimum: the graph reproduces the torch model, int8 stays close, the folder is atomic, the
+cache keeps backends apart, and a release's files are read back by onnxruntime alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from st_retrofit.export import (  # noqa: E402
+    INT8_FILE,
+    ONNX_FILE,
+    SAMPLE_TEXTS,
+    ExportError,
+    cosine_agreement,
+    export_model_folder,
+    export_onnx,
+    load_onnx,
+    quantize_int8,
+)
+
+TEXTS = ["the river city of Veltra", "a quiet harbour town", "Veltra lies on a river", "x"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_path, tmp_path_factory):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    folder = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(model, folder / ONNX_FILE)
+    return model, fp32, quantize_int8(fp32, folder / INT8_FILE)
+
+
+def test_fp32_graph_matches_torch_at_other_batch_and_sequence_sizes(exported):
+    """Traced on 2 texts; run on 1 and 4 texts of other lengths: the axes are dynamic, not baked in."""
+    model, fp32, _ = exported
+    onnx_model = load_onnx(model, fp32)
+    for texts in (TEXTS[:1], TEXTS):
+        expected = model.encode(texts, convert_to_numpy=True)
+        got = onnx_model.encode(texts, convert_to_numpy=True)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert cosine_agreement(model, onnx_model)["min"] >= 0.999
+
+
+def test_prompts_and_sequence_length_are_carried_over(exported):
+    import copy
+
+    model, fp32, _ = exported
+    model = copy.deepcopy(model)
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    onnx_model = load_onnx(model, fp32)
+    assert onnx_model.prompts == model.prompts and onnx_model.max_seq_length == model.max_seq_length
+    np.testing.assert_allclose(
+        onnx_model.encode_query(TEXTS, convert_to_numpy=True), model.encode_query(TEXTS, convert_to_numpy=True),
+        atol=1e-5,
+    )  # fmt: skip
+    assert onnx_model.get_embedding_dimension() == model.get_embedding_dimension()
+
+
+def test_int8_is_close_to_fp32_and_smaller(exported):
+    model, fp32, int8 = exported
+    agreement = cosine_agreement(model, load_onnx(model, int8))
+    assert agreement["mean"] >= 0.98 and agreement["min"] >= 0.95, agreement
+    assert int8.stat().st_size < fp32.stat().st_size
+
+
+def test_cache_namespace_names_the_onnx_backend(exported, tmp_path):
+    from st_retrofit.mining.cache import EmbeddingCache, encoder_backend
+
+    model, fp32, int8 = exported
+    names = {encoder_backend(m) for m in (model, load_onnx(model, fp32), load_onnx(model, int8))}
+    assert names == {"torch-float32", "onnx-model", "onnx-model_qint8"}
+    folders = {EmbeddingCache(tmp_path, load_onnx(model, f), "document").folder for f in (fp32, int8)}
+    assert len(folders) == 2
+
+
+def test_export_folder_is_whole_or_absent(tiny_model_path, tmp_path, monkeypatch):
+    report = export_model_folder(str(tiny_model_path), tmp_path / "out", int8=True, texts=SAMPLE_TEXTS[:4])
+    assert sorted(report["files"]) == [ONNX_FILE, INT8_FILE]
+    assert report["agreement"][ONNX_FILE]["min"] >= 0.999
+    assert json.loads((tmp_path / "out" / "onnx" / "agreement.json").read_text()) == report
+    assert (tmp_path / "out" / "modules.json").is_file()  # the torch model is there too
+    with pytest.raises(ExportError, match="already exists"):
+        export_model_folder(str(tiny_model_path), tmp_path / "out")
+
+    import st_retrofit.export.onnx as onnx_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantization failed")
+
+    monkeypatch.setattr(onnx_module, "quantize_int8", broken)
+    with pytest.raises(RuntimeError):
+        export_model_folder(str(tiny_model_path), tmp_path / "second", int8=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no second/, no partial folder
+
+
+def test_unsupported_module_is_one_error(tiny_model):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dropout
+
+    model = SentenceTransformer(modules=[*tiny_model, Dropout(0.1)], device="cpu")
+    with pytest.raises(ExportError, match=r"modules\[2\].*Dropout cannot be exported"):
+        export_onnx(model, "unused.onnx")
+
+
+def test_graph_is_read_by_plain_onnxruntime(exported, tiny_model):
+    """What a release's card tells onnxruntime users to do: tokenize, run, read ``sentence_embedding``."""
+    import onnxruntime as ort
+
+    model, fp32, _ = exported
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    tokens = model.tokenizer(TEXTS, padding=True, truncation=True, return_tensors="np")
+    feeds = {i.name: tokens[i.name] for i in session.get_inputs()}
+    hidden, embeddings = session.run(["last_hidden_state", "sentence_embedding"], feeds)
+    assert hidden.shape[:2] == tokens["input_ids"].shape
+    np.testing.assert_allclose(embeddings, model.encode(TEXTS, convert_to_numpy=True), atol=1e-5)
