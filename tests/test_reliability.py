@@ -160,3 +160,36 @@ def test_another_process_is_told_who_holds_the_folder(tmp_path):
         f"RunFolderBusy: {folder.resolve()} is in use by pid {os.getpid()} on {socket.gethostname()}" in result.stderr
     )
     subprocess.run([sys.executable, "-c", script], check=True)  # released
+
+
+def test_a_rerun_after_a_failed_final_save_exports_the_last_step_without_training_further(
+    tiny_recipe_data, monkeypatch
+):
+    """The run reached max_steps, saved its last checkpoint, then failed saving the model (disk full): the rerun
+    exports that checkpoint; it must not resume it and train a step past max_steps."""
+    import torch
+
+    data = {**tiny_recipe_data, "model": {**tiny_recipe_data["model"], "lora": None}}
+    data["train"] = {**data["train"], "args": {**data["train"]["args"], "max_steps": 2, "save_steps": 2,
+                                               "lr_scheduler_type": "constant"}}  # fmt: skip
+    recipe = recipe_from_dict(data)
+    run_pipeline(recipe, stages=["synth", "mine"])
+    real_save = SentenceTransformer.save_pretrained
+
+    def disk_full(self, path, *args, **kwargs):
+        if Path(path).name == "model":  # the final export, not a checkpoint
+            raise OSError(28, "No space left on device", str(path))
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "save_pretrained", disk_full)
+    with pytest.raises(OSError):
+        run_stage(recipe, "train")
+    monkeypatch.setattr(SentenceTransformer, "save_pretrained", real_save)
+    [checkpoint] = [p for p in recipe.run_dir.rglob("checkpoint-2") if p.is_dir()]
+    expected = SentenceTransformer(str(checkpoint), device="cpu").state_dict()
+
+    run_stage(recipe, "train")
+    trained = SentenceTransformer(str(recipe.run_dir / "train" / "model"), device="cpu").state_dict()
+    assert all(torch.equal(trained[name], expected[name]) for name in expected)  # a third step would move them
+    metrics = json.loads((recipe.run_dir / "train" / "train_metrics.json").read_text())
+    assert metrics["train_loss"] > 0 and not list(recipe.run_dir.rglob("checkpoint-3"))

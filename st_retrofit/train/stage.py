@@ -298,12 +298,22 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     # A "Writing model shards" bar per checkpoint, nested in the training bar, prints escape codes into log files.
     transformers_logging.disable_progress_bar()
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last:
-        logger.info("Resuming training from %s", last)
-    try:
-        result = trainer.train(resume_from_checkpoint=last)
-    except ConfigError as exc:  # a mixing setting, raised while the first dataloader is built, before any step
-        raise exc.under("mixing") from None
+    if last and finished_checkpoint(last):
+        # The run reached its last step and failed after (the final save): the checkpoint is the trained model.
+        # transformers would resume it and take one more step past max_steps.
+        from transformers import TrainerState
+
+        logger.info("Training finished at %s; exporting it without training further", last)
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+        result = finished_result(trainer.state)
+    else:
+        if last:
+            logger.info("Resuming training from %s", last)
+        try:
+            result = trainer.train(resume_from_checkpoint=last)
+        except ConfigError as exc:  # a mixing setting, raised while the first dataloader is built, before any step
+            raise exc.under("mixing") from None
     model_dir = output_dir / "model"
     if not trainer.is_world_process_zero():
         # Under a distributed launch, the main process exports; the others are done once the trainer is.
@@ -332,6 +342,24 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     if recipe.merge.enabled:
         merge_trained_model(recipe, output_dir, trainer.state.global_step)
     return model_dir
+
+
+def finished_checkpoint(checkpoint: str | Path) -> bool:
+    """Whether a trainer checkpoint is the run's last step (``global_step`` at the ``max_steps`` it planned)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
+
+
+def finished_result(state: Any) -> Any:
+    """What ``Trainer.train`` returns, rebuilt from a finished run's state: the loss averaged over every logged
+    step of the whole run (not of a resumed tail)."""
+    from transformers.trainer_utils import TrainOutput
+
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    final = next((entry for entry in reversed(state.log_history) if "train_loss" in entry), None)
+    metrics = {k: v for k, v in (final or {}).items() if k.startswith("train_")}
+    metrics.setdefault("train_loss", sum(losses) / len(losses) if losses else float("nan"))
+    return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
 
 def checkpoint_models(recipe: SectionView, output_dir: Path, count: int, final_step: int) -> list[str]:
