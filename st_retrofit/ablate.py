@@ -208,9 +208,10 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None, only: list[
     """Run every variant (finished ones are skipped), then write the table and the plot. Returns the folder.
 
     ``only`` names the variants to run (folder names or x labels), in the file's order; the table and the soup
-    cover those. Every variant is still validated first.
+    cover those and every other variant already finished with its current settings (one measured at a time, the
+    table grows). Every variant is still validated first.
     """
-    from st_retrofit.pipeline import run_pipeline
+    from st_retrofit.pipeline import is_up_to_date, run_pipeline
 
     variants = variant_recipes(ablation, extra)
     folder = variants[0][3].run_dir.parent
@@ -220,11 +221,18 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None, only: list[
             if wanted not in names:
                 known = [name for name, *_ in variants]
                 raise ConfigError(f"--only[{i}]", f"no variant {wanted!r}{did_you_mean(wanted, known, 'variants')}")
-        variants = [v for v in variants if v[0] in only or v[2].label in only]
+        chosen = [v[0] in only or v[2].label in only for v in variants]
+        # A variant left out counts only when every stage is done with the settings the file gives it now.
+        variants = [v for v, run in zip(variants, chosen, strict=True)
+                    if run or all(is_up_to_date(v[3], stage) for stage in STAGES)]  # fmt: skip
+        to_run = {name for name, _, x, _ in variants if name in only or x.label in only}
+    else:
+        to_run = {name for name, *_ in variants}
     rows = []
     for i, (name, series, x, recipe) in enumerate(variants, 1):
-        logger.info("Ablation %s: variant %d of %d, %s", ablation.name, i, len(variants), name)
-        run_pipeline(recipe, stages=STAGES)
+        if name in to_run:
+            logger.info("Ablation %s: variant %d of %d, %s", ablation.name, i, len(variants), name)
+            run_pipeline(recipe, stages=STAGES)
         row = {"variant": name, "series": series.label if series else None, "x": x.label}
         if ablation.tasks is None:
             results = json.loads((recipe.run_dir / "eval" / "results.json").read_text())

@@ -186,5 +186,19 @@ def test_only_runs_the_named_variants_and_the_table_covers_them(base_recipe, tmp
     assert [r["x"] for r in summary["rows"]] == ["mined"]
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["mined"]
 
+    # The next one measured joins the table (in the file's order); the finished one is read, not run again.
+    trained = folder / "mined" / "train" / "model" / "model.safetensors"
+    stamp = trained.stat().st_mtime_ns
+    assert main(["ablate", str(path), "--only", "in-batch-only"]) == 0
+    summary = json.loads((folder / "results.json").read_text())
+    assert [r["x"] for r in summary["rows"]] == ["in-batch only", "mined"]
+    assert trained.stat().st_mtime_ns == stamp
+    # A finished variant whose settings the file has since changed is left out, not shown with stale numbers.
+    values = [GRID["x"]["values"][0], {"label": "mined", "set": {"mining.enabled": True, "mining.num_negatives": 3}}]
+    changed = write_ablation(base_recipe, x={"label": "negatives", "values": values})
+    assert main(["ablate", str(changed), "--only", "in-batch-only"]) == 0
+    summary = json.loads((folder / "results.json").read_text())
+    assert [r["x"] for r in summary["rows"]] == ["in-batch only"]
+
     assert main(["ablate", str(path), "--only", "in-batch-onyl"]) == 2
     assert "--only[0]: no variant 'in-batch-onyl' (did you mean in-batch-only?)" in capsys.readouterr().err
