@@ -113,8 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
     merge.add_argument("-o", "--output", required=True, help="the new model folder (must not exist)")
     merge.add_argument(
-        "--method", default="soup", choices=["soup", "slerp", "task_arithmetic", "ties", "dare_ties"],
-        help="soup (weighted average, the default), slerp (two models), or a merge of task vectors",
+        "--method", default="soup",
+        help="soup (weighted average, the default), slerp (two models), task_arithmetic, ties, dare_ties, or "
+        "mergekit:<method> (any of mergekit's, through SentenceTransformer.merge; mergekit installed)",
+    )  # fmt: skip
+    merge.add_argument(
+        "--parameters", type=json.loads, default=None, metavar="JSON",
+        help='mergekit:<method> only: its parameters as JSON, e.g. \'{"lambda": 1.0}\'',
     )  # fmt: skip
     merge.add_argument("--weights", type=float, nargs="+", help="one per model (soup: normalized; default uniform)")
     merge.add_argument("--base", help="the common base model (task_arithmetic, ties, dare_ties)")
@@ -297,7 +302,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "merge":
         from st_retrofit.merge.folders import merge_folders
 
-        folder = merge_folders(args.models, args.output, args.method, args.weights, args.base, args.t, args.density)
+        folder = merge_folders(
+            args.models, args.output, args.method, args.weights, args.base, args.t, args.density,
+            parameters=args.parameters,
+        )  # fmt: skip
         print(f"merged {len(args.models)} models ({args.method}) into {folder} (merge.json lists the ingredients)")
         return 0
     if args.command == "publish":

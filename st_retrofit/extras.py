@@ -25,6 +25,7 @@ EXTRAS = {
     "faiss": "faiss",
     "matplotlib": "plots",
     "onnx": "onnx",
+    "mergekit": "merge",
     "onnxruntime": "onnx",
 }
 

@@ -157,6 +157,8 @@ def test_merge_settings_that_cannot_work_are_named(tiny_recipe_data):
         ({"method": "soup"}, "merge.models", "another ingredient"),
         ({"method": "slerp", "models": ["base", "runs/other"]}, "merge.models", "exactly two"),
         ({"method": "soup", "models": ["base"], "weights": [1.0]}, "merge.weights", "2 ingredients"),
+        ({"method": "soupp", "models": ["base"]}, "merge.method", "did you mean soup"),
+        ({"method": "soup", "models": ["base"], "parameters": {"lambda": 1}}, "merge.parameters", "mergekit's"),
     ]
     for merge, key, words in cases:
         with pytest.raises(ConfigError) as info:
@@ -181,3 +183,49 @@ def test_a_changed_ingredient_makes_the_merged_model_stale(tiny_recipe_data, tin
     before = pipeline.fingerprint(recipe_from_dict(data), "train")
     _finetuned(ingredient, 7).save_pretrained(str(ingredient))  # the ingredient was retrained
     assert pipeline.fingerprint(recipe_from_dict(data), "train") != before
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ({"method": "soup", "weights": [0.7, 0.3]}, {"method": "linear", "parameters": {"weight": [0.7, 0.3]}}),
+        ({"method": "task_arithmetic", "weights": [1.0, 0.5]},
+         {"method": "task_arithmetic", "parameters": {"weight": [1.0, 0.5]}}),
+        ({"method": "ties", "weights": [1.0, 1.0], "density": 0.5},
+         {"method": "ties", "parameters": {"weight": [1.0, 1.0], "density": 0.5}}),
+    ],
+)  # fmt: skip
+def test_built_in_methods_give_mergekits_tensors(models, ours, theirs):
+    """Our soup, task arithmetic and TIES (no mergekit needed) against SentenceTransformer.merge with mergekit."""
+    pytest.importorskip("mergekit")
+    base, a, b, _ = models
+    uses_base = ours["method"] != "soup"
+    mine = merge_models([a, b], base=base if uses_base else None, **ours)
+    reference = SentenceTransformer.merge([a, b], base_model=base if uses_base else None, **theirs)
+    expected = reference.state_dict()
+    for name, tensor in mine.state_dict().items():
+        assert torch.allclose(tensor.float(), expected[name].float(), atol=1e-6), name
+    # The same through our mergekit: prefix, with our arguments filling mergekit's parameters.
+    through = merge_models([a, b], f"mergekit:{theirs['method']}", weights=ours["weights"], base=base if uses_base
+                           else None, density=ours.get("density", 0.5))  # fmt: skip
+    assert torch.allclose(_tensor(through), _tensor(reference), atol=1e-6)
+
+
+def test_any_mergekit_method_from_the_command_line(models, tmp_path, capsys):
+    pytest.importorskip("mergekit")
+    base, a, b, c = models
+    folders = []
+    for name, model in (("base", base), ("a", a), ("b", b), ("c", c)):
+        model.save_pretrained(str(tmp_path / name))
+        folders.append(str(tmp_path / name))
+    out = tmp_path / "stock"
+    assert main(["merge", *folders[1:], "-o", str(out), "--method", "mergekit:model_stock", "--base", folders[0]]) == 0
+    record = json.loads((out / "merge.json").read_text())
+    assert record["method"] == "mergekit:model_stock" and record["base"] == folders[0]
+    merged = _tensor(SentenceTransformer(str(out), device="cpu"))
+    assert not torch.allclose(merged, _tensor(a)) and not torch.allclose(merged, _tensor(base))
+    assert main(["merge", *folders[1:3], "-o", str(tmp_path / "x"), "--method", "mergekit:modelstock"]) == 2
+    assert "did you mean mergekit:model_stock?" in capsys.readouterr().err
+    assert main(["merge", *folders[1:3], "-o", str(tmp_path / "x"), "--method", "mergekit:model_stock"]) == 2
+    assert "name the base model (--base)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

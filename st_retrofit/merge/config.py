@@ -3,11 +3,12 @@ is evaluated and published."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigModel, require
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.merge.core import BUILT_IN_METHODS, MERGEKIT_PREFIX
 
 BASE = "base"  # the recipe's model.base, as an ingredient
 
@@ -29,11 +30,12 @@ class MergeConfig(ConfigModel):
         weights: one per ingredient (the trained model first); soups normalize them; ``null`` = uniform.
         t: slerp position: 0 = the trained model, 1 = the other ingredient.
         density: share of each task vector kept (``ties``, ``dare_ties``).
+        parameters: for ``mergekit:<method>`` (any method of mergekit, through ``SentenceTransformer.merge``; the
+            ``merge`` extra): its own parameters, e.g. ``{lambda: 1.0}``; ``weights``, ``t`` and ``density`` fill
+            ``weight``, ``t`` and ``density`` where the method takes them.
     """
 
-    method: Literal["soup", "slerp", "task_arithmetic", "ties", "dare_ties"] | None = Field(
-        None, description="Merge method; null = no merge."
-    )
+    method: str | None = Field(None, description="soup, slerp, task_arithmetic, ties, dare_ties, mergekit:<method>.")
     checkpoints: int = Field(0, ge=0, description="Last trainer checkpoints to add as ingredients.")
     models: list[str] = Field(
         default_factory=list,
@@ -43,6 +45,7 @@ class MergeConfig(ConfigModel):
     weights: list[float] | None = Field(None, description="One weight per ingredient, the trained model first.")
     t: float = Field(0.5, ge=0, le=1, description="Slerp position (0 = the trained model).")
     density: float = Field(0.5, gt=0, le=1, description="Share of each task vector kept (ties, dare_ties).")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="mergekit: methods' own parameters.")
 
     def local_inputs(self) -> list[str]:
         """Ingredients on disk: a retrained one makes the merged model stale."""
@@ -60,6 +63,17 @@ class MergeConfig(ConfigModel):
     def _check(self) -> MergeConfig:
         if not self.enabled:
             return self
+        require(
+            self.method in BUILT_IN_METHODS or self.method.startswith(MERGEKIT_PREFIX),
+            "method",
+            f"unknown merge method {self.method!r}{did_you_mean(self.method, BUILT_IN_METHODS, 'built in')}, "
+            "or mergekit:<method> with mergekit installed",
+        )
+        require(
+            not self.parameters or self.method.startswith(MERGEKIT_PREFIX),
+            "parameters",
+            "are mergekit's; the built-in methods take weights, t and density",
+        )
         count = self.ingredient_count
         require(count >= 2, "models", "a merge needs another ingredient: set checkpoints or models (e.g. [base])")
         if self.method == "slerp":
@@ -72,3 +86,13 @@ class MergeConfig(ConfigModel):
                 "then models)",
             )
         return self
+
+    def check_environment(self) -> None:
+        """A ``mergekit:`` method needs mergekit installed and must be one of its registered methods."""
+        if self.enabled and self.method.startswith(MERGEKIT_PREFIX):
+            from st_retrofit.merge.core import MergeError, mergekit_method
+
+            try:
+                mergekit_method(self.method)
+            except MergeError as exc:
+                raise ConfigError("method", str(exc)) from None

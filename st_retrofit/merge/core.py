@@ -1,6 +1,12 @@
 """Model merging for sentence-transformers models fine-tuned from one base: soups, slerp, task arithmetic, TIES.
 
-sentence-transformers has no merging (feature request UKPLab/sentence-transformers#2689). What this adds:
+sentence-transformers 6.2 added ``SentenceTransformer.merge()`` through mergekit (19 methods). Every mergekit
+method is reachable here as ``mergekit:<method>`` (``mergekit:model_stock``, ``mergekit:della``...), passed to
+``SentenceTransformer.merge`` with its ``parameters``. The five built-in methods need no mergekit (PEFT's merge
+utilities and plain torch) and give the same tensors as mergekit's ``linear``, ``task_arithmetic`` and ``ties``
+(tested); ``slerp`` differs on purpose: it interpolates each tensor's norm linearly, mergekit's keeps the sine
+weights' norm. What st-retrofit adds around either: soups of run folders and checkpoints, the recipe's ``merge``
+section, ``merge.json`` and a card section naming the ingredients and weights.
 
 - ``soup``: the (weighted) average of the weights (Wortsman et al., 2022), what EmbeddingGemma's release is;
 - ``slerp``: spherical interpolation of two models, tensor by tensor (Qwen3-Embedding merges checkpoints so);
@@ -15,19 +21,64 @@ merged after their adapters are folded in (the train stage's ``model/`` folder i
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
 MergeMethod = Literal["soup", "slerp", "task_arithmetic", "ties", "dare_ties"]
+BUILT_IN_METHODS = ("soup", "slerp", "task_arithmetic", "ties", "dare_ties")
 TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties")
+MERGEKIT_PREFIX = "mergekit:"
 
 
 class MergeError(ValueError):
     """The models cannot be merged as asked (different architectures, wrong number of inputs or weights)."""
+
+
+def mergekit_method(method: str) -> Any:
+    """The mergekit method ``mergekit:<name>`` names (its spec says which parameters and base it takes).
+
+    Raises:
+        MergeError: mergekit is missing, or has no such method.
+    """
+    name = method.removeprefix(MERGEKIT_PREFIX)
+    try:
+        from mergekit.merge_methods import get, registered_methods
+    except ImportError:
+        raise MergeError(
+            f"{method} needs mergekit (sentence-transformers' merge backend): pip install 'st-retrofit[merge]'; "
+            f"or use a built-in method: {', '.join(BUILT_IN_METHODS)}"
+        ) from None
+    known = sorted(getattr(m, "name", None) or m.spec.name for m in registered_methods())
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {MERGEKIT_PREFIX}{close[0]}?)" if close else f"; mergekit has: {', '.join(known)}"
+        raise MergeError(f"unknown mergekit method {name!r}{hint}")
+    return get(name)
+
+
+def uses_base(method: str) -> bool:
+    """Whether ``method`` merges relative to the models' common base (task vectors), which it must then be given.
+    mergekit's slerp counts as not: sentence-transformers makes the first model its base, as ours does."""
+    if not method.startswith(MERGEKIT_PREFIX):
+        return method in TASK_VECTOR_METHODS
+    from mergekit.merge_methods import BasePolicy
+
+    return method != f"{MERGEKIT_PREFIX}slerp" and mergekit_method(method).spec.contract.base == BasePolicy.REQUIRED
+
+
+def check_method(method: str) -> None:
+    """Raise :class:`MergeError` unless ``method`` is built in or an installed mergekit method."""
+    if method.startswith(MERGEKIT_PREFIX):
+        mergekit_method(method)
+    elif method not in BUILT_IN_METHODS:
+        close = difflib.get_close_matches(method, BUILT_IN_METHODS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(BUILT_IN_METHODS)}"
+        raise MergeError(f"unknown merge method {method!r}{hint}, or mergekit:<method> with mergekit installed")
 
 
 def check_same_architecture(state_dicts: Sequence[dict[str, torch.Tensor]], names: Sequence[str]) -> None:
@@ -158,19 +209,23 @@ def merge_models(
     t: float = 0.5,
     density: float = 0.5,
     names: Sequence[str] | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> SentenceTransformer:
     """Merge sentence-transformers models of one architecture into a new one (the first model's modules, config and
     tokenizer, with merged weights).
 
     Args:
         models: the fine-tuned models (two for ``slerp``).
-        method: ``soup``, ``slerp``, ``task_arithmetic``, ``ties`` or ``dare_ties``.
+        method: ``soup``, ``slerp``, ``task_arithmetic``, ``ties`` or ``dare_ties``, or ``mergekit:<method>``
+            (``SentenceTransformer.merge`` with mergekit).
         weights: one per model; a soup normalizes them (uniform by default), task-vector methods scale each
             model's task vector by its weight (1 by default).
         base: the model they were fine-tuned from (task-vector methods only).
         t: ``slerp``'s position between the first (0) and the second (1) model.
         density: share of each task vector ``ties`` / ``dare_ties`` keep.
         names: how errors name the models (their paths or ids); defaults to ``model 0``, ``model 1``...
+        parameters: ``mergekit:`` methods only: mergekit's parameters (``{"lambda": 1.0}``); ``weights``, ``t`` and
+            ``density`` fill ``weight``, ``t`` and ``density`` where the method takes them and they are not given.
 
     Example::
 
@@ -196,6 +251,10 @@ def merge_models(
     base_state = base.state_dict() if base is not None else None
     check_same_architecture(states + ([base_state] if base_state is not None else []),
                             names + (["the base"] if base_state is not None else []))  # fmt: skip
+    if method.startswith(MERGEKIT_PREFIX):
+        return _mergekit(models, method, weights, base, t, density, parameters)
+    if parameters:
+        raise MergeError(f"parameters are for mergekit:<method>; {method} takes weights, t and density")
     if method == "soup":
         merged = soup(states, weights)
     elif method == "slerp":
@@ -207,7 +266,23 @@ def merge_models(
             raise MergeError(f"{method} merges task vectors (model - base) and needs the base model")
         merged = merge_task_vectors(base_state, states, method, weights, density)
     else:
-        raise MergeError(f"unknown merge method {method!r}; known: soup, slerp, {', '.join(TASK_VECTOR_METHODS)}")
+        check_method(method)
     out = copy.deepcopy(models[0])
     out.load_state_dict(merged)
     return out
+
+
+def _mergekit(models, method, weights, base, t, density, parameters) -> SentenceTransformer:
+    """``SentenceTransformer.merge`` with mergekit's ``method``; our arguments fill the parameters it takes."""
+    spec = mergekit_method(method).spec
+    accepted = {parameter.name for parameter in spec.parameters}
+    given = dict(parameters or {})
+    for name, value in (("weight", list(weights) if weights is not None else None), ("t", t), ("density", density)):
+        if name in accepted and name not in given and value is not None:
+            given[name] = value
+    try:
+        return type(models[0]).merge(
+            list(models), method.removeprefix(MERGEKIT_PREFIX), base_model=base, parameters=given or None
+        )
+    except (ValueError, TypeError) as exc:  # mergekit's and sentence-transformers' checks of the inputs
+        raise MergeError(f"{method}: {' '.join(str(exc).split())}") from None

@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from st_retrofit.merge.core import TASK_VECTOR_METHODS, MergeError, MergeMethod, merge_models, soup_weights
+from st_retrofit.merge.core import (
+    MERGEKIT_PREFIX,
+    TASK_VECTOR_METHODS,
+    MergeError,
+    MergeMethod,
+    check_method,
+    merge_models,
+    soup_weights,
+    uses_base,
+)
 from st_retrofit.models.resolve import resolve_run_folder
 from st_retrofit.tables import markdown_table
 
@@ -26,6 +35,7 @@ def merge_folders(
     t: float = 0.5,
     density: float = 0.5,
     names: Sequence[str] | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
     """Load ``inputs``, merge them (:func:`~st_retrofit.merge.merge_models`) and save the result to ``output``;
     ``names`` label the ingredients in ``merge.json`` and the card (default: the inputs as given).
@@ -41,13 +51,14 @@ def merge_folders(
     output = Path(output)
     if output.exists():
         raise MergeError(f"{output} exists; merge into a new folder (nothing is overwritten)")
-    if method in TASK_VECTOR_METHODS and base is None:
+    check_method(method)
+    if uses_base(method) and base is None:
         raise MergeError(f"{method} merges task vectors (model - base); name the base model (--base)")
     paths = [resolve_run_folder(name) for name in inputs]
     models = [load_model(path) for path in paths]
     base_model = load_model(resolve_run_folder(base)) if base is not None else None
     names = list(names or inputs)
-    merged = merge_models(models, method, weights, base_model, t, density, names=names)
+    merged = merge_models(models, method, weights, base_model, t, density, names=names, parameters=parameters)
 
     ingredients = [{"model": name, "path": path} for name, path in zip(names, paths, strict=True)]
     if method == "soup":
@@ -59,6 +70,9 @@ def merge_folders(
         for item, weight in zip(ingredients, weights or [1.0] * len(inputs), strict=True):
             item["weight"] = weight
     record: dict[str, Any] = {"method": method, "ingredients": ingredients}
+    if method.startswith(MERGEKIT_PREFIX):
+        record["base"] = base
+        record["parameters"] = parameters or {}
     if method in TASK_VECTOR_METHODS:
         record["base"] = base
         if method != "task_arithmetic":
@@ -83,7 +97,9 @@ def merge_folders(
 
 def merge_card_section(record: dict[str, Any]) -> str:
     """The model card's "Merge" section: the method, its settings and a table of ingredients and weights."""
-    settings = ", ".join(f"{key} {record[key]}" for key in ("base", "t", "density") if key in record)
+    settings = ", ".join(f"{key} {record[key]}" for key in ("base", "t", "density") if record.get(key) is not None)
+    if record.get("parameters"):
+        settings += (", " if settings else "") + f"parameters {json.dumps(record['parameters'])}"
     rows = [[f"`{item['model']}`", f"{item['weight']:g}"] for item in record["ingredients"]]
     return "\n".join([
         "## Merge",

@@ -394,7 +394,7 @@ def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) 
     """Merge ``output_dir/model`` with the ingredients of the recipe's ``merge`` section; the unmerged model moves
     to ``output_dir/unmerged``, the merged one takes its place (with ``merge.json``)."""
     from st_retrofit.merge.config import BASE
-    from st_retrofit.merge.core import TASK_VECTOR_METHODS
+    from st_retrofit.merge.core import uses_base
     from st_retrofit.merge.folders import merge_folders
 
     config = recipe.merge
@@ -407,5 +407,6 @@ def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) 
     names = ["trained", *(Path(p).name for p in checkpoints), *config.models]
     return merge_folders(
         [str(unmerged), *checkpoints, *others], output_dir / "model", config.method, config.weights,
-        recipe.model.base if config.method in TASK_VECTOR_METHODS else None, config.t, config.density, names=names,
+        recipe.model.base if uses_base(config.method) else None, config.t, config.density, names=names,
+        parameters=config.parameters,
     )  # fmt: skip
