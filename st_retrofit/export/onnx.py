@@ -116,6 +116,10 @@ def export_onnx(model: SentenceTransformer, path: str | Path) -> Path:
                 dynamo=False,  # the TorchScript exporter traces transformers 5's encoders; dynamo needs onnxscript
             )
         os.replace(partial, path)
+    except (RuntimeError, TypeError, ValueError) as exc:  # the tracer's, for an architecture it cannot follow
+        architecture = type(getattr(model[0], "auto_model", model[0])).__name__
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError("model", f"{architecture} could not be traced to ONNX ({reason})") from exc
     finally:
         partial.unlink(missing_ok=True)
     return path

@@ -118,3 +118,29 @@ def test_graph_is_read_by_plain_onnxruntime(exported, tiny_model):
     hidden, embeddings = session.run(["last_hidden_state", "sentence_embedding"], feeds)
     assert hidden.shape[:2] == tokens["input_ids"].shape
     np.testing.assert_allclose(embeddings, model.encode(TEXTS, convert_to_numpy=True), atol=1e-5)
+
+
+def test_export_command_prints_the_agreement_and_refuses_an_existing_folder(tiny_model_path, tmp_path, capsys):
+    from st_retrofit.cli import main
+
+    out = tmp_path / "exported"
+    assert main(["export", str(tiny_model_path), str(out), "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "onnx/model.onnx: cosine to the torch model, mean 1.0000" in printed
+    assert "onnx/model_qint8.onnx: cosine" in printed and (out / INT8_FILE).is_file()
+    assert main(["export", str(tiny_model_path), str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith("already exists; choose a new folder")
+
+
+def test_a_graph_the_tracer_cannot_follow_is_one_error(exported, monkeypatch, tmp_path):
+    import torch
+
+    model, _, _ = exported
+
+    def refuses(*args, **kwargs):
+        raise RuntimeError("Unsupported: data-dependent control flow\nlong trace")
+
+    monkeypatch.setattr(torch.onnx, "export", refuses)
+    with pytest.raises(ExportError, match=r"BertModel could not be traced to ONNX \(Unsupported: data-dependent"):
+        export_onnx(model, tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())
