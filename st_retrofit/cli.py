@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from st_retrofit.config import ConfigError
+from st_retrofit.config import ConfigError, did_you_mean
 from st_retrofit.distributed import is_main_process
 from st_retrofit.merge.core import MergeError
 from st_retrofit.pipeline import STAGES, StageError, interrupted_stage, run_pipeline, run_stage, write_manifest
@@ -209,6 +209,17 @@ def _publish_arguments(args: argparse.Namespace) -> tuple[str, list[str]]:
     return recipe, overrides
 
 
+def _stages(text: str | None) -> list[str] | None:
+    """``--stages synth,mine``, each name checked against the pipeline's stages."""
+    if not text:
+        return None
+    stages = [s.strip() for s in text.split(",")]
+    for stage in stages:
+        if stage not in STAGES:
+            raise ConfigError("--stages", f"unknown stage {stage!r}{did_you_mean(stage, STAGES, 'stages')}")
+    return stages
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("st_retrofit").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -310,16 +321,20 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "publish":
         args.recipe, args.overrides = _publish_arguments(args)
-    recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "validate":
+        recipe = load_recipe(args.recipe, args.overrides)
         print(json.dumps(recipe.to_dict(), indent=2))
         print(f"recipe OK; run folder: {recipe.run_dir}")
         return 0
-    if args.command == "run":
-        stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-        outputs = run_pipeline(recipe, stages=stages, force=args.force)
-    else:
-        with locked(recipe.run_dir) if is_main_process() else contextlib.nullcontext():
+    stages = _stages(args.stages) if args.command == "run" else None  # a typo is named before any check runs
+    # The run folder's lock before the recipe's checks (they load models and tasks: a minute for a large teacher),
+    # so that a second run of a busy folder stops at once.
+    run_dir = load_recipe(args.recipe, args.overrides, check=False).run_dir
+    with locked(run_dir) if is_main_process() else contextlib.nullcontext():
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "run":
+            outputs = run_pipeline(recipe, stages=stages, force=args.force)
+        else:
             outputs = {args.command: run_stage(recipe, args.command, force=args.force)}
             if is_main_process():
                 write_manifest(recipe)

@@ -43,4 +43,6 @@ def test_unknown_stage_in_run_is_reported(tiny_recipe_data, tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe_data))
     assert main(["run", str(path), "--stages", "synth,distill"]) == 2
-    assert "unknown stage(s) ['distill']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--stages: unknown stage 'distill'; stages: synth, mine, train, eval, publish" in err
+    assert not (tmp_path / "runs").exists()  # named before the recipe is checked or a run folder is made

@@ -126,6 +126,10 @@ CASES = [
      "has no linear layer named 'qeury' (did you mean query?)"),
     ("teacher folder that is no model", lambda f, d, r: ["validate", str(r), "--set", f"mining.teacher={_folder(f / 'empty-model')}"],
      "mining.teacher: model folder"),
+    ("--stages typo", lambda f, d, r: ["run", str(r), "--stages", "synth,mien"],
+     "--stages: unknown stage 'mien' (did you mean mine?)"),
+    ("export into an existing folder", lambda f, d, r: ["export", d["model"]["base"], str(_folder(f / "taken"))],
+     "taken already exists; choose a new folder"),
     ("publish a folder without a recipe", lambda f, d, r: ["publish", str(_folder(f / "not-a-run"))],
      "is not a run folder (no recipe.yaml)"),
 ]  # fmt: skip
