@@ -230,6 +230,12 @@ def hub_repo_exists(repo_id: str, repo_type: str = "model", timeout: float = 5.0
         return False
     except Exception as exc:  # connection errors, timeouts, proxies: many types, all meaning "cannot tell"
         logger.debug("Could not reach the Hub to check %s %s: %s", repo_type, repo_id, exc)
+        logger.warning(
+            "Cannot check Hub %s %s: the Hub is unreachable; the run will have to download it unless it is cached "
+            "(HF_HUB_OFFLINE=1 skips the Hub and refuses what is not cached)",
+            repo_type,
+            repo_id,
+        )
         return None
     return True
 

@@ -80,3 +80,27 @@ def test_lora_targets_follow_peft_matching_by_name_or_dotted_suffix(tiny_model_p
     check_lora_targets(str(tiny_model_path), ["query", "attention.self.value"])  # peft accepts both
     with pytest.raises(ConfigError, match=r"no linear layer named 'self.qeury'"):
         check_lora_targets(str(tiny_model_path), ["self.qeury"])
+
+
+def test_a_hub_id_that_cannot_be_checked_offline_is_one_warning(monkeypatch, caplog):
+    """No network and no HF_HUB_OFFLINE: the name passes (the run may still download it), and says it was not
+    checked, once."""
+    import logging
+
+    from huggingface_hub import HfApi
+
+    from st_retrofit.models.resolve import check_model_name
+
+    def unreachable(self, repo_id, **kwargs):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    with caplog.at_level(logging.WARNING, logger="st_retrofit"):
+        check_model_name("some-org/unreachable-model-for-this-test")
+        check_model_name("some-org/unreachable-model-for-this-test")
+    warnings = [r.getMessage() for r in caplog.records if "Cannot check Hub" in r.getMessage()]
+    assert warnings == [
+        "Cannot check Hub model some-org/unreachable-model-for-this-test: the Hub is unreachable; the run will have "
+        "to download it unless it is cached (HF_HUB_OFFLINE=1 skips the Hub and refuses what is not cached)"
+    ]
