@@ -138,6 +138,11 @@ def main() -> None:
         "trained model is reused; only its eval stage runs again, with the test tasks added)",
     )
     parser.add_argument("--data", default=str(REPO / "data" / "manpages"), help="the built benchmark")
+    parser.add_argument(
+        "--extra", nargs="+", default=[], metavar="LABEL=FOLDER",
+        help="more st-retrofit models to score as columns (a soup chosen on dev, say); the goals stay the teacher "
+        "recipe's",
+    )  # fmt: skip
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "real_text.json"))
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -191,6 +196,18 @@ def main() -> None:
         key = {"model": json.loads((folder / "baseline.json").read_text()), "tasks": task_names}
         scores[label] = cached_scores(folder, key, score_plain, label)
     scores[SELF], scores[TEACHER] = self_scores, teacher_scores
+    for extra in args.extra:
+        label, _, folder = extra.partition("=")
+        folder = Path(folder)
+
+        def score_extra(folder: Path = folder, label: str = label) -> dict[str, float]:
+            model = SentenceTransformer(str(folder), device="cpu")
+            model.max_seq_length = recipe.model.max_seq_length
+            return run_mteb(model, label.replace(" ", "-").replace(",", ""), tasks, folder / "mteb-test", 32)
+
+        weights = folder / "model.safetensors"
+        key = {"folder": str(folder.resolve()), "weights": weights.stat().st_mtime_ns, "tasks": task_names}
+        scores[label] = cached_scores(folder, key, score_extra, label)
 
     report = summarize(scores)
     report["pairs"] = pairs_digest(recipe)

@@ -116,6 +116,8 @@ def test_the_merge_command_writes_a_loadable_model_with_its_ingredients(models, 
     assert main(["merge", *folders, "-o", str(out)]) == 2
     assert "exists; merge into a new folder" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
+    assert main(["merge", folders[0], "-o", str(tmp_path / "x")]) == 2
+    assert "a merge needs two or more models, got 1" in capsys.readouterr().err
     assert main(["merge", *folders, "-o", str(tmp_path / "x"), "--method", "ties"]) == 2
     assert "name the base model (--base)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

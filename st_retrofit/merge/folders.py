@@ -52,6 +52,8 @@ def merge_folders(
     if output.exists():
         raise MergeError(f"{output} exists; merge into a new folder (nothing is overwritten)")
     check_method(method)
+    if len(inputs) < 2:
+        raise MergeError(f"a merge needs two or more models, got {len(inputs)}; name the others to merge it with")
     if uses_base(method) and base is None:
         raise MergeError(f"{method} merges task vectors (model - base); name the base model (--base)")
     paths = [resolve_run_folder(name) for name in inputs]
