@@ -41,7 +41,13 @@ STAGE_HELP = {
 }
 
 
-def _add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str = "path to a YAML recipe") -> None:
+RECIPE_HELP = (
+    "path to a YAML recipe (its input paths are relative to its own folder; output_dir and --set paths to the "
+    "folder you run in)"
+)
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str = RECIPE_HELP) -> None:
     parser.add_argument("recipe", help=recipe_help)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -164,11 +164,19 @@ def resolve_local_paths(cls: type[BaseModel], data: Any, base: Path) -> Any:
     if not isinstance(data, dict):
         return data
 
-    def resolve(value: Any) -> Any:
+    def resolve(value: Any, key: str) -> Any:
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             candidate = base / value
             if candidate.exists():
                 return os.path.relpath(candidate)
+            if Path(value).exists() and Path(value).resolve() != candidate.resolve():
+                # One rule: a recipe's inputs are read from its folder. Reading this one from the working folder
+                # would make the run depend on where it was started.
+                raise ConfigError(
+                    key,
+                    f"{value} is not beside the recipe (no {candidate}) but is in the folder you run in; a recipe's "
+                    f"paths are relative to its own folder: write {os.path.relpath(Path(value).resolve(), base)}",
+                )
         return value
 
     out = dict(data)
@@ -179,19 +187,27 @@ def resolve_local_paths(cls: type[BaseModel], data: Any, base: Path) -> Any:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if extra.get("local_path"):
             if isinstance(value, list):
-                out[key] = [resolve(v) for v in value]
+                out[key] = [resolve(v, f"{key}[{i}]") for i, v in enumerate(value)]
             elif isinstance(value, dict):
-                out[key] = {k: resolve(v) for k, v in value.items()}
+                out[key] = {k: resolve(v, f"{key}.{k}") for k, v in value.items()}
             else:
-                out[key] = resolve(value)
+                out[key] = resolve(value, key)
             continue
         inner, _ = _strip_optional(field.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel):
-            out[key] = resolve_local_paths(inner, value, base)
+            try:
+                out[key] = resolve_local_paths(inner, value, base)
+            except ConfigError as exc:
+                raise exc.under(key) from None
         elif typing.get_origin(inner) is list and isinstance(value, list):
             (item,) = typing.get_args(inner)
             if isinstance(item, type) and issubclass(item, BaseModel):
-                out[key] = [resolve_local_paths(item, v, base) for v in value]
+                out[key] = []
+                for i, v in enumerate(value):
+                    try:
+                        out[key].append(resolve_local_paths(item, v, base))
+                    except ConfigError as exc:
+                        raise exc.under(f"{key}[{i}]") from None
     return out
 
 

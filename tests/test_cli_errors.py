@@ -74,6 +74,14 @@ def _corpus_recipe(folder: Path, data: dict, corpus: Path) -> list[str]:
     return ["validate", str(_write(folder, "corpus-recipe.yaml", yaml.safe_dump(recipe).encode()))]
 
 
+def _recipe_elsewhere(folder: Path, data: dict) -> list[str]:
+    """A recipe in a sub-folder whose corpus path names a file that exists only in the folder the command runs in."""
+    _write(folder, "docs.jsonl", b'{"text": "one page"}\n{"text": "another page"}\n')
+    recipe = {**data, "synth": {"source": "corpus", "corpus": {"path": "docs.jsonl"}}, "mining": {**data["mining"],
+              "group_by": None}}  # fmt: skip
+    return ["validate", str(_write(_folder(folder / "elsewhere"), "r.yaml", yaml.safe_dump(recipe).encode()))]
+
+
 # (case, argv from (folder, data, recipe file), text the error line must contain)
 CASES = [
     ("misspelled key", lambda f, d, r: ["validate", str(r), "--set", "mining.relative_margn=0.1"],
@@ -126,6 +134,8 @@ CASES = [
      "has no linear layer named 'qeury' (did you mean query?)"),
     ("teacher folder that is no model", lambda f, d, r: ["validate", str(r), "--set", f"mining.teacher={_folder(f / 'empty-model')}"],
      "mining.teacher: model folder"),
+    ("input only in the working folder", lambda f, d, r: _recipe_elsewhere(f, d),
+     "synth.corpus.path: docs.jsonl is not beside the recipe"),
     ("--stages typo", lambda f, d, r: ["run", str(r), "--stages", "synth,mien"],
      "--stages: unknown stage 'mien' (did you mean mine?)"),
     ("export into an existing folder", lambda f, d, r: ["export", d["model"]["base"], str(_folder(f / "taken"))],

@@ -36,6 +36,10 @@ EXAMPLES: dict[str, list[Any]] = {
     "merge.method": ["soup"],
     "merge.weights": [[2.0, 1.0]],
     "eval.dimensions": [[16]],
+    "eval.backends": [["onnx-int8"]],
+    "mining.backend": ["onnx"],
+    "merge.parameters": [{"lambda": 1.0}],
+    "publish.int8": [True],
 }
 # Values that are valid only together with another value of the same section.
 COMPANIONS: dict[str, list[str]] = {
@@ -44,6 +48,8 @@ COMPANIONS: dict[str, list[str]] = {
     "train.matryoshka_weights": ["train.matryoshka_dims=[32, 16]"],
     "merge.method": ["merge.models=[base]"],
     "merge.weights": ["merge.method=soup", "merge.models=[base]"],
+    "merge.parameters": ["merge.method=mergekit:linear", "merge.models=[base]"],
+    "publish.int8": ["eval.backends=[onnx-int8]"],
 }
 
 
@@ -132,7 +138,9 @@ def test_every_field_reruns_exactly_the_stages_that_read_its_section(tiny_recipe
             untested.append(path)
             continue
         after = {name for name in STAGES if pipeline.fingerprint(changed, name) != before[name]}
-        readers = set(STAGES) if section == "seed" else {n for n, s in STAGES.items() if section in s.sections}
+        # A companion of another section (publish.int8 needs eval.backends) reruns that section's readers too.
+        sections = {section} | {c.split(".")[0] for c in COMPANIONS.get(path, [])}
+        readers = set(STAGES) if section == "seed" else {n for n, s in STAGES.items() if sections & set(s.sections)}
         assert after == downstream(readers), path
     assert untested == [], "give these fields a value in EXAMPLES"
 
