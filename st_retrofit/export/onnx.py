@@ -15,12 +15,13 @@ Files go where sentence-transformers looks for them: ``onnx/model.onnx`` and ``o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,38 @@ def _graph(model: SentenceTransformer, input_names: Sequence[str]) -> torch.nn.M
     return SentenceEmbeddingGraph().eval()
 
 
+@contextlib.contextmanager
+def _masks_without_vmap() -> Iterator[None]:
+    """transformers builds some attention masks (Gemma 3's sliding window) by ``torch.vmap`` over index functions,
+    which the ONNX tracer cannot follow; for the trace, build them by broadcasting the same index functions instead
+    (what optimum's exporter does). Exact for index-based mask functions, which transformers' own are."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # an older transformers without the module builds masks without vmap
+        yield
+        return
+    original = getattr(masking_utils, "_vmap_expansion_sdpa", None)
+    expand = getattr(masking_utils, "_non_vmap_expansion_sdpa", None)
+    if original is None or expand is None:
+        yield
+        return
+
+    def broadcast(mask_function):
+        return lambda *indices: mask_function(*expand(*indices))
+
+    # Under vmap, indexing goes through a dynamo-traced op (TransformGetItemToIndex); broadcasting indexes plainly.
+    transform = getattr(masking_utils, "TransformGetItemToIndex", None)
+    masking_utils._vmap_expansion_sdpa = broadcast
+    if transform is not None:
+        masking_utils.TransformGetItemToIndex = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        masking_utils._vmap_expansion_sdpa = original
+        if transform is not None:
+            masking_utils.TransformGetItemToIndex = transform
+
+
 def export_onnx(model: SentenceTransformer, path: str | Path) -> Path:
     """Trace ``model`` (fp32, CPU) into one ONNX file at ``path`` with dynamic batch and sequence axes.
 
@@ -99,7 +132,7 @@ def export_onnx(model: SentenceTransformer, path: str | Path) -> Path:
         raise ExportError("model", f"export needs float32 weights, got {dtype}; load the model in float32")
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _masks_without_vmap():
             # The tracer warns at every shape-dependent Python branch in transformers and pooling; they compare a
             # tensor with itself (mask and sequence lengths), and tests run the graph at other batch and sequence
             # sizes than it was traced with.
