@@ -144,3 +144,33 @@ def test_a_graph_the_tracer_cannot_follow_is_one_error(exported, monkeypatch, tm
     with pytest.raises(ExportError, match=r"BertModel could not be traced to ONNX \(Unsupported: data-dependent"):
         export_onnx(model, tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_gemma3_encoder_with_sliding_window_masks_exports(tiny_model_path, tmp_path):
+    """EmbeddingGemma's architecture (bidirectional Gemma 3 with sliding-window layers, whose masks transformers
+    builds with vmap) in miniature: it traces, and matches torch past the sliding window."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    from transformers import AutoTokenizer, Gemma3TextConfig, Gemma3TextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path))
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, use_bidirectional_attention=True,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path / "gemma3"
+    Gemma3TextModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    transformer = Transformer(str(folder), max_seq_length=64)
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()], device="cpu"
+    )
+    onnx_model = load_onnx(model, export_onnx(model, tmp_path / "model.onnx"))
+    texts = [*TEXTS, "a longer text with many more words than the sliding window of four tokens holds"]
+    np.testing.assert_allclose(
+        onnx_model.encode(texts, convert_to_numpy=True), model.encode(texts, convert_to_numpy=True), atol=1e-4
+    )
