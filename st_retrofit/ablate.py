@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from st_retrofit.config import ConfigError, did_you_mean, load_yaml
+from st_retrofit.config import ConfigError, did_you_mean, keyed, load_yaml
 from st_retrofit.recipe import Recipe, load_recipe
 from st_retrofit.tables import markdown_table
 
@@ -126,10 +126,8 @@ def load_ablation(path: str | Path) -> Ablation:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("ablation", f"file {path} does not exist")
-    try:
+    with keyed("ablation"):
         data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-    except ConfigError as exc:
-        raise exc.under("ablation") from None
     if not isinstance(data, dict):
         raise ConfigError("ablation", f"{path} must be a mapping")
     allowed = {"name", "base", "description", "metric", "set", "x", "series", "tasks", "soup"}

@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from st_retrofit.config import ConfigError, did_you_mean
+from st_retrofit.config import ConfigError, StRetrofitError, did_you_mean
 from st_retrofit.distributed import is_main_process
-from st_retrofit.merge.core import MergeError
-from st_retrofit.pipeline import STAGES, StageError, interrupted_stage, run_pipeline, run_stage, write_manifest
-from st_retrofit.publish.errors import PublishError
+from st_retrofit.pipeline import STAGES, interrupted_stage, run_pipeline, run_stage, write_manifest
 from st_retrofit.recipe import load_recipe
-from st_retrofit.runfolder import RunFolderBusy, locked
+from st_retrofit.runfolder import locked
 
 STAGE_HELP = {
     "synth": "generate the training and held-out pairs (demo data, or a corpus with templates and a backend)",
@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--dimensions", type=int, nargs="+", default=[], help="also score embeddings cut to these sizes (truncate_dim)"
     )
+    evaluate.add_argument(
+        "--backends", nargs="+", default=[],
+        help="also score each model on these encoder backends (onnx, onnx-int8: what int8 costs)",
+    )  # fmt: skip
 
     merge = add_command("merge", help="merge models fine-tuned from one base (soup, slerp, task arithmetic, TIES)")
     merge.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
@@ -242,9 +246,9 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-# What a user can fix: one line on stderr and exit 2 (with -v, the traceback too). Anything else is a bug and keeps
-# its traceback.
-USER_ERRORS = (ConfigError, StageError, PublishError, RunFolderBusy, MergeError, OSError)
+# What a user can fix (every st-retrofit error derives from StRetrofitError, and the OS's): one line on stderr and
+# exit 2 (with -v, the traceback too). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (StRetrofitError, OSError)
 
 
 def _user_error(exc: BaseException) -> str:
@@ -252,6 +256,49 @@ def _user_error(exc: BaseException) -> str:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         return f"{where}{exc.strerror or exc}"
     return " ".join(str(exc).split())
+
+
+# A full disk (or a file-size limit) reaches us as an OSError, or wrapped by torch, safetensors or arrow in their own
+# error types with the OS's words in the message.
+DISK_FULL = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EFBIG: "File too large",
+}
+
+
+def _disk_full(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for an error that a full disk caused anywhere in its chain, naming the path and its free space;
+    ``None`` for any other error."""
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        words = DISK_FULL.get(getattr(current, "errno", None)) if isinstance(current, OSError) else None
+        words = words or next((w for w in DISK_FULL.values() if w in str(current)), None)
+        if words:
+            path = getattr(current, "filename", None) or _run_folder(args) or Path.cwd()
+            free = _free_bytes(Path(path))
+            space = f" ({free / 2**20:,.0f} MiB free there)" if free is not None else ""
+            return (
+                f"{words} writing {path}{space}; free some space and rerun the same command: finished stages are "
+                "kept and an interrupted one resumes"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return None
+
+
+def _run_folder(args: argparse.Namespace) -> Path | None:
+    try:
+        return load_recipe(args.recipe, args.overrides, check=False).run_dir
+    except (AttributeError, ConfigError, OSError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,20 +311,20 @@ def main(argv: list[str] | None = None) -> int:
         where = _resume_point(args)
         print(f"error: interrupted; rerun the same command to resume{where}", file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
-        if args.verbose:
+    except Exception as exc:
+        message = _disk_full(exc, args) or (_user_error(exc) if isinstance(exc, USER_ERRORS) else None)
+        if message is None or args.verbose:
             raise
-        print(f"error: {_user_error(exc)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 
 def _resume_point(args: argparse.Namespace) -> str:
     """`` from <stage> (step N)`` for the stage an interrupt left behind, when the run folder tells."""
-    try:
-        recipe = load_recipe(args.recipe, args.overrides, check=False)
-    except (AttributeError, ConfigError, OSError):
+    run_dir = _run_folder(args)
+    if run_dir is None:
         return ""
-    point = interrupted_stage(recipe.run_dir)
+    point = interrupted_stage(run_dir)
     return f" from {point}" if point else ""
 
 
@@ -304,7 +351,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from st_retrofit.evaluation.models import evaluate_models
 
-        evaluate_models(args.models, args.tasks, args.output, args.batch_size, args.max_seq_length, args.dimensions)
+        evaluate_models(
+            args.models, args.tasks, args.output, args.batch_size, args.max_seq_length, args.dimensions, args.backends
+        )
         print((Path(args.output) / "mteb_comparison.md").read_text())
         print(f"results: {args.output} (mteb_comparison.json, mteb/results/)")
         return 0

@@ -19,15 +19,24 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 
-class ConfigError(ValueError):
+class StRetrofitError(Exception):
+    """The root of every error a user can fix (a setting, a file, a busy run folder, a failed stage): its message
+    says what is wrong and how to fix it, ``key`` names the setting or file at fault (``""`` when none does). The
+    command line prints one as a single ``error:`` line; anything else is a bug and keeps its traceback."""
+
+    key: str = ""
+
+
+class ConfigError(StRetrofitError, ValueError):
     """A configuration problem, reported as ``<key path>: <what is wrong and how to fix it>``.
 
     Raised with the key relative to the section that found it; :meth:`under` prefixes the path of the enclosing
@@ -48,6 +57,16 @@ class ConfigError(ValueError):
         return ConfigError(f"{prefix}{self.key}" if self.key.startswith("[") else f"{prefix}.{self.key}", self.message)
 
 
+@contextmanager
+def keyed(prefix: str) -> Iterator[None]:
+    """A :class:`ConfigError` raised inside names its key under ``prefix``: within ``with keyed("mining"):`` an error
+    about ``teacher`` reads ``mining.teacher: ...``."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise exc.under(prefix) from None
+
+
 def require(condition: bool, key: str, message: str) -> None:
     """Raise :class:`ConfigError` unless ``condition`` holds."""
     if not condition:
@@ -61,6 +80,11 @@ def did_you_mean(name: str, known: Iterable[str], listing: str = "valid keys") -
     return f" (did you mean {close[0]}?)" if close else f"; {listing}: {', '.join(known)}"
 
 
+# The largest count a setting may hold (rows, texts, candidates, negatives, a batch, steps): past it the number is a
+# typo, refused when the recipe is read, not after the stages before the one that uses it have run.
+MAX_COUNT = 2**31 - 1
+
+
 class ConfigModel(BaseModel):
     """Base of every recipe section: unknown keys are errors, types are strict (``"5%"`` is not a number, ``true``
     not an integer; an integer is a number), and defaults are validated too.
@@ -71,6 +95,8 @@ class ConfigModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
     renamed: ClassVar[dict[str, str]] = {}
+    # Integer settings that are no counts, exempt from MAX_COUNT.
+    not_counts: ClassVar[frozenset[str]] = frozenset({"seed"})
 
     def __init__(self, **data: Any) -> None:
         # Built from Python (MiningConfig(num_negatives=0)), a section fails the way a recipe does: one ConfigError.
@@ -96,6 +122,13 @@ class ConfigModel(BaseModel):
                     raise ConfigError(old, f"is the old name of {new}; set only {new}")
                 data[new] = data.pop(old)
         return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _count_within_reach(cls, value: Any, info: ValidationInfo) -> Any:
+        if type(value) is int and value > MAX_COUNT and info.field_name not in cls.not_counts:
+            raise ConfigError("", f"expected at most {MAX_COUNT} (2^31 - 1; more than any run holds), got {value}")
+        return value
 
     def check_environment(self) -> None:
         """Checks that need the file system, a model resolver or a library's own argument class (missing files,
@@ -195,19 +228,15 @@ def resolve_local_paths(cls: type[BaseModel], data: Any, base: Path) -> Any:
             continue
         inner, _ = _strip_optional(field.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel):
-            try:
+            with keyed(key):
                 out[key] = resolve_local_paths(inner, value, base)
-            except ConfigError as exc:
-                raise exc.under(key) from None
         elif typing.get_origin(inner) is list and isinstance(value, list):
             (item,) = typing.get_args(inner)
             if isinstance(item, type) and issubclass(item, BaseModel):
                 out[key] = []
                 for i, v in enumerate(value):
-                    try:
+                    with keyed(f"{key}[{i}]"):
                         out[key].append(resolve_local_paths(item, v, base))
-                    except ConfigError as exc:
-                        raise exc.under(f"{key}[{i}]") from None
     return out
 
 

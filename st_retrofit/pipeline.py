@@ -22,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from st_retrofit.config import ConfigError, SectionView
+from st_retrofit.config import SectionView, StRetrofitError, keyed
 from st_retrofit.recipe import SECTIONS, Recipe, save_recipe
 from st_retrofit.runfolder import commit, describe_error, locked, partial_folder, read_state, recover_swap, write_state
 
 logger = logging.getLogger(__name__)
 
 
-class StageError(RuntimeError):
+class StageError(StRetrofitError, RuntimeError):
     """A stage cannot run (for example, the stage it reads from has not run)."""
 
 
@@ -66,9 +66,8 @@ def _synth(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.synth.backends.base import SynthBackendError
 
     try:
-        return recipe.synth.source_entry.run(recipe.synth, recipe.seed, output_dir)
-    except ConfigError as exc:
-        raise exc.under("synth") from None
+        with keyed("synth"):
+            return recipe.synth.source_entry.run(recipe.synth, recipe.seed, output_dir)
     except SynthBackendError as exc:
         raise StageError(f"synth: {exc}") from None
 
@@ -77,15 +76,11 @@ def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.data.sources import training_pairs
     from st_retrofit.mining.stage import mine_stage
 
-    try:
+    with keyed("data"):
         pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
-    except ConfigError as exc:
-        raise exc.under("data") from None
     (output_dir / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
-    try:
+    with keyed("mining"):
         return mine_stage(recipe.mining, recipe.seed, pairs, output_dir)
-    except ConfigError as exc:
-        raise exc.under("mining") from None
 
 
 def _train(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:

@@ -37,6 +37,7 @@ from st_retrofit.config import (
     ConfigError,
     ConfigModel,
     check_writable,
+    keyed,
     load_yaml,
     require,
     resolve_local_paths,
@@ -101,10 +102,8 @@ class Recipe(ConfigModel):
         """Each section's own environment check (its errors under the section's key), then what spans sections:
         writable output and cache folders, and the column ``mining.group_by`` names."""
         for section in SECTIONS:
-            try:
+            with keyed(section):
                 getattr(self, section).check_environment()
-            except ConfigError as exc:
-                raise exc.under(section) from None
         from st_retrofit.models.resolve import cache_dir
 
         check_writable(self.output_dir, "output_dir")
@@ -165,10 +164,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check: boo
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError("recipe", f"{path} is not UTF-8 text") from None
-    try:
+    with keyed("recipe"):
         data = load_yaml(text, str(path))
-    except ConfigError as exc:
-        raise exc.under("recipe") from None
     if data is None:
         raise ConfigError("recipe", f"{path} is empty; a recipe names at least its run (name: my-run)")
     return recipe_from_dict(data, overrides, check=check, base=path.parent)

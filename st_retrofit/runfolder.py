@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from st_retrofit.config import StRetrofitError
 from st_retrofit.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "stage.json"
 
 
-class RunFolderBusy(RuntimeError):
+class RunFolderBusy(StRetrofitError, RuntimeError):
     """Another process holds the run folder."""
 
 

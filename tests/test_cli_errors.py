@@ -140,6 +140,12 @@ CASES = [
      "--stages: unknown stage 'mien' (did you mean mine?)"),
     ("export into an existing folder", lambda f, d, r: ["export", d["model"]["base"], str(_folder(f / "taken"))],
      "taken already exists; choose a new folder"),
+    ("batch size past any run", lambda f, d, r: ["validate", str(r), "--set", f"train.args.per_device_train_batch_size={10**15}"],
+     "error: train.args.per_device_train_batch_size: expected at most 2147483647"),
+    ("pool size past any run", lambda f, d, r: ["validate", str(r), "--set", f"mining.pool_size={10**20}"],
+     "error: mining.pool_size: expected at most 2147483647"),
+    ("batch larger than the training set", lambda f, d, r: ["train", str(r), "--set", "train.args.per_device_train_batch_size=100000", "--force"],
+     "train.args.per_device_train_batch_size: 100000 is more than the"),
     ("publish a folder without a recipe", lambda f, d, r: ["publish", str(_folder(f / "not-a-run"))],
      "is not a run folder (no recipe.yaml)"),
 ]  # fmt: skip
@@ -221,3 +227,48 @@ def test_a_hub_teacher_that_cannot_be_had_stops_in_seconds_naming_the_key(finish
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
     assert errors[0].startswith("error: mining.teacher: ") and "st-retrofit-tests/no-such-model" in errors[0]
     assert "Traceback" not in result.stderr and time.time() - started < 60
+
+
+def test_a_hub_corpus_offline_is_one_line_without_the_clients_retries(finished_run):
+    """Without HF_HUB_OFFLINE and without a network, a Hub dataset as the corpus: validation warns once that it
+    cannot check it, and reading it stops with one line naming synth.corpus.path and the fix (the Hub client alone
+    retries for half a minute, a line per retry). With a network, the Hub refuses the id at validation."""
+    import os
+
+    folder, data = finished_run
+    recipe = {**data, "synth": {"source": "corpus", "corpus": {"path": "st-retrofit-tests/no-such-dataset"}},
+              "mining": {**data["mining"], "group_by": None}}  # fmt: skip
+    path = _write(folder, "hub-corpus.yaml", yaml.safe_dump(recipe).encode())
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    result = subprocess.run(
+        [sys.executable, "-m", "st_retrofit", "run", str(path), "--stages", "synth"],
+        capture_output=True, text=True, env=env, cwd=folder, timeout=300,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert errors[0].startswith("error: synth.corpus.path: ") and "st-retrofit-tests/no-such-dataset" in errors[0]
+    assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_its_free_space(finished_run):
+    """A file-size limit (``ulimit -f``) makes the final save fail as a full disk does: one line naming the file and
+    the free space, exit 2, and the finished model as it was."""
+    import resource
+
+    folder, data = finished_run
+    run_dir = Path(data["output_dir"]) / data["name"]
+    before = _snapshot(run_dir)
+    limit = (run_dir / "train" / "model" / "model.safetensors").stat().st_size // 2
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "st_retrofit", "train", str(folder / "recipe.yaml"), "--force"],
+        capture_output=True, text=True, cwd=folder, timeout=300, preexec_fn=small_files,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert errors[0].startswith("error: File too large writing ") and "MiB free there" in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+    assert _snapshot(run_dir) == before

@@ -145,12 +145,25 @@ def test_train_stage_draws_negatives_from_a_mined_pool_and_records_the_mixture(t
     assert "TemperatureBatchSampler(alpha=0.5" in card and "RetrofitDataCollator(num_negatives=2" in card
 
 
-def test_a_weight_for_a_group_that_does_not_exist_names_the_recipe_key(tiny_recipe_data, tmp_path):
+def test_a_batch_larger_than_the_training_rows_names_the_key_before_the_model_loads(tiny_recipe_data, tmp_path):
     from datasets import Dataset
 
     from st_retrofit.train import train_stage
 
     Dataset.from_dict({"query": ["a", "b"], "document": ["c", "d"]}).save_to_disk(str(tmp_path / "mined"))
+    recipe = recipe_from_dict(tiny_recipe_data)  # batches of 8
+    with pytest.raises(ConfigError, match=r"^train.args.per_device_train_batch_size: 8 is more than the 2 training"):
+        train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    assert not (tmp_path / "train" / "checkpoints").exists()
+
+
+def test_a_weight_for_a_group_that_does_not_exist_names_the_recipe_key(tiny_recipe_data, tmp_path):
+    from datasets import Dataset
+
+    from st_retrofit.train import train_stage
+
+    rows = {"query": [f"query {i}" for i in range(8)], "document": [f"document {i}" for i in range(8)]}
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "mined"))
     recipe = recipe_from_dict({**tiny_recipe_data, "mixing": {"weights": {"fr": 2.0}}})
     with pytest.raises(ConfigError, match=r"^mixing.weights: no group named \['fr'\]; the groups are \['train'\]"):
         train_stage(recipe, tmp_path / "mined", tmp_path / "train")

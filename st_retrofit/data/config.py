@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed, require
 
 MAPPABLE = ("query", "document", "language", "task")
 
@@ -59,15 +58,12 @@ class DataSourceConfig(ConfigModel):
 
     def check_environment(self) -> None:
         """A local path exists and its header has the mapped columns."""
-        from st_retrofit.data.sources import check_source_columns, is_local
+        from st_retrofit.data.sources import check_hub_dataset, check_source_columns, is_local
 
         if is_local(self.path) and not Path(self.path).expanduser().exists():
             raise ConfigError("path", f"{self.path} does not exist")
-        if not is_local(self.path) and os.environ.get("HF_HUB_OFFLINE") != "1":
-            from st_retrofit.models.resolve import hub_repo_exists
-
-            if hub_repo_exists(self.path, "dataset") is False:
-                raise ConfigError("path", f"the Hub has no dataset {self.path!r}, and no such file or folder exists")
+        if not is_local(self.path):
+            check_hub_dataset(self.path)
         check_source_columns(self)
 
 
@@ -95,10 +91,8 @@ class DataConfig(ConfigModel):
 
     def check_environment(self) -> None:
         for i, source in enumerate(self.sources):
-            try:
+            with keyed(f"sources[{i}]"):
                 source.check_environment()
-            except ConfigError as exc:
-                raise exc.under(f"sources[{i}]") from None
 
     def local_inputs(self) -> list[str]:
         from st_retrofit.data.sources import is_local

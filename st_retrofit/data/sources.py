@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from st_retrofit.config import ConfigError
+from st_retrofit.config import ConfigError, keyed
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -78,12 +79,37 @@ def read_dataset(
         return datasets.load_dataset(str(path), config_name, split=split)
     if is_local(str(source)):
         raise ConfigError("path", f"{source} does not exist")
+    check_hub_dataset(str(source), reading=True)
     try:
         return datasets.load_dataset(str(source), config_name, split=split, revision=revision)
     except Exception as exc:  # the Hub client raises many types; all mean "cannot read this name"
         raise ConfigError(
             "path", f"cannot load {source!r} as a file, a folder or a Hub dataset ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def check_hub_dataset(name: str, reading: bool = False) -> None:
+    """A Hub dataset id before it is read: an error when the Hub has no such dataset. When the Hub cannot be reached
+    (5 s), validation warns once (the dataset may be cached) and reading stops with one line naming the fix, instead
+    of the Hub client's half minute of retries. Nothing is checked under ``HF_HUB_OFFLINE=1``, where datasets reads
+    its cache only.
+
+    Raises:
+        ConfigError: ``path``.
+    """
+    if "1" in (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_DATASETS_OFFLINE")):
+        return
+    from st_retrofit.models.resolve import hub_repo_exists
+
+    exists = hub_repo_exists(name, "dataset", warn=not reading)
+    if exists is False:
+        raise ConfigError("path", f"the Hub has no dataset {name!r}, and no such file or folder exists")
+    if exists is None and reading:
+        raise ConfigError(
+            "path",
+            f"cannot reach the Hub to read the dataset {name!r}; if it is in the datasets cache set HF_HUB_OFFLINE=1, "
+            "else give a local file or folder",
+        )
 
 
 def file_problem(path: Path, limit_bytes: int | None = None) -> str | None:
@@ -238,10 +264,8 @@ def training_pairs(data: DataConfig, synth_dataset: str | Path | None, seed: int
         synthetic = synthetic.add_column("source", ["synthetic"] * len(synthetic))
         parts.append(synthetic.select_columns(list(PAIR_COLUMNS)))
     for i, source in enumerate(data.sources):
-        try:
+        with keyed(f"sources[{i}]"):
             rows = load_source(source, seed)
-        except ConfigError as exc:
-            raise exc.under(f"sources[{i}]") from None
         summary[source.name] = {"rows": len(rows), "fingerprint": rows._fingerprint, "path": source.path}
         parts.append(rows.cast(parts[0].features) if parts else rows)
     if not parts:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.config import ConfigModel, did_you_mean, keyed, require
 from st_retrofit.export.backends import ENCODER_BACKENDS
 
 
@@ -61,16 +61,12 @@ class EvalConfig(ConfigModel):
         """Every ``mteb_tasks`` entry names a folder, an mteb task or a benchmark (mteb is imported only then), and
         every backend's packages are installed."""
         for i, name in enumerate(self.backends):
-            try:
+            with keyed(f"backends[{i}]"):
                 ENCODER_BACKENDS[name].check_environment()
-            except ConfigError as exc:
-                raise exc.under(f"backends[{i}]") from None
         if not self.mteb_tasks:
             return
         from st_retrofit.evaluation.mteb import resolve_tasks
 
         for i, spec in enumerate(self.mteb_tasks):
-            try:
+            with keyed(f"mteb_tasks[{i}]"):
                 resolve_tasks([spec])
-            except ConfigError as exc:
-                raise exc.under(f"mteb_tasks[{i}]") from None

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from st_retrofit.config import ConfigError
+from st_retrofit.config import ConfigError, did_you_mean, keyed
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def evaluate_models(
     batch_size: int = 32,
     max_seq_length: int | None = None,
     dimensions: Sequence[int] = (),
+    backends: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score every model on every task with mteb; the first model is the reference of the table's last column.
 
@@ -47,6 +48,8 @@ def evaluate_models(
         max_seq_length: cut texts to this many tokens (the models' own limit by default).
         dimensions: also score every model with its embeddings cut to each size (``truncate_dim``), as a column
             ``<model> @<size>`` beside the model's own.
+        backends: also score every model run by each of these encoder backends (``onnx``, ``onnx-int8``; the
+            registry of :mod:`st_retrofit.export.backends`), as a column ``<model> [<backend>]``: what int8 costs.
 
     Raises:
         ConfigError: a model or task that cannot be found, named with its position.
@@ -67,6 +70,13 @@ def evaluate_models(
         task_objects = resolve_tasks(list(tasks))
     except ConfigError as exc:
         raise ConfigError("--tasks", exc.message) from None
+    from st_retrofit.export.backends import ENCODER_BACKENDS
+
+    for backend in backends:
+        if backend not in ENCODER_BACKENDS:
+            raise ConfigError("--backends", f"unknown backend {backend!r}{did_you_mean(backend, ENCODER_BACKENDS)}")
+        with keyed("--backends"):
+            ENCODER_BACKENDS[backend].check_environment()
     output_dir = Path(output_dir)
     scores: dict[str, dict[str, float]] = {}
     for name, path in zip(models, paths, strict=True):
@@ -82,6 +92,11 @@ def evaluate_models(
             with truncated(model, size):
                 label = f"{model_label(name)}-d{size}"
                 scores[f"{name} @{size}"] = run_mteb(model, label, task_objects, output_dir / "mteb", batch_size)
+        for backend in backends:
+            logger.info("mteb: %d task(s) for %s on the %s backend", len(task_objects), name, backend)
+            encoder = ENCODER_BACKENDS[backend].prepare(model)
+            label = f"{model_label(name)}-{backend}"
+            scores[f"{name} [{backend}]"] = run_mteb(encoder, label, task_objects, output_dir / "mteb", batch_size)
     data, table = comparison(scores)
     data["main_scores"] = {task.metadata.name: task.metadata.main_score for task in task_objects}
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from st_retrofit.config import StRetrofitError
+
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -35,7 +37,7 @@ TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties")
 MERGEKIT_PREFIX = "mergekit:"
 
 
-class MergeError(ValueError):
+class MergeError(StRetrofitError, ValueError):
     """The models cannot be merged as asked (different architectures, wrong number of inputs or weights)."""
 
 

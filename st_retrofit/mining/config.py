@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed, require
 from st_retrofit.export.backends import ENCODER_BACKENDS
 
 
@@ -26,6 +26,8 @@ class SearchConfig(ConfigModel):
         ef_search: HNSW search-time beam width.
         use_gpu: put flat/IVF indexes on the GPU; ``null`` = when faiss sees one.
     """
+
+    not_counts = ConfigModel.not_counts | {"exact_max_pairs"}  # a product of two counts
 
     backend: Literal["auto", "exact", "flat", "ivf", "hnsw"] = Field("auto", description="Backend.")
     memory_mb: int = Field(512, ge=1, description="Exact search score block, MiB.")
@@ -181,15 +183,11 @@ class MiningConfig(ConfigModel):
         from st_retrofit.models.resolve import ModelNotFoundError, check_model_name
 
         if self.enabled and self.search.backend in ("flat", "ivf", "hnsw"):
-            try:
+            with keyed("search.backend"):
                 require_module("faiss", f"backend {self.search.backend}")
-            except ConfigError as exc:
-                raise exc.under("search.backend") from None
         if self.enabled:
-            try:
+            with keyed("backend"):
                 ENCODER_BACKENDS[self.backend].check_environment()
-            except ConfigError as exc:
-                raise exc.under("backend") from None
 
         for key, name in self.models().items():
             try:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from st_retrofit.config import ConfigError
+from st_retrofit.config import keyed
 from st_retrofit.mining.miner import DOCUMENT_COLUMN, QUERY_COLUMN, HardNegativeMiner
 from st_retrofit.mining.report import plot_score_distributions
 
@@ -36,10 +36,8 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         (output_dir / "report.json").write_text(json.dumps({"enabled": False}, indent=2), encoding="utf-8")
         return path
 
-    try:
+    with keyed("teacher"):
         teacher = load_model(config.teacher)
-    except ConfigError as exc:
-        raise exc.under("teacher") from None
     if config.max_seq_length is not None:
         teacher.max_seq_length = config.max_seq_length
     from st_retrofit.export.backends import ENCODER_BACKENDS

@@ -143,6 +143,9 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     seed: int = 0
     epoch: int = field(default=0, init=False)
     stats: Counter = field(default_factory=Counter, init=False, repr=False)
+    # What each collated batch added to ``stats``, in order: the dataloader collates ahead of the step that trains
+    # on a batch, so MixingCallback counts the batches trained from these.
+    batch_stats: list[Counter] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sampling = sampling_mode(self.sampling)
@@ -168,6 +171,12 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     # ------------------------------------------------------------------------------------------------------------
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        before = Counter(self.stats)
+        batch = self._collate(features)
+        self.batch_stats.append(self.stats - before)
+        return batch
+
+    def _collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             return {}
         batch: dict[str, Any] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed
 
 
 class LoraSettings(ConfigModel):
@@ -52,10 +52,8 @@ class ModelConfig(ConfigModel):
         except ModelNotFoundError as exc:
             raise ConfigError("base", str(exc)) from None
         if self.lora is not None:
-            try:
+            with keyed("lora"):
                 check_peft()
-            except ConfigError as exc:
-                raise exc.under("lora") from None
             check_lora_targets(self.base, self.lora.target_modules)
 
 

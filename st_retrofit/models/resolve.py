@@ -214,9 +214,9 @@ def check_model_name(name: str) -> None:
 
 
 @functools.cache
-def hub_repo_exists(repo_id: str, repo_type: str = "model", timeout: float = 5.0) -> bool | None:
+def hub_repo_exists(repo_id: str, repo_type: str = "model", timeout: float = 5.0, warn: bool = True) -> bool | None:
     """Whether the Hub has ``repo_id``: ``None`` when the Hub cannot be reached within ``timeout`` seconds (no
-    network, a proxy), in which case only the id's form has been checked."""
+    network, a proxy), in which case only the id's form has been checked (and, with ``warn``, one warning says so)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -230,6 +230,8 @@ def hub_repo_exists(repo_id: str, repo_type: str = "model", timeout: float = 5.0
         return False
     except Exception as exc:  # connection errors, timeouts, proxies: many types, all meaning "cannot tell"
         logger.debug("Could not reach the Hub to check %s %s: %s", repo_type, repo_id, exc)
+        if not warn:
+            return None
         logger.warning(
             "Cannot check Hub %s %s: the Hub is unreachable; the run will have to download it unless it is cached "
             "(HF_HUB_OFFLINE=1 skips the Hub and refuses what is not cached)",

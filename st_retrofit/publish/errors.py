@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from st_retrofit.config import StRetrofitError
 
-class PublishError(RuntimeError):
+
+class PublishError(StRetrofitError, RuntimeError):
     """Publishing cannot go ahead as configured."""

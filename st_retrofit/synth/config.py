@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, require
+from st_retrofit.config import ConfigError, ConfigModel, keyed, require
 from st_retrofit.synth.demo import LANGUAGES, QUERY_KINDS
 
 if TYPE_CHECKING:
@@ -57,11 +57,13 @@ class CorpusConfig(ConfigModel):
     def check_environment(self) -> None:
         """The path exists when it is local, and a local file's header has ``text_column`` (and
         ``parallel_column``, when set)."""
-        from st_retrofit.data.sources import is_local, local_columns
+        from st_retrofit.data.sources import check_hub_dataset, is_local, local_columns
 
         path = self.path or ""
         if is_local(path) and not Path(path).expanduser().exists():
             raise ConfigError("path", f"{path} does not exist")
+        if path and not is_local(path):
+            check_hub_dataset(path)
         columns = local_columns(path, self.split)
         for key, name in (("text_column", self.text_column), ("parallel_column", self.parallel_column)):
             if columns is not None and name is not None and name not in columns:
@@ -301,14 +303,10 @@ def _check_corpus_environment(config: SynthConfig) -> None:
 
     _, templates = select_templates(config)
     if any(t.kind == "llm" for t in templates):
-        try:
+        with keyed("backend"):
             config.backend.check_environment()
-        except ConfigError as exc:
-            raise exc.under("backend") from None
-    try:
+    with keyed("corpus"):
         config.corpus.check_environment()
-    except ConfigError as exc:
-        raise exc.under("corpus") from None
 
 
 SOURCES: dict[str, SynthSource] = {

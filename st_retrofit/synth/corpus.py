@@ -36,6 +36,9 @@ def _read_per_language(source: str, split: str, config_name: str, languages: lis
     its language; with ``limit``, only the first ``limit`` rows of each are streamed instead of downloading it."""
     import datasets
 
+    from st_retrofit.data.sources import check_hub_dataset
+
+    check_hub_dataset(source, reading=True)
     parts = []
     for language in languages:
         name = config_name.format(language=language)

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from st_retrofit.config import ConfigError
+from st_retrofit.config import ConfigError, keyed
 from st_retrofit.synth.demo import build_demo_dataset
 
 if TYPE_CHECKING:
@@ -70,13 +70,11 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
     output_dir = Path(output_dir)
     library, templates = select_templates(config)
     c = config.corpus
-    try:
+    with keyed("corpus"):
         corpus = load_corpus(
             c.path, c.text_column, c.title_column, c.language_column, c.id_column, c.split, c.config_name,
             c.languages, c.max_documents, c.parallel_column,
         )  # fmt: skip
-    except ConfigError as exc:
-        raise exc.under("corpus") from None
     ids = corpus["id"]
     held_out = [is_held_out(doc_id, config.eval_fraction) for doc_id in ids]
     if config.eval_fraction > 0 and not any(held_out) and len(ids) > 1:

@@ -36,6 +36,7 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
+from st_retrofit.config import StRetrofitError
 from st_retrofit.synth.languages import language_name, normalize_language
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ _EXAMPLE_KEYS = ("passage", "title", "language", "target_language", "variables",
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-class TemplateLibraryError(ValueError):
+class TemplateLibraryError(StRetrofitError, ValueError):
     """A template file problem, reported as ``<file> [<template>].<key>: <what is wrong>``."""
 
 

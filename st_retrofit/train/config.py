@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
+from st_retrofit.config import MAX_COUNT, ConfigError, ConfigModel, did_you_mean, keyed, require
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -177,10 +177,8 @@ class TrainConfig(ConfigModel):
                 f"{self.loss.removeprefix('Cached')} as train.loss (without mini_batch_size) to add them",
             )
         for i, term in enumerate(self.losses):
-            try:
+            with keyed(f"losses[{i}]"):
                 loss_class = term.loss_class()
-            except ConfigError as exc:
-                raise exc.under(f"losses[{i}]") from None
             if not hasattr(loss_class, "compute_loss_from_embeddings"):
                 raise ConfigError(
                     f"losses[{i}].loss", f"{term.loss} cannot share a forward pass (no compute_loss_from_embeddings)"
@@ -275,6 +273,10 @@ def _check_argument_value(arguments: type, key: str, value: Any) -> None:
             raise ConfigError(f"args.{key}", f"expected {describe_type(annotation)}, got {value!r}") from None
     if key == "max_steps" and isinstance(value, int) and not (value == -1 or value >= 1):
         raise ConfigError("args.max_steps", f"expected a step count >= 1, or -1 to train by epochs, got {value!r}")
+    if type(value) is int and value > MAX_COUNT and key not in ("seed", "data_seed"):
+        raise ConfigError(
+            f"args.{key}", f"expected at most {MAX_COUNT} (2^31 - 1; more than any run holds), got {value}"
+        )
     if key in ARG_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
         op, bound = ARG_BOUNDS[key]
         if not (value >= bound if op == ">=" else value > bound):

@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from st_retrofit.config import ConfigError, keyed
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -43,8 +45,6 @@ def build_loss(config: TrainConfig, model: SentenceTransformer):
         return loss
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
-    from st_retrofit.config import ConfigError
-
     size = model.get_embedding_dimension()
     if size is not None and config.matryoshka_dims[0] > size:
         raise ConfigError(
@@ -58,24 +58,18 @@ def build_loss(config: TrainConfig, model: SentenceTransformer):
 
 def build_model(recipe: SectionView, device: str | None = None) -> SentenceTransformer:
     """The model to train: the base model, with a fresh LoRA adapter unless ``model.lora`` is null."""
-    from st_retrofit.config import ConfigError
     from st_retrofit.models.resolve import load_model
 
-    try:
+    with keyed("model.base"):
         model = load_model(recipe.model.base, device=device)
-    except ConfigError as exc:
-        raise exc.under("model.base") from None
     if recipe.model.max_seq_length is not None:
         model.max_seq_length = recipe.model.max_seq_length
     lora = recipe.model.lora
     if lora is not None:
-        from st_retrofit.config import ConfigError
         from st_retrofit.models.config import check_peft
 
-        try:
+        with keyed("model.lora"):
             check_peft()
-        except ConfigError as exc:
-            raise exc.under("model.lora") from None
         from peft import LoraConfig, TaskType
         from transformers import set_seed
 
@@ -134,7 +128,6 @@ def teacher_embeddings(recipe: SectionView, mined: Path):
     Raises:
         ConfigError: mining is off, or its cache no longer holds them.
     """
-    from st_retrofit.config import ConfigError
     from st_retrofit.mining.cache import TeacherEmbeddings
 
     report = mined.parent / "report.json"
@@ -152,7 +145,6 @@ def check_teacher_dimensions(config: TrainConfig, student_dim: int | None, teach
     """An embedding-matching loss (``EmbedDistillLoss``, ``MSELoss``) compares the student's vectors with the
     teacher's one by one, so their sizes must agree: through a learned projection (``projection_dim``) when the
     teacher is wider or narrower. ``TeacherEmbeddingLoss`` compares rankings and takes any sizes."""
-    from st_retrofit.config import ConfigError
     from st_retrofit.losses.labels import label_key
 
     if student_dim is None or teacher_dim is None or student_dim == teacher_dim:
@@ -258,7 +250,6 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     from transformers.trainer_utils import get_last_checkpoint
     from transformers.utils import logging as transformers_logging
 
-    from st_retrofit.config import ConfigError
     from st_retrofit.mixing import MixingCallback
     from st_retrofit.mixing.report import write_mixture_report
 
@@ -266,10 +257,8 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
-    try:
+    with keyed("train"):
         args = recipe.train.training_arguments(output_dir=str(checkpoints), seed=recipe.seed)
-    except ConfigError as exc:
-        raise exc.under("train") from None
     dataset = load_from_disk(str(train_dataset))
     if not isinstance(dataset, DatasetDict):
         dataset = DatasetDict({"train": dataset})
@@ -277,6 +266,14 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     dataset = DatasetDict({name: split for name, split in dataset.items() if len(split)})
     if not dataset:
         raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
+    rows, per_device = sum(len(split) for split in dataset.values()), args.per_device_train_batch_size
+    if per_device * args.world_size > rows:  # no batch could be formed: the trainer would take no step
+        processes = f" x {args.world_size} processes" if args.world_size > 1 else ""
+        raise ConfigError(
+            "train.args.per_device_train_batch_size",
+            f"{per_device}{processes} is more than the {rows} training rows; set it to at most "
+            f"{rows // args.world_size}",
+        )
     args.multi_dataset_batch_sampler = batch_sampler(recipe, list(dataset))
     model = build_model(recipe)
     loss = build_loss(recipe.train, model)
@@ -310,10 +307,10 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     else:
         if last:
             logger.info("Resuming training from %s", last)
-        try:
+        with keyed("mixing"):  # a mixing setting, raised while the first dataloader is built, before any step
             result = trainer.train(resume_from_checkpoint=last)
-        except ConfigError as exc:  # a mixing setting, raised while the first dataloader is built, before any step
-            raise exc.under("mixing") from None
+        if last:  # transformers averages the loss over the resumed steps only
+            result = finished_result(trainer.state, result.metrics)
     model_dir = output_dir / "model"
     if not trainer.is_world_process_zero():
         # Under a distributed launch, the main process exports; the others are done once the trainer is.
@@ -350,15 +347,20 @@ def finished_checkpoint(checkpoint: str | Path) -> bool:
     return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
-def finished_result(state: Any) -> Any:
-    """What ``Trainer.train`` returns, rebuilt from a finished run's state: the loss averaged over every logged
-    step of the whole run (not of a resumed tail)."""
+def finished_result(state: Any, metrics: dict | None = None) -> Any:
+    """What ``Trainer.train`` returns, over the whole run from a finished run's state: ``train_loss`` is the mean of
+    every logged loss, each weighted by the steps it covers, so a run resumed from a checkpoint reports the whole
+    run and not its resumed tail. ``metrics``: the other ``train_*`` figures (default: the last ones logged)."""
     from transformers.trainer_utils import TrainOutput
 
-    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-    final = next((entry for entry in reversed(state.log_history) if "train_loss" in entry), None)
-    metrics = {k: v for k, v in (final or {}).items() if k.startswith("train_")}
-    metrics.setdefault("train_loss", sum(losses) / len(losses) if losses else float("nan"))
+    total, steps = 0.0, 0
+    for entry in state.log_history:
+        if "loss" in entry:
+            total, steps = total + entry["loss"] * (entry["step"] - steps), entry["step"]
+    if metrics is None:
+        metrics = next((entry for entry in reversed(state.log_history) if "train_loss" in entry), {})
+    metrics = {k: v for k, v in metrics.items() if k.startswith("train_")}
+    metrics["train_loss"] = total / steps if steps else float("nan")
     return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
 
@@ -369,7 +371,6 @@ def checkpoint_models(recipe: SectionView, output_dir: Path, count: int, final_s
     Raises:
         ConfigError: the run kept fewer checkpoints.
     """
-    from st_retrofit.config import ConfigError
 
     found = sorted(output_dir.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
     earlier = [p for p in found if int(p.name.rpartition("-")[2]) < final_step][-count:]

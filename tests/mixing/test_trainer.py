@@ -153,3 +153,7 @@ def test_resumed_training_sees_the_same_batches_and_negatives(tiny_model_path, t
     # The second epoch drew other negatives than the first for the same rows.
     assert full_collator.record[:per_epoch] != full_collator.record[per_epoch:]
     assert resumed_collator.epoch == full_collator.epoch == 1  # MixingCallback advanced the draw
+    # The counts the report shows cover the whole run: the checkpoint carried those of the steps before it.
+    rows = sum(len(batch["query_input_ids"]) for batch in full_collator.record)
+    assert resumed_collator.stats["rows"] == full_collator.stats["rows"] == rows
+    assert resumed_collator.stats == full_collator.stats

@@ -7,12 +7,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from st_retrofit.config import StRetrofitError
+
 if TYPE_CHECKING:
     from st_retrofit.synth.config import BackendConfig
     from st_retrofit.synth.templates import SynthTemplate
 
 
-class SynthBackendError(RuntimeError):
+class SynthBackendError(StRetrofitError, RuntimeError):
     """A backend cannot work at all (bad credentials, unknown model, server unreachable): the run stops."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from st_retrofit.config import StRetrofitError
 from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend
 from st_retrofit.synth.languages import normalize_language
 
@@ -25,7 +26,7 @@ _SENTENCE = re.compile(r"[^.!?؟।。！？]*(?:[.!?؟।]+(?=\s|$)|[。！？]
 _ENV = SandboxedEnvironment(undefined=StrictUndefined)
 
 
-class HeuristicError(ValueError):
+class HeuristicError(StRetrofitError, ValueError):
     """The method cannot make a pair from this passage (too few sentences, no question for its language)."""
 
 
