@@ -66,3 +66,24 @@ def test_cut_sizes_are_scored_as_columns_beside_each_model(two_models, tmp_path,
 
     assert main([*args, "-o", str(tmp_path / "other"), "--dimensions", "32"]) == 2  # the tiny model has 32
     assert "--dimensions" in capsys.readouterr().err
+
+
+def test_encoder_backends_are_scored_as_columns_beside_each_model(two_models, tmp_path, capsys):
+    """The fp32 graph scores as torch does; int8 is its own column (what int8 costs, measured); a misspelled
+    backend is one line with the close match, before any model is scored."""
+    pytest.importorskip("onnxruntime")
+    beir = write_beir(tmp_path / "towns-en")
+    out = tmp_path / "evaluation"
+    name = two_models[0]
+    args = ["evaluate", name, "--tasks", str(beir), "-o", str(out), "--batch-size", "16"]
+    assert main([*args, "--backends", "onnx", "onnx-int8"]) == 0
+    capsys.readouterr()
+    data = json.loads((out / "mteb_comparison.json").read_text())
+    assert data["models"] == [name, f"{name} [onnx]", f"{name} [onnx-int8]"]
+    row = data["rows"][0]
+    assert row[f"{name} [onnx]"] == pytest.approx(row[name], abs=1e-4)
+    assert row[f"{name} [onnx-int8]"] is not None
+    assert main([*args, "-o", str(tmp_path / "other"), "--backends", "onnx-int4"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --backends: unknown backend 'onnx-int4' (did you mean onnx-int8?)")
+    assert not (tmp_path / "other").exists()
