@@ -271,7 +271,7 @@ def describe_type(tp: Any) -> str:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe_type(a) for a in typing.get_args(tp))
-    if origin is list:
+    if origin is list or (origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,)):
         return f"a list of {_plural(typing.get_args(tp)[0])}"
     if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
         return "a mapping"

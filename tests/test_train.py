@@ -105,6 +105,34 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data,
     assert (tmp_path / "train" / "model" / "model.safetensors").is_file()
 
 
+def test_a_checkpoint_cut_short_while_saving_is_removed_and_the_one_before_resumed(tiny_recipe_data, tmp_path, caplog):
+    """A kill during a checkpoint's save leaves its folder without a complete trainer_state.json (the last file
+    transformers writes); the rerun must not take it (found by the fault-injection test)."""
+    import json
+    import shutil
+
+    from datasets import Dataset
+
+    from st_retrofit.train import train_stage
+
+    rows = [{"query": f"query {i}", "document": f"document number {i}", "negative_1": f"other {i}"} for i in range(40)]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "mined"))
+    data = {**tiny_recipe_data, "train": {"args": {"per_device_train_batch_size": 8, "save_steps": 2,
+                                                   "save_total_limit": None, "disable_tqdm": True}}}  # fmt: skip
+    recipe = recipe_from_dict(data)
+    train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    last = tmp_path / "train" / "checkpoints" / "checkpoint-5"
+    (last / "trainer_state.json").write_text('{"global_step": 5, "log_hist')  # cut short
+    shutil.rmtree(tmp_path / "train" / "model")
+    with caplog.at_level("INFO", logger="st_retrofit.train"):
+        train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    assert (
+        f"Removing {last}" in caplog.text and "Resuming training from" in caplog.text and "checkpoint-4" in caplog.text
+    )
+    assert json.loads((last / "trainer_state.json").read_text())["global_step"] == 5  # saved again, whole
+    assert (tmp_path / "train" / "model" / "model.safetensors").is_file()
+
+
 def test_train_stage_draws_negatives_from_a_mined_pool_and_records_the_mixture(tiny_recipe_data, tmp_path):
     import json
 

@@ -97,13 +97,73 @@ class LossTerm(ConfigModel):
             raise ConfigError("loss", exc.message) from None
 
 
+# Documented ranges of loss arguments, by name, for every loss that takes one (sentence-transformers' and ours): a
+# temperature or scale of 0 divides by zero, a negative weight or margin inverts what the term does. Checked when the
+# recipe is read, so that `scale: 0` stops `validate` instead of the train stage after synth and mine have run.
+LOSS_ARG_BOUNDS: dict[str, tuple[str, float]] = {
+    "scale": (">", 0),
+    "max_scale": (">", 0),
+    "temperature": (">", 0),
+    "student_temperature": (">", 0),
+    "teacher_temperature": (">", 0),
+    "distill_temperature": (">", 0),
+    "teacher_scale": (">", 0),
+    "distill_weight": (">=", 0),
+    "false_negative_margin": (">=", 0),
+    "teacher_margin": (">=", 0),
+    "hardness_strength": (">=", 0),
+    "mini_batch_size": (">=", 1),
+    "mini_batch_num_tokens": (">=", 1),
+    "projection_dim": (">=", 1),
+}
+
+
 def check_loss_kwargs(loss_class: type, kwargs: dict[str, Any], key: str) -> None:
-    """Every key of ``kwargs`` is an argument of ``loss_class`` (besides the model)."""
+    """Every key of ``kwargs`` is an argument of ``loss_class`` (besides the model), of the type its signature
+    declares (where that is a plain type: numbers, flags, names, lists of them) and within :data:`LOSS_ARG_BOUNDS`."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from st_retrofit.config import describe_type
+
     accepted = [name for name in inspect.signature(loss_class).parameters if name != "model"]
-    for name in kwargs:
+    hints = _loss_argument_types(loss_class)
+    for name, value in kwargs.items():
         if name not in accepted:
             hint = did_you_mean(name, accepted, "it takes")
             raise ConfigError(f"{key}.{name}", f"not an argument of {loss_class.__name__}{hint}")
+        annotation = hints.get(name)
+        if annotation is not None and value is not None:
+            try:
+                adapter = TypeAdapter(annotation)
+            except Exception:  # a model, a module, a callable: not something a recipe can spell, so not checked
+                adapter = None
+            if adapter is not None:
+                try:  # strict, as the recipe's own keys; YAML has lists where a signature says tuple
+                    adapter.validate_python(value, strict=not isinstance(value, list))
+                except ValidationError:
+                    raise ConfigError(
+                        f"{key}.{name}", f"expected {describe_type(annotation)}, got {value!r}"
+                    ) from None
+        if name in LOSS_ARG_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            op, bound = LOSS_ARG_BOUNDS[name]
+            if not (value >= bound if op == ">=" else value > bound):
+                raise ConfigError(f"{key}.{name}", f"expected {op} {bound:g}, got {value!r}")
+
+
+@functools.cache
+def _loss_argument_types(loss_class: type) -> dict[str, Any]:
+    """The resolved annotations of a loss's arguments; those that do not resolve (names imported only for type
+    checking) are left out, and so unchecked."""
+    import typing
+
+    try:
+        return typing.get_type_hints(loss_class.__init__)
+    except Exception:
+        out = {}
+        for name, parameter in inspect.signature(loss_class).parameters.items():
+            if isinstance(parameter.annotation, type):
+                out[name] = parameter.annotation
+        return out
 
 
 class TrainConfig(ConfigModel):

@@ -247,7 +247,6 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     """
     from datasets import DatasetDict, load_from_disk
     from sentence_transformers import SentenceTransformerTrainer
-    from transformers.trainer_utils import get_last_checkpoint
     from transformers.utils import logging as transformers_logging
 
     from st_retrofit.mixing import MixingCallback
@@ -294,7 +293,7 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     )  # fmt: skip
     # A "Writing model shards" bar per checkpoint, nested in the training bar, prints escape codes into log files.
     transformers_logging.disable_progress_bar()
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
     if last and finished_checkpoint(last):
         # The run reached its last step and failed after (the final save): the checkpoint is the trained model.
         # transformers would resume it and take one more step past max_steps.
@@ -339,6 +338,26 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     if recipe.merge.enabled:
         merge_trained_model(recipe, output_dir, trainer.state.global_step)
     return model_dir
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint the trainer finished writing, or ``None``. ``trainer_state.json`` is the last file
+    transformers writes into one (after the weights, optimizer and RNG states), so a process killed or interrupted
+    while saving leaves a folder without it, or with it cut short; such a folder is removed, so that neither the
+    resume nor the trainer's checkpoint rotation takes it (found by ``tests/test_fault_injection.py``)."""
+    if not checkpoints.is_dir():
+        return None
+    steps = {int(p.name.removeprefix("checkpoint-")): p for p in checkpoints.glob("checkpoint-*") if p.is_dir()
+             and p.name.removeprefix("checkpoint-").isdigit()}  # fmt: skip
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("Removing %s: the run stopped while saving it", steps[step])
+            shutil.rmtree(steps[step])
+            continue
+        return str(steps[step])
+    return None
 
 
 def finished_checkpoint(checkpoint: str | Path) -> bool:
