@@ -146,6 +146,10 @@ CASES = [
      "error: mining.pool_size: expected at most 2147483647"),
     ("batch larger than the training set", lambda f, d, r: ["train", str(r), "--set", "train.args.per_device_train_batch_size=100000", "--force"],
      "train.args.per_device_train_batch_size: 100000 is more than the"),
+    ("loss scale 0", lambda f, d, r: ["validate", str(r), "--set", "train.loss_kwargs.scale=0"],
+     "error: train.loss_kwargs.scale: expected > 0, got 0"),
+    ("loss argument of the wrong type", lambda f, d, r: ["validate", str(r), "--set", "train.loss_kwargs.hardness_mode=hardest"],
+     "error: train.loss_kwargs.hardness_mode: expected 'in_batch_negatives' or 'hard_negatives' or 'all_negatives' or null"),
     ("publish a folder without a recipe", lambda f, d, r: ["publish", str(_folder(f / "not-a-run"))],
      "is not a run folder (no recipe.yaml)"),
 ]  # fmt: skip

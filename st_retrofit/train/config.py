@@ -121,33 +121,41 @@ LOSS_ARG_BOUNDS: dict[str, tuple[str, float]] = {
 def check_loss_kwargs(loss_class: type, kwargs: dict[str, Any], key: str) -> None:
     """Every key of ``kwargs`` is an argument of ``loss_class`` (besides the model), of the type its signature
     declares (where that is a plain type: numbers, flags, names, lists of them) and within :data:`LOSS_ARG_BOUNDS`."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from st_retrofit.config import describe_type
-
     accepted = [name for name in inspect.signature(loss_class).parameters if name != "model"]
     hints = _loss_argument_types(loss_class)
     for name, value in kwargs.items():
         if name not in accepted:
             hint = did_you_mean(name, accepted, "it takes")
             raise ConfigError(f"{key}.{name}", f"not an argument of {loss_class.__name__}{hint}")
-        annotation = hints.get(name)
-        if annotation is not None and value is not None:
+        check_value(f"{key}.{name}", value, hints.get(name), LOSS_ARG_BOUNDS.get(name))
+
+
+def check_value(key: str, value: Any, annotation: Any = None, bound: tuple[str, float] | None = None) -> None:
+    """``value`` has the type ``annotation`` (strictly, as a recipe's own keys: ``"5%"`` is no number; a YAML list
+    stands for a tuple) and lies within ``bound`` (``(">", 0)``). An annotation pydantic cannot check (a model, a
+    module, a callable: nothing a recipe can spell) is skipped.
+
+    Raises:
+        ConfigError: ``key``.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from st_retrofit.config import describe_type
+
+    if annotation is not None and value is not None:
+        try:
+            adapter = TypeAdapter(annotation)
+        except Exception:
+            adapter = None
+        if adapter is not None:
             try:
-                adapter = TypeAdapter(annotation)
-            except Exception:  # a model, a module, a callable: not something a recipe can spell, so not checked
-                adapter = None
-            if adapter is not None:
-                try:  # strict, as the recipe's own keys; YAML has lists where a signature says tuple
-                    adapter.validate_python(value, strict=not isinstance(value, list))
-                except ValidationError:
-                    raise ConfigError(
-                        f"{key}.{name}", f"expected {describe_type(annotation)}, got {value!r}"
-                    ) from None
-        if name in LOSS_ARG_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
-            op, bound = LOSS_ARG_BOUNDS[name]
-            if not (value >= bound if op == ">=" else value > bound):
-                raise ConfigError(f"{key}.{name}", f"expected {op} {bound:g}, got {value!r}")
+                adapter.validate_python(value, strict=not isinstance(value, list))
+            except ValidationError:
+                raise ConfigError(key, f"expected {describe_type(annotation)}, got {value!r}") from None
+    if bound is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        op, limit = bound
+        if not (value >= limit if op == ">=" else value > limit):
+            raise ConfigError(key, f"expected {op} {limit:g}, got {value!r}")
 
 
 @functools.cache
@@ -321,26 +329,13 @@ class TrainConfig(ConfigModel):
 def _check_argument_value(arguments: type, key: str, value: Any) -> None:
     """``value`` has the type the argument class annotates (strictly: ``"eight"`` is no integer) and lies in
     :data:`ARG_BOUNDS`. ``max_steps`` is -1 (use the epochs) or a positive step count."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from st_retrofit.config import describe_type
-
-    annotation = _argument_types(arguments).get(key)
-    if annotation is not None and value is not None:
-        try:
-            TypeAdapter(annotation).validate_python(value, strict=True)
-        except ValidationError:
-            raise ConfigError(f"args.{key}", f"expected {describe_type(annotation)}, got {value!r}") from None
     if key == "max_steps" and isinstance(value, int) and not (value == -1 or value >= 1):
         raise ConfigError("args.max_steps", f"expected a step count >= 1, or -1 to train by epochs, got {value!r}")
     if type(value) is int and value > MAX_COUNT and key not in ("seed", "data_seed"):
         raise ConfigError(
             f"args.{key}", f"expected at most {MAX_COUNT} (2^31 - 1; more than any run holds), got {value}"
         )
-    if key in ARG_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
-        op, bound = ARG_BOUNDS[key]
-        if not (value >= bound if op == ">=" else value > bound):
-            raise ConfigError(f"args.{key}", f"expected {op} {bound:g}, got {value!r}")
+    check_value(f"args.{key}", value, _argument_types(arguments).get(key), ARG_BOUNDS.get(key))
 
 
 @functools.cache
