@@ -66,13 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(commands.add_parser, parents=[common])
 
+    # Each command names its handler (argparse's set_defaults): _main calls it, no chain of name comparisons.
     run = add_command("run", help="run the whole pipeline (or --stages) of a recipe")
+    run.set_defaults(handler=_run_recipe)
     _add_recipe_arguments(run)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     run.add_argument("--force", action="store_true", help="re-run stages even when they are up to date")
 
     for name, help_text in STAGE_HELP.items():
         stage = add_command(name, help=help_text)
+        stage.set_defaults(handler=_run_recipe)
         if name == "publish":
             _add_recipe_arguments(stage, "a run folder (runs/NAME; its recipe.yaml is used) or a recipe")
         else:
@@ -88,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
 
     validate = add_command("validate", help="check a recipe and print it resolved, touching nothing")
+    validate.set_defaults(handler=_validate)
     _add_recipe_arguments(validate)
 
     ablate = add_command("ablate", help="run a grid of recipe variants and plot a metric across it")
+    ablate.set_defaults(handler=lambda args: _ablate(args.ablation, args.overrides, args.dry_run, args.only))
     ablate.add_argument("ablation", help="path to an ablation YAML (recipes/ablations/)")
     ablate.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     evaluate = add_command("evaluate", help="score models on mteb tasks without a recipe, side by side")
+    evaluate.set_defaults(handler=_evaluate)
     evaluate.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
     evaluate.add_argument(
         "--tasks", nargs="+", required=True,
@@ -120,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     merge = add_command("merge", help="merge models fine-tuned from one base (soup, slerp, task arithmetic, TIES)")
+    merge.set_defaults(handler=_merge)
     merge.add_argument("models", nargs="+", help="run folders, model folders, Hub ids or offline: names")
     merge.add_argument("-o", "--output", required=True, help="the new model folder (must not exist)")
     merge.add_argument(
@@ -137,16 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--density", type=float, default=0.5, help="ties / dare_ties: share of each task vector kept")
 
     export = add_command("export", help="export a model to ONNX (and int8) for onnxruntime, without optimum")
+    export.set_defaults(handler=_export)
     export.add_argument("model", help="a run folder, model folder, Hub id or offline: name")
     export.add_argument("output", help="the new folder (must not exist): the model, onnx/model.onnx, agreement.json")
     export.add_argument("--int8", action="store_true", help="also onnx/model_qint8.onnx (dynamic int8, per channel)")
 
     templates = add_command("templates", help="list the synthesis templates (shipped and --dir)")
+    templates.set_defaults(handler=lambda args: _list_templates(args.dirs))
     templates.add_argument("--dir", dest="dirs", action="append", default=[], help="a folder of YAML templates")
 
-    add_command("schema", help="print the JSON Schema of a recipe (for editors: yaml-language-server)")
+    schema = add_command("schema", help="print the JSON Schema of a recipe (for editors: yaml-language-server)")
+    schema.set_defaults(handler=_schema)
 
     benchmark = add_command("benchmark", help="build a real-text retrieval benchmark")
+    benchmark.set_defaults(handler=_benchmark)
     build = benchmark.add_subparsers(dest="benchmark_command", required=True).add_parser(
         "build", parents=[common], help="build a benchmark's corpus, dev and test parts into a folder"
     )
@@ -329,58 +340,71 @@ def _resume_point(args: argparse.Namespace) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.command == "templates":
-        return _list_templates(args.dirs)
-    if args.command == "schema":
-        from st_retrofit.recipe import recipe_schema
+    return args.handler(args)
 
-        print(json.dumps(recipe_schema(), indent=2))
-        return 0
-    if args.command == "benchmark":
-        from st_retrofit.evaluation import manpages
 
-        summary = manpages.build(
-            args.output, debs=args.debs, seed=args.seed, dev_fraction=args.dev, test_fraction=args.test,
-            max_words=args.max_words,
-        )  # fmt: skip
-        print(json.dumps({key: summary[key] for key in ("pages", "corpus_documents", "tasks")}, indent=2))
-        print(f"benchmark: {args.output} (corpus.jsonl, dev/, test/, licenses/, summary.json)")
-        return 0
-    if args.command == "ablate":
-        return _ablate(args.ablation, args.overrides, args.dry_run, args.only)
-    if args.command == "evaluate":
-        from st_retrofit.evaluation.models import evaluate_models
+def _schema(args: argparse.Namespace) -> int:
+    from st_retrofit.recipe import recipe_schema
 
-        evaluate_models(
-            args.models, args.tasks, args.output, args.batch_size, args.max_seq_length, args.dimensions, args.backends
-        )
-        print((Path(args.output) / "mteb_comparison.md").read_text())
-        print(f"results: {args.output} (mteb_comparison.json, mteb/results/)")
-        return 0
-    if args.command == "export":
-        from st_retrofit.export import export_model_folder
+    print(json.dumps(recipe_schema(), indent=2))
+    return 0
 
-        report = export_model_folder(args.model, args.output, int8=args.int8)
-        for file, agreement in report["agreement"].items():
-            print(f"{file}: cosine to the torch model, mean {agreement['mean']:.4f}, min {agreement['min']:.4f}")
-        print(f"exported: {args.output}")
-        return 0
-    if args.command == "merge":
-        from st_retrofit.merge.folders import merge_folders
 
-        folder = merge_folders(
-            args.models, args.output, args.method, args.weights, args.base, args.t, args.density,
-            parameters=args.parameters,
-        )  # fmt: skip
-        print(f"merged {len(args.models)} models ({args.method}) into {folder} (merge.json lists the ingredients)")
-        return 0
+def _benchmark(args: argparse.Namespace) -> int:
+    from st_retrofit.evaluation import manpages
+
+    summary = manpages.build(
+        args.output, debs=args.debs, seed=args.seed, dev_fraction=args.dev, test_fraction=args.test,
+        max_words=args.max_words,
+    )  # fmt: skip
+    print(json.dumps({key: summary[key] for key in ("pages", "corpus_documents", "tasks")}, indent=2))
+    print(f"benchmark: {args.output} (corpus.jsonl, dev/, test/, licenses/, summary.json)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from st_retrofit.evaluation.models import evaluate_models
+
+    evaluate_models(
+        args.models, args.tasks, args.output, args.batch_size, args.max_seq_length, args.dimensions, args.backends
+    )
+    print((Path(args.output) / "mteb_comparison.md").read_text())
+    print(f"results: {args.output} (mteb_comparison.json, mteb/results/)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from st_retrofit.export import export_model_folder
+
+    report = export_model_folder(args.model, args.output, int8=args.int8)
+    for file, agreement in report["agreement"].items():
+        print(f"{file}: cosine to the torch model, mean {agreement['mean']:.4f}, min {agreement['min']:.4f}")
+    print(f"exported: {args.output}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from st_retrofit.merge.folders import merge_folders
+
+    folder = merge_folders(
+        args.models, args.output, args.method, args.weights, args.base, args.t, args.density,
+        parameters=args.parameters,
+    )  # fmt: skip
+    print(f"merged {len(args.models)} models ({args.method}) into {folder} (merge.json lists the ingredients)")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(json.dumps(recipe.to_dict(), indent=2))
+    print(f"recipe OK; run folder: {recipe.run_dir}")
+    return 0
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    """``run`` and each stage command (``synth`` ... ``publish``)."""
     if args.command == "publish":
         args.recipe, args.overrides = _publish_arguments(args)
-    if args.command == "validate":
-        recipe = load_recipe(args.recipe, args.overrides)
-        print(json.dumps(recipe.to_dict(), indent=2))
-        print(f"recipe OK; run folder: {recipe.run_dir}")
-        return 0
     stages = _stages(args.stages) if args.command == "run" else None  # a typo is named before any check runs
     # The run folder's lock before the recipe's checks (they load models and tasks: a minute for a large teacher),
     # so that a second run of a busy folder stops at once.

@@ -210,3 +210,16 @@ def test_a_lora_adapter_is_drawn_from_the_recipe_seed(tiny_recipe_data):
     first, again, other = adapter(7), adapter(7), adapter(8)
     assert first and all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_validating_bf16_without_a_gpu_warns_once_and_leaves_the_refusal_to_the_train_stage(tiny_recipe_data, caplog):
+    """A recipe is often checked on a laptop and trained on a GPU machine: validation says what will happen here."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = {**tiny_recipe_data, "train": {"args": {**tiny_recipe_data["train"]["args"], "bf16": True}}}
+    with caplog.at_level("WARNING", logger="st_retrofit.train"):
+        recipe_from_dict(data)  # which runs the checks, as validate does
+    warnings = [r.getMessage() for r in caplog.records if "needs a GPU" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("train.args.bf16 needs a GPU and this machine has none")

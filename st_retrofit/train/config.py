@@ -9,12 +9,15 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, model_validator
 
 from st_retrofit.config import MAX_COUNT, ConfigError, ConfigModel, did_you_mean, keyed, require
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -310,6 +313,14 @@ class TrainConfig(ConfigModel):
                 # Without it the trainer sees no accelerator and trains each process alone instead of with gloo DDP.
                 kwargs.setdefault("use_cpu", True)
         if validating and not torch.cuda.is_available():
+            # A recipe is often checked on a laptop and run on a GPU machine: say so once, refuse only at train time.
+            for key in [key for key in GPU_ONLY_ARGS if kwargs.get(key)]:
+                logger.warning(
+                    "train.args.%s needs a GPU and this machine has none: the train stage will refuse it here "
+                    "(--set train.args.%s=false); fine where the run trains on a GPU",
+                    key,
+                    key,
+                )
             kwargs = {key: value for key, value in kwargs.items() if key not in GPU_ONLY_ARGS}
         try:
             return SentenceTransformerTrainingArguments(output_dir=output_dir, **kwargs)
