@@ -87,7 +87,7 @@ def _outputs(run_dir: Path) -> dict:
             str(p.relative_to(train)): _digest(p)
             for p in sorted(train.rglob("*.safetensors"))
             if "checkpoints" not in p.parts
-        },  # fmt: skip
+        },
         "train_loss": metrics["train_loss"],
         "negative_sampling": json.loads((train / "mixture.json").read_text()).get("negative_sampling")
         if (train / "mixture.json").is_file()
@@ -96,7 +96,7 @@ def _outputs(run_dir: Path) -> dict:
             model: {k: v for k, v in scores.items() if "time" not in k and "seconds" not in k}
             for model, scores in results.items()
             if isinstance(scores, dict)
-        },  # fmt: skip
+        },
         "release": {p.name: _digest(p) for p in sorted((run_dir / "publish" / "release").glob("*.safetensors"))},
     }
 
@@ -105,14 +105,8 @@ def _interrupt(recipe: Path, run_dir: Path, env: dict[str, str], stage: str, del
     """Start a run, wait until ``stage`` is running, wait ``delay`` seconds more, send ``sig``; returns where it
     landed (the stage that was running, or ``finished`` when the run ended first)."""
     process = subprocess.Popen(_command(recipe), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = run_dir / f"{stage}.partial" / "stage.json"
     deadline = time.monotonic() + 300
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text()).get("status") == "running":
-                break
-        except (OSError, ValueError):
-            pass
+    while process.poll() is None and time.monotonic() < deadline and not _running(run_dir, stage):
         time.sleep(0.02)
     time.sleep(delay)
     landed = next((s for s in STAGES if _running(run_dir, s)), "finished")

@@ -81,18 +81,17 @@ def test_every_shipped_example_satisfies_its_templates_schema_and_variables():
 def random_chat_model(tmp_path_factory):
     """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained here (no download)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder = tmp_path_factory.mktemp("random-chat")
-    bpe = Tokenizer(models.BPE())
+    # The 256 byte symbols and no merges, in a fixed order: BpeTrainer breaks ties in Rust hash order, so a trained
+    # vocabulary (and with it what the random model writes) differed from process to process, and so did the test.
+    vocab = {"<eos>": 0} | {symbol: i + 1 for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.add_special_tokens(["<eos>"])
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(['{"query": "a question about rivers"}', "Passage: the Rhine flows through Basel."] * 20,
-                            trainer)  # fmt: skip
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
     tokenizer.chat_template = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
