@@ -79,7 +79,8 @@ def test_invalid_trainer_value_names_train_args(tiny_recipe_data):
         recipe_from_dict(data)
 
 
-def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data, tmp_path, caplog):
+def _trained_with_checkpoints(tiny_recipe_data, tmp_path):
+    """5 steps on 40 rows with a checkpoint every 2 (checkpoint-2, -4, -5 kept); returns the recipe."""
     from datasets import Dataset
 
     from st_retrofit.train import train_stage
@@ -90,6 +91,13 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data,
                                                    "save_total_limit": None, "disable_tqdm": True}}}  # fmt: skip
     recipe = recipe_from_dict(data)
     train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    return recipe
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_recipe_data, tmp_path, caplog):
+    from st_retrofit.train import train_stage
+
+    recipe = _trained_with_checkpoints(tiny_recipe_data, tmp_path)
     checkpoints = sorted((tmp_path / "train" / "checkpoints").glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
 
@@ -111,16 +119,9 @@ def test_a_checkpoint_cut_short_while_saving_is_removed_and_the_one_before_resum
     import json
     import shutil
 
-    from datasets import Dataset
-
     from st_retrofit.train import train_stage
 
-    rows = [{"query": f"query {i}", "document": f"document number {i}", "negative_1": f"other {i}"} for i in range(40)]
-    Dataset.from_list(rows).save_to_disk(str(tmp_path / "mined"))
-    data = {**tiny_recipe_data, "train": {"args": {"per_device_train_batch_size": 8, "save_steps": 2,
-                                                   "save_total_limit": None, "disable_tqdm": True}}}  # fmt: skip
-    recipe = recipe_from_dict(data)
-    train_stage(recipe, tmp_path / "mined", tmp_path / "train")
+    recipe = _trained_with_checkpoints(tiny_recipe_data, tmp_path)
     last = tmp_path / "train" / "checkpoints" / "checkpoint-5"
     (last / "trainer_state.json").write_text('{"global_step": 5, "log_hist')  # cut short
     shutil.rmtree(tmp_path / "train" / "model")
