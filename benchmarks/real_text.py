@@ -8,7 +8,8 @@ every system trained on the same generated pairs:
   ceiling of what it can teach;
 - ``plain ST, scale 20`` and ``plain ST, scale 100``: what a user would write with sentence-transformers:
   ``MultipleNegativesRankingLoss`` with in-batch negatives, full fine-tuning, lr 2e-5, one epoch, batch 32, the
-  model's own ``query: `` / ``passage: `` prompts; at MNRL's default scale and at e5's temperature;
+  model's own ``query: `` / ``passage: `` prompts; at MNRL's default scale and at e5's temperature (and, when the
+  teacher recipe trains on another schedule, learning rate or epochs, scale 100 and the row below on that one too);
 - ``plain ST + teacher negatives``: the same at scale 100 with the teacher's hardest negative per row (the
   positive-aware 5% margin, top candidate: what ``mine_hard_negatives`` with the same teacher returns), so that a
   gain of ours over it comes from our parts, not only from the teacher's negatives;
@@ -39,6 +40,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN_SCALES = (20.0, 100.0)
+# Full fine-tuning's usual schedule; when the teacher recipe trains on another, plain MNRL gets that one too.
+PLAIN_SCHEDULE = {"learning_rate": 2e-5, "num_train_epochs": 1}
 SELF, TEACHER, BASE, CEILING = "st-retrofit, self-teacher", "st-retrofit, teacher", "base", "teacher"
 TEACHER_NEGATIVES = "plain ST + teacher negatives"
 
@@ -54,7 +57,9 @@ def pairs_digest(recipe) -> str:
     return digest.hexdigest()
 
 
-def train_plain(recipe, scale: float, output: Path, negatives_from: Path | None = None) -> Path:
+def train_plain(
+    recipe, scale: float, output: Path, negatives_from: Path | None = None, schedule: dict | None = None
+) -> Path:
     """Plain sentence-transformers on the recipe's own synthesized train pairs (query, document), or, with
     ``negatives_from`` (a mine stage's output), on (query, document, the best mined negative) triplets."""
     from datasets import concatenate_datasets, load_from_disk
@@ -64,9 +69,10 @@ def train_plain(recipe, scale: float, output: Path, negatives_from: Path | None 
     from st_retrofit.mining.miner import pool_to_ntuple
     from st_retrofit.models.resolve import load_model, role_prompt
 
+    schedule = {**PLAIN_SCHEDULE, **(schedule or {})}
     # A finished baseline is reused only when it was trained on these very pairs with these settings.
     key = {"pairs": pairs_digest(recipe), "base": recipe.model.base, "scale": scale, "seed": recipe.seed,
-           "max_seq_length": recipe.model.max_seq_length,
+           "max_seq_length": recipe.model.max_seq_length, "schedule": schedule,
            "negatives": json.loads((negatives_from / "stage.json").read_text())["fingerprint"]
            if negatives_from else None}  # fmt: skip
     stamp = output / "baseline.json"
@@ -85,9 +91,8 @@ def train_plain(recipe, scale: float, output: Path, negatives_from: Path | None 
         prompts["negative_1"] = prompts["document"]
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output / "checkpoints"),
-        num_train_epochs=1,
         per_device_train_batch_size=32,
-        learning_rate=2e-5,
+        **schedule,
         warmup_steps=0.1,
         seed=recipe.seed,
         save_strategy="no",
@@ -179,14 +184,25 @@ def main() -> None:
     ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
                    "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
     scores[CEILING] = cached_scores(recipe.run_dir / "baselines" / "teacher", ceiling_key, score_teacher, CEILING)
-    plain = [(f"plain ST, scale {s:g}", s, recipe.run_dir / "baselines" / f"mnrl-scale-{s:g}", None)
+    plain = [(f"plain ST, scale {s:g}", s, recipe.run_dir / "baselines" / f"mnrl-scale-{s:g}", None, PLAIN_SCHEDULE)
              for s in PLAIN_SCALES]  # fmt: skip
     # Keyed by the mined data, not the variant: teacher recipes that mine alike share this baseline.
     mined = json.loads((teacher_recipe.run_dir / "mine" / "stage.json").read_text())["fingerprint"]
-    plain.append((TEACHER_NEGATIVES, 100.0, recipe.run_dir / "baselines" / f"mnrl-scale-100-teacher-negatives-{mined[:8]}",
-                  teacher_recipe.run_dir / "mine"))  # fmt: skip
-    for label, scale, folder, negatives in plain:
-        folder = train_plain(recipe, scale, folder, negatives)
+    negatives = recipe.run_dir / "baselines" / f"mnrl-scale-100-teacher-negatives-{mined[:8]}"
+    plain.append((TEACHER_NEGATIVES, 100.0, negatives, teacher_recipe.run_dir / "mine", PLAIN_SCHEDULE))
+    # A tuned baseline: when the teacher recipe trains on another schedule (rate, epochs), plain MNRL (with and
+    # without the teacher's negatives) gets that schedule too, so that a gain of ours is not the schedule's.
+    schedule = {key: teacher_recipe.train.args.get(key, value) for key, value in PLAIN_SCHEDULE.items()}
+    if schedule != PLAIN_SCHEDULE:
+        named = ", ".join(
+            f"{'lr' if key == 'learning_rate' else 'epochs'} {value:g}" for key, value in schedule.items()
+        )
+        slug = "-".join(f"{key}-{value:g}" for key, value in schedule.items())
+        for label, scale, folder, negatives_from, _ in list(plain[1:]):
+            plain.append((f"{label}, {named}", scale, folder.with_name(f"{folder.name}-{slug}"), negatives_from,
+                          schedule))  # fmt: skip
+    for label, scale, folder, negatives, plain_schedule in plain:
+        folder = train_plain(recipe, scale, folder, negatives, plain_schedule)
 
         def score_plain(folder: Path = folder, label: str = label) -> dict[str, float]:
             model = SentenceTransformer(str(folder), device="cpu")
