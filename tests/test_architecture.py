@@ -19,7 +19,9 @@ from st_retrofit.recipe import recipe_from_dict
 
 PACKAGE = Path(st_retrofit.__file__).parent
 REPO = PACKAGE.parent
-STAGE_PACKAGES = ("synth", "data", "mining", "mixing", "train", "evaluation", "publish", "losses", "models")
+STAGE_PACKAGES = (
+    "synth", "data", "mining", "mixing", "train", "evaluation", "publish", "losses", "models", "merge", "export"
+)  # fmt: skip
 
 
 def _module_name(path: Path) -> str:
@@ -91,7 +93,7 @@ def test_no_stage_module_imports_the_recipe():
 
 
 def test_each_stage_package_owns_its_config():
-    for package in ("synth", "data", "mining", "mixing", "train", "evaluation", "publish", "models"):
+    for package in ("synth", "data", "mining", "mixing", "train", "evaluation", "publish", "models", "merge"):
         assert (PACKAGE / package / "config.py").is_file(), package
     recipe_lines = len((PACKAGE / "recipe.py").read_text().splitlines())
     assert recipe_lines < 200

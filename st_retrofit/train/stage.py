@@ -414,8 +414,8 @@ def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) 
     """Merge ``output_dir/model`` with the ingredients of the recipe's ``merge`` section; the unmerged model moves
     to ``output_dir/unmerged``, the merged one takes its place (with ``merge.json``)."""
     from st_retrofit.merge.config import BASE
-    from st_retrofit.merge.core import uses_base
     from st_retrofit.merge.folders import merge_folders
+    from st_retrofit.merge.methods import MERGE_METHODS
 
     config = recipe.merge
     unmerged = output_dir / "unmerged"
@@ -427,6 +427,6 @@ def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) 
     names = ["trained", *(Path(p).name for p in checkpoints), *config.models]
     return merge_folders(
         [str(unmerged), *checkpoints, *others], output_dir / "model", config.method, config.weights,
-        recipe.model.base if uses_base(config.method) else None, config.t, config.density, names=names,
+        recipe.model.base if MERGE_METHODS[config.method].uses_base else None, config.t, config.density, names=names,
         parameters=config.parameters,
     )  # fmt: skip
