@@ -351,7 +351,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from st_retrofit.evaluation import manpages
+    from st_retrofit.offline import manpages
 
     summary = manpages.build(
         args.output, debs=args.debs, seed=args.seed, dev_fraction=args.dev, test_fraction=args.test,

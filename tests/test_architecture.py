@@ -20,7 +20,8 @@ from st_retrofit.recipe import recipe_from_dict
 PACKAGE = Path(st_retrofit.__file__).parent
 REPO = PACKAGE.parent
 STAGE_PACKAGES = (
-    "synth", "data", "mining", "mixing", "train", "evaluation", "publish", "losses", "models", "merge", "export"
+    "synth", "data", "mining", "mixing", "train", "evaluation", "publish", "losses", "models", "merge", "export",
+    "offline",
 )  # fmt: skip
 
 
@@ -90,6 +91,16 @@ def test_no_stage_module_imports_the_recipe():
         if name.split(".")[1:2] and name.split(".")[1] in STAGE_PACKAGES
     }
     assert {name: deps for name, deps in offenders.items() if deps} == {}
+
+
+def test_the_offline_carriers_and_the_benchmark_builder_stay_out_of_the_core_path():
+    # Only the offline: name resolver and the benchmark command reach them, and only when asked for.
+    importers = {
+        name
+        for name, deps in import_graph().items()
+        if not name.startswith("st_retrofit.offline") and any(d.startswith("st_retrofit.offline") for d in deps)
+    }
+    assert importers == {"st_retrofit.models.resolve", "st_retrofit.cli"}
 
 
 def test_each_stage_package_owns_its_config():
