@@ -30,7 +30,12 @@ BAD_RECIPES = [
         "mining.max_positive_ratio",
         "(0, 1]",
     ),
-    ("bad search backend", {"mining": {"search": {"backend": "annoy"}}}, "mining.search.backend", "registered: auto, exact, flat, ivf, hnsw"),
+    (
+        "bad search backend",
+        {"mining": {"search": {"backend": "annoy"}}},
+        "mining.search.backend",
+        "registered: auto, exact, flat, ivf, hnsw",
+    ),
     ("nested search key", {"mining": {"search": {"n_probe": 8}}}, "mining.search.n_probe", "did you mean nprobe"),
     ("min above max score", {"mining": {"max_score": 0.5, "min_score": 0.6}}, "mining.min_score", "below max_score"),
     ("bad output", {"mining": {"output": "triplet"}}, "mining.output", "registered: n-tuple, pool"),
