@@ -145,16 +145,19 @@ def test_a_lazy_export_resolves_on_first_use():
 # Registries
 
 
-def test_every_backend_type_is_registered_and_builds_its_class():
+def test_every_synth_backend_kind_builds_its_class():
+    from st_retrofit.synth.backend_kinds import SYNTH_BACKENDS
     from st_retrofit.synth.backends.base import SynthBackend
-    from st_retrofit.synth.config import BACKENDS, BackendConfig
+    from st_retrofit.synth.config import BackendConfig
 
-    types = BackendConfig.model_fields["type"].annotation.__args__
-    assert set(types) == set(BACKENDS)
-    for name in types:
+    assert SYNTH_BACKENDS.names() == ["heuristic", "openai", "transformers"]
+    for name in SYNTH_BACKENDS:
         config = BackendConfig(type=name, model="some-model")
         assert issubclass(config.backend_class(), SynthBackend)
+        assert config.kind is SYNTH_BACKENDS[name]
     assert BackendConfig().build().identity() == {"kind": "heuristic"}
+    with pytest.raises(ConfigError, match="^model: the openai backend needs the model name"):
+        BackendConfig(type="openai")
 
 
 def test_every_synth_source_is_registered():

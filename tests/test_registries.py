@@ -10,9 +10,7 @@ import textwrap
 import pytest
 
 from st_retrofit.config import ConfigError
-from st_retrofit.export.backends import ENCODER_BACKENDS
 from st_retrofit.mining.config import MiningConfig, SearchConfig
-from st_retrofit.mining.layouts import OUTPUT_LAYOUTS
 from st_retrofit.mining.search_backends import SEARCH_BACKENDS
 from st_retrofit.recipe import recipe_schema
 from st_retrofit.registry import Kind, Registry
@@ -120,10 +118,10 @@ def test_every_kind_checks_the_modules_it_needs(monkeypatch):
         SEARCH_BACKENDS[name].check_environment()
 
 
-# Kinds chosen by registry lookups, never by comparing their names: a comparison of these fields with a string
-# literal is a switch that a registered kind could not join.
-REGISTRY_FIELDS = {"backend": (SEARCH_BACKENDS, ENCODER_BACKENDS), "output": (OUTPUT_LAYOUTS,)}
-COMPARISON = re.compile(r"""\.(backend|output)\s*(==|!=|\bin\b|\bnot in\b)\s*[\"'(\[{]""")
+# Kinds chosen by registry lookups, never by comparing their names: a comparison of a search or encoder backend,
+# an output layout, a merge method or a synth backend type with a string literal is a switch that a registered
+# kind could not join.
+COMPARISON = re.compile(r"""(?<!device)\.(backend|output|method|type)\s*(==|!=|\bin\b|\bnot in\b)\s*[\"'(\[{]""")
 
 
 def test_no_kind_of_these_registries_is_chosen_by_a_string_comparison():
@@ -139,7 +137,10 @@ def test_no_kind_of_these_registries_is_chosen_by_a_string_comparison():
 def test_the_grep_finds_a_switch():
     assert COMPARISON.search('if cfg.output == "pool":')
     assert COMPARISON.search("elif config.search.backend in ('flat', 'ivf'):")
+    assert COMPARISON.search('heuristic = config.backend.type == "heuristic"')
+    assert COMPARISON.search('if self.method == "slerp":')
     assert not COMPARISON.search("layout = OUTPUT_LAYOUTS[cfg.output]")
+    assert not COMPARISON.search('if model.device.type != "cpu":')  # a torch device, no kind
 
 
 def test_a_merge_method_registered_by_a_user_merges_and_is_a_valid_recipe_value(tiny_model, monkeypatch):

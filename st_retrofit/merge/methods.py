@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 
+# mergekit methods whose base sentence-transformers' merge() takes from the first model, as our slerp does.
+FIRST_MODEL_AS_BASE = frozenset({"slerp"})
+
+
 class MergeMethod(Kind):
     """One way to merge models of one architecture.
 
@@ -155,7 +159,10 @@ class MergekitMethod(MergeMethod):
         """mergekit's slerp counts as not: sentence-transformers makes the first model its base, as ours does."""
         from mergekit.merge_methods import BasePolicy
 
-        return self.method != "slerp" and mergekit_method(self.name).spec.contract.base == BasePolicy.REQUIRED
+        return (
+            self.method not in FIRST_MODEL_AS_BASE
+            and mergekit_method(self.name).spec.contract.base == BasePolicy.REQUIRED
+        )
 
     def check_environment(self) -> None:
         """mergekit is installed and has this method (a :class:`~st_retrofit.merge.core.MergeError` otherwise)."""

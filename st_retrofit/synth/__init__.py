@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from st_retrofit._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from st_retrofit.synth.backend_kinds import SYNTH_BACKENDS, SynthBackendKind
     from st_retrofit.synth.backends import (
         GenerationRequest,
         GenerationResult,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
         TransformersBackend,
     )
     from st_retrofit.synth.cache import ResponseCache, request_key
-    from st_retrofit.synth.config import BACKENDS, SOURCES, BackendConfig, SynthConfig
+    from st_retrofit.synth.config import SOURCES, BackendConfig, SynthConfig
     from st_retrofit.synth.corpus import load_corpus
     from st_retrofit.synth.demo import LANGUAGES, TEMPLATES, build_demo_dataset
     from st_retrofit.synth.generator import OUTPUT_COLUMNS, SynthesisReport, SyntheticDataGenerator
@@ -64,7 +65,8 @@ _EXPORTS = {
     "SynthConfig": "st_retrofit.synth.config",
     "BackendConfig": "st_retrofit.synth.config",
     "SOURCES": "st_retrofit.synth.config",
-    "BACKENDS": "st_retrofit.synth.config",
+    "SYNTH_BACKENDS": "st_retrofit.synth.backend_kinds",
+    "SynthBackendKind": "st_retrofit.synth.backend_kinds",
     "synthesize_demo": "st_retrofit.synth.stage",
     "synthesize_corpus": "st_retrofit.synth.stage",
 }

@@ -1,9 +1,9 @@
 """Recipe section ``synth``: where the training and held-out pairs come from, and its checks.
 
 Two registries replace string switches: :data:`SOURCES` (``demo``, ``corpus``: what each reads, checks, describes
-and how it runs) and :data:`BACKENDS` (``heuristic``, ``openai``, ``transformers``: the backend class each
-``synth.backend.type`` builds). Both name their code by module path, so that a recipe is checked without importing
-an LLM client.
+and how it runs) and :data:`~st_retrofit.synth.backend_kinds.SYNTH_BACKENDS` (``heuristic``, ``openai``,
+``transformers``: each kind's checks and the backend class ``synth.backend.type`` builds). Both name their code by
+module path, so that a recipe is checked without importing an LLM client.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from st_retrofit.config import ConfigError, ConfigModel, keyed, require
+from st_retrofit.synth.backend_kinds import SYNTH_BACKENDS, SynthBackendKind, SynthBackendName
 from st_retrofit.synth.demo import LANGUAGES, QUERY_KINDS
 
 if TYPE_CHECKING:
@@ -88,19 +89,11 @@ def _rows_at_least(path: Path, wanted: int) -> int:
     return found
 
 
-# Backend type -> "module:Class"; the class builds itself from the section with ``from_config``.
-BACKENDS: dict[str, str] = {
-    "heuristic": "st_retrofit.synth.backends.heuristic:HeuristicBackend",
-    "openai": "st_retrofit.synth.backends.openai_compatible:OpenAICompatibleBackend",
-    "transformers": "st_retrofit.synth.backends.transformers_local:TransformersBackend",
-}
-
-
 class BackendConfig(ConfigModel):
     """What writes the pairs (recipe section ``synth.backend``).
 
     Args:
-        type: a key of :data:`BACKENDS`: ``heuristic`` (no LLM: title to body, inverse cloze, cropping, fact
+        type: a registered :data:`~st_retrofit.synth.backend_kinds.SYNTH_BACKENDS` kind: ``heuristic`` (no LLM: title to body, inverse cloze, cropping, fact
             templates), ``openai`` (any OpenAI-compatible server: OpenAI, vLLM, TGI, llama.cpp, Ollama) or
             ``transformers`` (a local chat model).
         model: the server's model name (``openai``, required) or a local chat model (``transformers``; ``null`` =
@@ -127,7 +120,7 @@ class BackendConfig(ConfigModel):
             (unused with ``response_format: json_schema``, which writes the JSON itself).
     """
 
-    type: Literal["heuristic", "openai", "transformers"] = Field("heuristic", description="Backend.")
+    type: SynthBackendName = Field("heuristic", description="Backend.")
     model: str | None = Field(None, description="Model name or path.")
     base_url: str | None = Field(None, description="openai: server URL ending in /v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: env variable with the key.")
@@ -150,11 +143,7 @@ class BackendConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> BackendConfig:
-        require(
-            self.type != "openai" or bool(self.model),
-            "model",
-            "the openai backend needs the model name the server serves (e.g. gpt-4o-mini)",
-        )
+        self.kind.check(self)
         require(
             not self.api_key_env.startswith(("sk-", "hf_")),
             "api_key_env",
@@ -162,34 +151,21 @@ class BackendConfig(ConfigModel):
         )
         return self
 
+    @property
+    def kind(self) -> SynthBackendKind:
+        return SYNTH_BACKENDS[self.type]
+
     def backend_class(self) -> type[SynthBackend]:
-        module, name = BACKENDS[self.type].split(":")
-        return getattr(importlib.import_module(module), name)
+        return self.kind.backend_class()
 
     def build(self) -> SynthBackend:
         """The backend this section describes (:meth:`SynthBackend.from_config` of the registered class)."""
         return self.backend_class().from_config(self)
 
     def check_environment(self) -> None:
-        if self.type == "openai":
-            from st_retrofit.extras import require_module
-
-            require_module("openai", "type openai")
-        if self.type == "transformers":
-            from st_retrofit.synth.backends.base import SynthBackendError
-            from st_retrofit.synth.backends.transformers_local import resolve_llm
-
-            try:
-                resolve_llm(self.model or "offline:smollm2-135m-instruct", self.gguf_file)
-            except SynthBackendError as exc:
-                raise ConfigError("model", str(exc)) from None
-            if self.response_format == "json_schema":
-                from st_retrofit.extras import MissingExtraError, require_module
-
-                try:
-                    require_module("llguidance", "constrained decoding")
-                except MissingExtraError as exc:
-                    raise ConfigError("response_format", exc.message) from None
+        with keyed("type"):
+            self.kind.check_environment()
+        self.kind.check_config_environment(self)
 
 
 class BrainstormConfig(ConfigModel):
@@ -288,7 +264,7 @@ def _describe_corpus(config: SynthConfig) -> str:
     languages = config.corpus.languages
     scope = f" in {len(languages)} languages ({', '.join(languages)})" if languages else ""
     cap = f", at most {config.max_per_language} per language" if config.max_per_language else ""
-    writer = config.backend.model if config.backend.type != "heuristic" else "heuristics"
+    writer = config.backend.kind.writer(config.backend)
     return f"pairs written by {writer} from `{config.corpus.path}`{scope} with the templates {', '.join(config.templates)}{cap}"
 
 
