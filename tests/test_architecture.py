@@ -161,15 +161,17 @@ def test_every_synth_backend_kind_builds_its_class():
 
 
 def test_every_synth_source_is_registered():
-    from st_retrofit.synth.config import SOURCES, SynthConfig
+    from st_retrofit.synth.config import SynthConfig
     from st_retrofit.synth.demo import build_demo_dataset
     from st_retrofit.synth.generator import OUTPUT_COLUMNS
+    from st_retrofit.synth.source_kinds import SYNTH_SOURCES
 
-    assert set(SynthConfig.model_fields["source"].annotation.__args__) == set(SOURCES)
+    assert SYNTH_SOURCES.names() == ["demo", "corpus"]
+    assert SynthConfig(source="corpus", corpus={"path": "docs.jsonl"}).source_entry is SYNTH_SOURCES["corpus"]
     # The columns a recipe check knows without importing the generator are the ones the sources write.
-    assert SOURCES["corpus"].columns == OUTPUT_COLUMNS
+    assert SYNTH_SOURCES["corpus"].columns == OUTPUT_COLUMNS
     demo = build_demo_dataset(languages=["en"], train_entities=2, eval_entities=2)["train"]
-    assert SOURCES["demo"].columns == tuple(demo.column_names)
+    assert SYNTH_SOURCES["demo"].columns == tuple(demo.column_names)
 
 
 def test_a_users_subclass_of_our_loss_keeps_its_task_ids(tiny_recipe_data, tiny_model, monkeypatch):

@@ -42,7 +42,12 @@ BAD_RECIPES = [
     ("missing cross-encoder", {"mining": {"cross_encoder": "./no/ce"}}, "mining.cross_encoder", "does not exist"),
     ("list item type", {"synth": {"languages": ["en", 3]}}, "synth.languages[1]", "expected a string"),
     ("unknown language", {"synth": {"languages": ["en", "xx"]}}, "synth.languages", "unknown language"),
-    ("bad literal", {"synth": {"source": "web"}}, "synth.source", "'demo'"),
+    (
+        "bad source",
+        {"synth": {"source": "web"}},
+        "synth.source",
+        "unknown synth source 'web'; registered: demo, corpus",
+    ),
     ("section not a mapping", {"eval": 5}, "eval", "expected a mapping"),
     ("nested lora key", {"model": {"lora": {"rank": 4}}}, "model.lora.rank", "unknown key"),
     ("unknown offline model", {"model": {"base": "offline:e5-huge"}}, "model.base", "offline:multilingual-e5-small"),
