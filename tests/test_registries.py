@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 import textwrap
@@ -143,22 +144,18 @@ def test_the_grep_finds_a_switch():
     assert not COMPARISON.search('if model.device.type != "cpu":')  # a torch device, no kind
 
 
-def test_a_merge_method_registered_by_a_user_merges_and_is_a_valid_recipe_value(tiny_model, monkeypatch):
+def test_the_merge_method_of_the_architecture_docs_merges_and_is_a_valid_recipe_value(tiny_model, monkeypatch):
     import copy
 
     import torch
 
     from st_retrofit.merge.config import MergeConfig
-    from st_retrofit.merge.methods import MERGE_METHODS, MergeMethod, merge_models
+    from st_retrofit.merge.methods import MERGE_METHODS, merge_models
 
     monkeypatch.setattr(MERGE_METHODS, "_kinds", dict(MERGE_METHODS._kinds))
-
-    @MERGE_METHODS.register
-    class Elementwise(MergeMethod):
-        name, description, count = "elementwise-max", "the larger of two weights, tensor by tensor", 2
-
-        def merge(self, models, states, base, base_state, weights, t, density, parameters):
-            return {key: torch.maximum(tensor, states[1][key]) for key, tensor in states[0].items()}
+    docs = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(.*?MERGE_METHODS\.register.*?)```", docs, re.S).group(1)
+    exec(compile(block, "docs/architecture.md", "exec"), {})
 
     other = copy.deepcopy(tiny_model)
     with torch.no_grad():
@@ -170,3 +167,4 @@ def test_a_merge_method_registered_by_a_user_merges_and_is_a_valid_recipe_value(
     assert MergeConfig(method="elementwise-max", models=["base"]).method == "elementwise-max"
     with pytest.raises(ConfigError, match="merges exactly 2 models"):
         MergeConfig(method="elementwise-max", models=["base", "runs/other"])
+    assert "elementwise-max" in json.dumps(recipe_schema()["$defs"]["MergeConfig"])
