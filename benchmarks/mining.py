@@ -257,7 +257,7 @@ def memory(args) -> dict:
 def search_child(n_vectors: int, n_queries: int) -> dict:
     from st_retrofit.mining.cache import EmbeddingTable
     from st_retrofit.mining.config import SearchConfig
-    from st_retrofit.mining.index import FaissSearcher
+    from st_retrofit.mining.search_backends import SEARCH_BACKENDS
 
     dim, shard = 384, 262144
     rng = np.random.default_rng(0)
@@ -273,7 +273,7 @@ def search_child(n_vectors: int, n_queries: int) -> dict:
         table = EmbeddingTable(folder, names, shards, rows, dim)
         before = current_rss_mib()
         t = time.perf_counter()
-        searcher = FaissSearcher(table, SearchConfig(backend="ivf", nlist=1024, nprobe=8), seed=0)
+        searcher = SEARCH_BACKENDS["ivf"].build(table, SearchConfig(nlist=1024, nprobe=8), seed=0)
         build_s = time.perf_counter() - t
         index_mib = searcher.index.ntotal * dim * 4 / 2**20
         queries = rng.standard_normal((n_queries, dim), dtype=np.float32)

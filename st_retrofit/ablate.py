@@ -40,9 +40,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from st_retrofit.config import ConfigError, did_you_mean, keyed, load_yaml
+from pydantic import Field, model_validator
+
+from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed, load_yaml, require, validate_section
 from st_retrofit.recipe import Recipe, load_recipe
 from st_retrofit.tables import markdown_table
 
@@ -94,31 +96,97 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "value"
 
 
-def _axis(data: Any, key: str) -> Axis:
-    if not isinstance(data, dict):
-        raise ConfigError(key, "expected a mapping with label, values and (for plain values) key")
-    unknown = set(data) - {"label", "key", "values"}
-    if unknown:
-        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key; an axis has label, key and values")
-    values = data.get("values")
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{key}.values", "expected a non-empty list")
-    points = []
-    for i, value in enumerate(values):
-        if isinstance(value, dict):
-            if set(value) - {"label", "set"} or not isinstance(value.get("set"), dict):
-                raise ConfigError(f"{key}.values[{i}]", "expected {label: ..., set: {recipe.key: value}}")
-            points.append(AxisValue(str(value.get("label", i)), dict(value["set"])))
-        else:
-            if not data.get("key"):
-                raise ConfigError(
-                    f"{key}.key", "plain values need the recipe key they set (e.g. synth.max_per_language)"
+class AxisPointConfig(ConfigModel):
+    """One value of an axis written out: its label and the recipe overrides it applies."""
+
+    label: str | int | float | None = Field(None, description="Label on the plot and in the folder name.")
+    set: dict[str, Any] = Field(description="Recipe overrides: {recipe.key: value}.")
+
+
+class AxisConfig(ConfigModel):
+    """One axis of an ablation file (``x`` or ``series``).
+
+    Args:
+        label: the axis' name on the plot; ``null`` = ``key``.
+        key: the recipe key that plain values set (``synth.max_per_language``).
+        values: plain values (with ``key``) or ``{label, set}`` mappings; labels must differ, also as folder names.
+    """
+
+    label: str | None = Field(None, description="Axis name on the plot.")
+    key: str | None = Field(None, description="Recipe key that plain values set.")
+    values: list[Any] = Field(min_length=1, description="Plain values, or {label, set} mappings.")
+
+    def points(self) -> list[AxisValue]:
+        points = []
+        for i, value in enumerate(self.values):
+            if isinstance(value, dict):
+                point = validate_section(AxisPointConfig, value, f"values[{i}]")
+                points.append(AxisValue(str(point.label if point.label is not None else i), dict(point.set)))
+            else:
+                require(
+                    bool(self.key), "key", "plain values need the recipe key they set (e.g. synth.max_per_language)"
                 )
-            points.append(AxisValue(str(value), {data["key"]: value}))
-    labels = [p.label for p in points]
-    if len({_slug(label) for label in labels}) != len(labels):
-        raise ConfigError(f"{key}.values", f"labels must differ (also as folder names): {labels}")
-    return Axis(str(data.get("label", data.get("key", key))), points)
+                points.append(AxisValue(str(value), {self.key: value}))
+        labels = [p.label for p in points]
+        require(len({_slug(label) for label in labels}) == len(labels), "values",
+                f"labels must differ (also as folder names): {labels}")  # fmt: skip
+        return points
+
+    @model_validator(mode="after")
+    def _check(self) -> AxisConfig:
+        self.points()
+        return self
+
+    def axis(self, name: str) -> Axis:
+        return Axis(self.label or self.key or name, self.points())
+
+
+class AblationConfig(ConfigModel):
+    """An ablation file (see the module docstring); ``st-retrofit schema --ablation`` prints its JSON Schema.
+
+    Args:
+        name: the ablation's folder under the base recipe's ``output_dir``.
+        base: the base recipe, relative to the ablation file.
+        description: one line for the results.
+        metric: ``ndcg``, ``recall`` or ``mrr`` of the eval stage (mteb tasks: ``ndcg``, their main score).
+        set: recipe overrides for every variant.
+        x: the axis of the plot.
+        series: optional second axis: one curve per value.
+        tasks: score on the eval stage's mteb tasks whose names match this pattern (``"*-dev"``).
+        soup: ``all`` or two or more x labels: end in a uniform soup of those variants (needs ``tasks``, no
+            ``series``).
+    """
+
+    name: str = Field(description="Folder of the ablation.")
+    base: str = Field(description="Base recipe, relative to this file.")
+    description: str = Field("", description="One line for the results.")
+    metric: Literal["ndcg", "recall", "mrr"] = Field("ndcg", description="Metric of the eval stage.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Recipe overrides for every variant.")
+    x: AxisConfig = Field(description="The plot's axis.")
+    series: AxisConfig | None = Field(None, description="One curve per value.")
+    tasks: str | None = Field(None, min_length=1, description='mteb task name pattern, e.g. "*-dev".')
+    soup: str | list[str] | None = Field(None, description="all, or the x labels of the variants to soup.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AblationConfig:
+        require(self.tasks is None or self.metric == "ndcg", "metric",
+                "mteb tasks are scored by their main score (nDCG@10 for retrieval): use ndcg")  # fmt: skip
+        if self.soup is not None:
+            labels = [value.label for value in self.x.points()]
+            chosen = labels if self.soup == "all" else self.soup
+            require(isinstance(chosen, list) and len(chosen) >= 2 and all(label in labels for label in chosen), "soup",
+                    f"expected all or a list of two or more x labels among {labels}")  # fmt: skip
+            require(self.tasks is not None, "soup", 'a soup is scored on mteb tasks: set tasks (e.g. "*-dev")')
+            require(self.series is None, "soup", "a soup merges the x variants of an ablation without series")
+        return self
+
+
+def ablation_schema() -> dict[str, Any]:
+    """The JSON Schema of an ablation file (``st-retrofit schema --ablation``)."""
+    schema = AblationConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "st-retrofit ablation"
+    return schema
 
 
 def load_ablation(path: str | Path) -> Ablation:
@@ -130,49 +198,21 @@ def load_ablation(path: str | Path) -> Ablation:
         data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError("ablation", f"{path} must be a mapping")
-    allowed = {"name", "base", "description", "metric", "set", "x", "series", "tasks", "soup"}
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(str(key), f"unknown key; an ablation has {', '.join(sorted(allowed))}")
-    for key in ("name", "base", "x"):
-        if key not in data:
-            raise ConfigError(key, "required")
-    metric = data.get("metric", "ndcg")
-    if metric not in METRICS:
-        raise ConfigError("metric", f"expected one of {METRICS}, got {metric!r}")
-    tasks = data.get("tasks")
-    if tasks is not None and (not isinstance(tasks, str) or not tasks):
-        raise ConfigError("tasks", 'expected a task name pattern, e.g. "*-dev"')
-    if tasks is not None and metric != "ndcg":
-        raise ConfigError("metric", "mteb tasks are scored by their main score (nDCG@10 for retrieval): use ndcg")
-    x = _axis(data["x"], "x")
-    soup = data.get("soup")
-    if soup is not None:
-        labels = [value.label for value in x.values]
-        if soup == "all":
-            soup = labels
-        if not isinstance(soup, list) or len(soup) < 2 or any(label not in labels for label in soup):
-            raise ConfigError("soup", f"expected all or a list of two or more x labels among {labels}")
-        if tasks is None:
-            raise ConfigError("soup", 'a soup is scored on mteb tasks: set tasks (e.g. "*-dev")')
-        if data.get("series"):
-            raise ConfigError("soup", "a soup merges the x variants of an ablation without series")
-    base = (path.parent / str(data["base"])).resolve()
+    config = validate_section(AblationConfig, data)
+    base = (path.parent / config.base).resolve()
     if not base.is_file():
         raise ConfigError("base", f"recipe {base} does not exist")
-    overrides = data.get("set") or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError("set", "expected a mapping of recipe.key: value")
+    x = config.x.axis("x")
     return Ablation(
-        name=_slug(str(data["name"])),
+        name=_slug(config.name),
         base=base,
         x=x,
-        series=_axis(data["series"], "series") if data.get("series") else None,
-        metric=metric,
-        overrides=overrides,
-        description=str(data.get("description", "")),
-        tasks=tasks,
-        soup=soup,
+        series=config.series.axis("series") if config.series else None,
+        metric=config.metric,
+        overrides=config.set,
+        description=config.description,
+        tasks=config.tasks,
+        soup=[value.label for value in x.values] if config.soup == "all" else config.soup,
     )
 
 

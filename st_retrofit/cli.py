@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = add_command("schema", help="print the JSON Schema of a recipe (for editors: yaml-language-server)")
     schema.set_defaults(handler=_schema)
+    schema.add_argument("--ablation", action="store_true", help="the schema of an ablation file instead")
 
     benchmark = add_command("benchmark", help="build a real-text retrieval benchmark")
     benchmark.set_defaults(handler=_benchmark)
@@ -344,14 +345,17 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from st_retrofit.recipe import recipe_schema
+    if args.ablation:
+        from st_retrofit.ablate import ablation_schema as schema
+    else:
+        from st_retrofit.recipe import recipe_schema as schema
 
-    print(json.dumps(recipe_schema(), indent=2))
+    print(json.dumps(schema(), indent=2))
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from st_retrofit.evaluation import manpages
+    from st_retrofit.offline import manpages
 
     summary = manpages.build(
         args.output, debs=args.debs, seed=args.seed, dev_fraction=args.dev, test_fraction=args.test,

@@ -361,7 +361,8 @@ def _range(info: Any) -> str | None:
 
 
 def _config_error(cls: type[BaseModel], errors: list[dict]) -> ConfigError:
-    first = errors[0]
+    # A misspelled key also makes the key it was meant to be "missing": name the misspelling.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key, tp, info = _resolve(cls, tuple(first["loc"]))
     kind, value = first["type"], first.get("input")
     ctx = first.get("ctx") or {}

@@ -80,7 +80,9 @@ def test_every_variant_is_validated_before_any_runs(base_recipe, tmp_path, capsy
         ({"x": {"key": "seed", "values": []}}, "x.values"),
         ({"x": {"key": "seed", "values": [1]}, "metric": "bleu"}, "metric"),
         ({"x": {"key": "seed", "values": [1]}, "sets": {}}, "sets"),
-        ({"x": {"values": [{"label": "a", "overrides": {}}]}}, "x.values[0]"),
+        ({"x": {"values": [{"label": "a", "overrides": {}}]}}, "x.values[0].overrides"),
+        ({"x": {"values": [{"label": "a"}]}}, "x.values[0].set"),
+        ({"x": {"key": "seed", "values": [1]}, "soup": "some"}, "soup"),
         ({"x": {"key": "seed", "values": ["a b", "a-b"]}}, "x.values"),
         ({"x": {"key": "seed", "values": [1]}, "tasks": ""}, "tasks"),
         ({"x": {"key": "seed", "values": [1]}, "tasks": "*-dev", "metric": "mrr"}, "metric"),
@@ -202,3 +204,26 @@ def test_only_runs_the_named_variants_and_the_table_covers_them(base_recipe, tmp
 
     assert main(["ablate", str(path), "--only", "in-batch-onyl"]) == 2
     assert "--only[0]: no variant 'in-batch-onyl' (did you mean in-batch-only?)" in capsys.readouterr().err
+
+
+def test_ablation_files_are_checked_by_the_schema_editors_read():
+    import jsonschema
+    import yaml
+
+    from st_retrofit.ablate import ablation_schema
+
+    folder = Path(__file__).resolve().parents[1] / "recipes" / "ablations"
+    committed = folder / "ablation.schema.json"
+    assert json.loads(committed.read_text()) == ablation_schema(), (
+        f"regenerate: st-retrofit schema --ablation > {committed}"
+    )
+    validator = jsonschema.Draft202012Validator(ablation_schema())
+    shipped = sorted(folder.glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=ablation.schema.json", path.name
+        assert [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))] == [], path.name
+        assert load_ablation(path).x.values
+    # What the loader refuses by shape, the schema flags too.
+    assert list(validator.iter_errors({"name": "a", "base": "b.yaml", "x": {"values": []}}))
+    assert list(validator.iter_errors({"name": "a", "base": "b.yaml", "x": {"values": [1]}, "metrc": "ndcg"}))

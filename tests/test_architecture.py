@@ -19,7 +19,10 @@ from st_retrofit.recipe import recipe_from_dict
 
 PACKAGE = Path(st_retrofit.__file__).parent
 REPO = PACKAGE.parent
-STAGE_PACKAGES = ("synth", "data", "mining", "mixing", "train", "evaluation", "publish", "losses", "models")
+STAGE_PACKAGES = (
+    "synth", "data", "mining", "mixing", "train", "evaluation", "publish", "losses", "models", "merge", "export",
+    "offline",
+)  # fmt: skip
 
 
 def _module_name(path: Path) -> str:
@@ -90,8 +93,18 @@ def test_no_stage_module_imports_the_recipe():
     assert {name: deps for name, deps in offenders.items() if deps} == {}
 
 
+def test_the_offline_carriers_and_the_benchmark_builder_stay_out_of_the_core_path():
+    # Only the offline: name resolver and the benchmark command reach them, and only when asked for.
+    importers = {
+        name
+        for name, deps in import_graph().items()
+        if not name.startswith("st_retrofit.offline") and any(d.startswith("st_retrofit.offline") for d in deps)
+    }
+    assert importers == {"st_retrofit.models.resolve", "st_retrofit.cli"}
+
+
 def test_each_stage_package_owns_its_config():
-    for package in ("synth", "data", "mining", "mixing", "train", "evaluation", "publish", "models"):
+    for package in ("synth", "data", "mining", "mixing", "train", "evaluation", "publish", "models", "merge"):
         assert (PACKAGE / package / "config.py").is_file(), package
     recipe_lines = len((PACKAGE / "recipe.py").read_text().splitlines())
     assert recipe_lines < 200
@@ -132,28 +145,33 @@ def test_a_lazy_export_resolves_on_first_use():
 # Registries
 
 
-def test_every_backend_type_is_registered_and_builds_its_class():
+def test_every_synth_backend_kind_builds_its_class():
+    from st_retrofit.synth.backend_kinds import SYNTH_BACKENDS
     from st_retrofit.synth.backends.base import SynthBackend
-    from st_retrofit.synth.config import BACKENDS, BackendConfig
+    from st_retrofit.synth.config import BackendConfig
 
-    types = BackendConfig.model_fields["type"].annotation.__args__
-    assert set(types) == set(BACKENDS)
-    for name in types:
+    assert SYNTH_BACKENDS.names() == ["heuristic", "openai", "transformers"]
+    for name in SYNTH_BACKENDS:
         config = BackendConfig(type=name, model="some-model")
         assert issubclass(config.backend_class(), SynthBackend)
+        assert config.kind is SYNTH_BACKENDS[name]
     assert BackendConfig().build().identity() == {"kind": "heuristic"}
+    with pytest.raises(ConfigError, match="^model: the openai backend needs the model name"):
+        BackendConfig(type="openai")
 
 
 def test_every_synth_source_is_registered():
-    from st_retrofit.synth.config import SOURCES, SynthConfig
+    from st_retrofit.synth.config import SynthConfig
     from st_retrofit.synth.demo import build_demo_dataset
     from st_retrofit.synth.generator import OUTPUT_COLUMNS
+    from st_retrofit.synth.source_kinds import SYNTH_SOURCES
 
-    assert set(SynthConfig.model_fields["source"].annotation.__args__) == set(SOURCES)
+    assert SYNTH_SOURCES.names() == ["demo", "corpus"]
+    assert SynthConfig(source="corpus", corpus={"path": "docs.jsonl"}).source_entry is SYNTH_SOURCES["corpus"]
     # The columns a recipe check knows without importing the generator are the ones the sources write.
-    assert SOURCES["corpus"].columns == OUTPUT_COLUMNS
+    assert SYNTH_SOURCES["corpus"].columns == OUTPUT_COLUMNS
     demo = build_demo_dataset(languages=["en"], train_entities=2, eval_entities=2)["train"]
-    assert SOURCES["demo"].columns == tuple(demo.column_names)
+    assert SYNTH_SOURCES["demo"].columns == tuple(demo.column_names)
 
 
 def test_a_users_subclass_of_our_loss_keeps_its_task_ids(tiny_recipe_data, tiny_model, monkeypatch):

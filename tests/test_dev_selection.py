@@ -8,7 +8,7 @@ import math
 from sentence_transformers import SentenceTransformer
 
 from st_retrofit.evaluation.heldout import dev_evaluator, retrieval_tasks
-from st_retrofit.evaluation.manpages import write_beir
+from st_retrofit.offline.manpages import write_beir
 from st_retrofit.pipeline import run_pipeline
 from st_retrofit.recipe import recipe_from_dict
 from st_retrofit.synth import build_demo_dataset

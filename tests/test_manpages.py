@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from st_retrofit.evaluation.manpages import build, parse_page, parse_roff, part_of, roff_inline
+from st_retrofit.offline.manpages import build, parse_page, parse_roff, part_of, roff_inline
 
 MANPAGES_ABLATIONS = (
     "manpages-dev.yaml",
@@ -67,7 +67,7 @@ def test_special_characters_and_layout_escapes_become_the_characters_groff_print
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff not installed")
 def test_every_name_groff_knows_is_resolved_not_only_the_built_in_few():
-    from st_retrofit.evaluation.manpages import _CHARS, special_characters
+    from st_retrofit.offline.manpages import _CHARS, special_characters
 
     names = ["'e", ":u", ",c", "~n", "ss", "Po", "Eu", "OK", "de", "nosuch"]
     assert not set(names) & set(_CHARS)

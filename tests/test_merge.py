@@ -157,7 +157,7 @@ def test_merge_settings_that_cannot_work_are_named(tiny_recipe_data):
 
     cases = [
         ({"method": "soup"}, "merge.models", "another ingredient"),
-        ({"method": "slerp", "models": ["base", "runs/other"]}, "merge.models", "exactly two"),
+        ({"method": "slerp", "models": ["base", "runs/other"]}, "merge.models", "exactly 2 models"),
         ({"method": "soup", "models": ["base"], "weights": [1.0]}, "merge.weights", "2 ingredients"),
         ({"method": "soupp", "models": ["base"]}, "merge.method", "did you mean soup"),
         ({"method": "soup", "models": ["base"], "parameters": {"lambda": 1}}, "merge.parameters", "mergekit's"),

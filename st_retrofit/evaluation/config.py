@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigModel, did_you_mean, keyed, require
-from st_retrofit.export.backends import ENCODER_BACKENDS
+from st_retrofit.config import ConfigModel, keyed, require
+from st_retrofit.export.backends import ENCODER_BACKENDS, EncoderBackendName
 
 
 class EvalConfig(ConfigModel):
@@ -37,7 +37,9 @@ class EvalConfig(ConfigModel):
         default_factory=dict, json_schema_extra={"local_path": True}, description="Label -> mteb results folder."
     )
     dimensions: list[int] | None = Field(None, description="Embedding sizes to score; null = train.matryoshka_dims.")
-    backends: list[str] = Field(default_factory=list, description="Encoder backends to score too: onnx, onnx-int8.")
+    backends: list[EncoderBackendName] = Field(
+        default_factory=list, description="Encoder backends to score too: onnx, onnx-int8."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
@@ -45,10 +47,6 @@ class EvalConfig(ConfigModel):
             require(size >= 1, f"dimensions[{i}]", f"expected a size >= 1, got {size}")
         for i, name in enumerate(self.backends):
             require(name != "torch", f"backends[{i}]", "torch is what eval scores anyway; name onnx or onnx-int8")
-            require(
-                name in ENCODER_BACKENDS, f"backends[{i}]",
-                f"unknown encoder backend {name!r}{did_you_mean(name, ENCODER_BACKENDS, 'registered')}",
-            )  # fmt: skip
         for label, folder in self.mteb_baselines.items():
             require(Path(folder).expanduser().is_dir(), f"mteb_baselines.{label}", f"folder {folder} does not exist")
         return self

@@ -6,8 +6,9 @@
 namespace (onnxruntime's int8 vectors differ from fp32's, and with the batch they were computed in), so vectors of
 two backends are never mixed.
 
-A new backend is a subclass registered with :func:`register_encoder_backend`; the recipe key ``mining.backend``
-accepts every registered name.
+A new backend is a subclass registered with ``@ENCODER_BACKENDS.register`` (or its older name
+:func:`register_encoder_backend`); the recipe keys ``mining.backend`` and ``eval.backends`` accept every registered
+name.
 """
 
 from __future__ import annotations
@@ -15,36 +16,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from st_retrofit.registry import Kind, Registry
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 
-class EncoderBackend:
+class EncoderBackend(Kind):
     """One way to run an encoder. Subclasses set ``name``, ``description`` and ``modules`` (what must be
     importable) and implement :meth:`prepare`."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    modules: ClassVar[tuple[str, ...]] = ()
     supports_dtype: ClassVar[bool] = False  # whether mining.teacher_dtype applies
-
-    def check_environment(self) -> None:
-        from st_retrofit.extras import require_module
-
-        for module in self.modules:
-            require_module(module, f"the {self.name} backend")
 
     def prepare(self, model: SentenceTransformer, dtype: str = "float32") -> SentenceTransformer:
         raise NotImplementedError
 
 
-ENCODER_BACKENDS: dict[str, EncoderBackend] = {}
-
-
-def register_encoder_backend(cls: type[EncoderBackend]) -> type[EncoderBackend]:
-    """Class decorator: make ``cls.name`` a valid ``mining.backend`` (before the recipe is loaded)."""
-    ENCODER_BACKENDS[cls.name] = cls()
-    return cls
+ENCODER_BACKENDS: Registry[EncoderBackend] = Registry("encoder backend", EncoderBackend)
+EncoderBackendName = ENCODER_BACKENDS.field()
+register_encoder_backend = ENCODER_BACKENDS.register  # the name of 0.2.0's first releases
 
 
 @register_encoder_backend

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, require
-from st_retrofit.merge.core import BUILT_IN_METHODS, MERGEKIT_PREFIX
+from st_retrofit.config import ConfigError, ConfigModel, keyed, require
+from st_retrofit.merge.methods import MERGE_METHODS, MergeMethodName
 
 BASE = "base"  # the recipe's model.base, as an ingredient
 
@@ -21,8 +21,9 @@ class MergeConfig(ConfigModel):
     publish read), with ``merge.json`` and a card section listing the ingredients and their weights.
 
     Args:
-        method: ``soup`` (weighted average), ``slerp`` (two ingredients), or a task-vector merge
-            (``task_arithmetic``, ``ties``, ``dare_ties``) relative to ``model.base``; ``null`` = no merge.
+        method: a :data:`~st_retrofit.merge.methods.MERGE_METHODS` name: ``soup`` (weighted average), ``slerp``
+            (two ingredients), a task-vector merge (``task_arithmetic``, ``ties``, ``dare_ties``) relative to
+            ``model.base``, or ``mergekit:<method>``; ``null`` = no merge.
         checkpoints: add the run's last N trainer checkpoints (Qwen3-Embedding merges checkpoints of one run);
             ``train.args.save_total_limit`` must keep that many.
         models: more ingredients: ``base`` (the recipe's base model: a slerp towards it is WiSE-FT's
@@ -35,7 +36,9 @@ class MergeConfig(ConfigModel):
             ``weight``, ``t`` and ``density`` where the method takes them.
     """
 
-    method: str | None = Field(None, description="soup, slerp, task_arithmetic, ties, dare_ties, mergekit:<method>.")
+    method: MergeMethodName | None = Field(
+        None, description="soup, slerp, task_arithmetic, ties, dare_ties, mergekit:<method>."
+    )
     checkpoints: int = Field(0, ge=0, description="Last trainer checkpoints to add as ingredients.")
     models: list[str] = Field(
         default_factory=list,
@@ -63,21 +66,19 @@ class MergeConfig(ConfigModel):
     def _check(self) -> MergeConfig:
         if not self.enabled:
             return self
+        kind = MERGE_METHODS[self.method]
         require(
-            self.method in BUILT_IN_METHODS or self.method.startswith(MERGEKIT_PREFIX),
-            "method",
-            f"unknown merge method {self.method!r}{did_you_mean(self.method, BUILT_IN_METHODS, 'built in')}, "
-            "or mergekit:<method> with mergekit installed",
-        )
-        require(
-            not self.parameters or self.method.startswith(MERGEKIT_PREFIX),
+            not self.parameters or kind.takes_parameters,
             "parameters",
             "are mergekit's; the built-in methods take weights, t and density",
         )
         count = self.ingredient_count
         require(count >= 2, "models", "a merge needs another ingredient: set checkpoints or models (e.g. [base])")
-        if self.method == "slerp":
-            require(count == 2, "models", f"slerp merges exactly two models; the trained model and {count - 1} more")
+        require(
+            kind.count is None or count == kind.count,
+            "models",
+            f"{self.method} merges exactly {kind.count} models; the trained model and {count - 1} more",
+        )
         if self.weights is not None:
             require(
                 len(self.weights) == count,
@@ -88,11 +89,14 @@ class MergeConfig(ConfigModel):
         return self
 
     def check_environment(self) -> None:
-        """A ``mergekit:`` method needs mergekit installed and must be one of its registered methods."""
-        if self.enabled and self.method.startswith(MERGEKIT_PREFIX):
-            from st_retrofit.merge.core import MergeError, mergekit_method
+        """The method's libraries are installed (PEFT for task vectors; mergekit, with the method, for
+        ``mergekit:``)."""
+        if self.enabled:
+            from st_retrofit.merge.core import MergeError
+            from st_retrofit.merge.methods import merge_method
 
-            try:
-                mergekit_method(self.method)
-            except MergeError as exc:
-                raise ConfigError("method", str(exc)) from None
+            with keyed("method"):
+                try:
+                    merge_method(self.method)
+                except MergeError as exc:
+                    raise ConfigError("", str(exc)) from None

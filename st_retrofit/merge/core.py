@@ -1,4 +1,5 @@
-"""Model merging for sentence-transformers models fine-tuned from one base: soups, slerp, task arithmetic, TIES.
+"""Model merging for sentence-transformers models fine-tuned from one base: soups, slerp, task arithmetic, TIES; the
+tensor operations here, the methods that use them in :mod:`st_retrofit.merge.methods` (``MERGE_METHODS``).
 
 sentence-transformers 6.2 added ``SentenceTransformer.merge()`` through mergekit (19 methods). Every mergekit
 method is reachable here as ``mergekit:<method>`` (``mergekit:model_stock``, ``mergekit:della``...), passed to
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from st_retrofit.config import StRetrofitError
 
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
-MergeMethod = Literal["soup", "slerp", "task_arithmetic", "ties", "dare_ties"]
-BUILT_IN_METHODS = ("soup", "slerp", "task_arithmetic", "ties", "dare_ties")
-TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties")
 MERGEKIT_PREFIX = "mergekit:"
 
 
@@ -53,7 +51,7 @@ def mergekit_method(method: str) -> Any:
     except ImportError:
         raise MergeError(
             f"{method} needs mergekit (sentence-transformers' merge backend): pip install 'st-retrofit[merge]'; "
-            f"or use a built-in method: {', '.join(BUILT_IN_METHODS)}"
+            "or use a built-in method: soup, slerp, task_arithmetic, ties, dare_ties"
         ) from None
     known = sorted(getattr(m, "name", None) or m.spec.name for m in registered_methods())
     if name not in known:
@@ -61,26 +59,6 @@ def mergekit_method(method: str) -> Any:
         hint = f" (did you mean {MERGEKIT_PREFIX}{close[0]}?)" if close else f"; mergekit has: {', '.join(known)}"
         raise MergeError(f"unknown mergekit method {name!r}{hint}")
     return get(name)
-
-
-def uses_base(method: str) -> bool:
-    """Whether ``method`` merges relative to the models' common base (task vectors), which it must then be given.
-    mergekit's slerp counts as not: sentence-transformers makes the first model its base, as ours does."""
-    if not method.startswith(MERGEKIT_PREFIX):
-        return method in TASK_VECTOR_METHODS
-    from mergekit.merge_methods import BasePolicy
-
-    return method != f"{MERGEKIT_PREFIX}slerp" and mergekit_method(method).spec.contract.base == BasePolicy.REQUIRED
-
-
-def check_method(method: str) -> None:
-    """Raise :class:`MergeError` unless ``method`` is built in or an installed mergekit method."""
-    if method.startswith(MERGEKIT_PREFIX):
-        mergekit_method(method)
-    elif method not in BUILT_IN_METHODS:
-        close = difflib.get_close_matches(method, BUILT_IN_METHODS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(BUILT_IN_METHODS)}"
-        raise MergeError(f"unknown merge method {method!r}{hint}, or mergekit:<method> with mergekit installed")
 
 
 def check_same_architecture(state_dicts: Sequence[dict[str, torch.Tensor]], names: Sequence[str]) -> None:
@@ -118,7 +96,7 @@ def soup(state_dicts: Sequence[dict[str, torch.Tensor]], weights: Sequence[float
     merged = {}
     for key, tensor in state_dicts[0].items():
         if not tensor.is_floating_point():
-            merged[key] = _same_buffer(key, state_dicts)
+            merged[key] = same_buffer(key, state_dicts)
             continue
         total = torch.zeros_like(tensor, dtype=torch.float32)
         for share, state in zip(shares, state_dicts, strict=True):
@@ -151,49 +129,12 @@ def slerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float = 0.5
     if not 0.0 <= t <= 1.0:
         raise MergeError(f"slerp t must be in [0, 1], got {t}")
     return {
-        key: slerp_tensor(tensor, b[key], t) if tensor.is_floating_point() else _same_buffer(key, [a, b])
+        key: slerp_tensor(tensor, b[key], t) if tensor.is_floating_point() else same_buffer(key, [a, b])
         for key, tensor in a.items()
     }
 
 
-def merge_task_vectors(
-    base: dict[str, torch.Tensor],
-    state_dicts: Sequence[dict[str, torch.Tensor]],
-    method: str = "task_arithmetic",
-    weights: Sequence[float] | None = None,
-    density: float = 0.5,
-) -> dict:
-    """``base + merge(finetuned_i - base)`` with PEFT's ``task_arithmetic``, ``ties`` or ``dare_ties``.
-
-    Unlike a soup, weights are not normalized: ``task_arithmetic`` with one model and weight 1 returns that model,
-    and weights above 1 extrapolate. ``density`` is the share of each task vector TIES/DARE keep."""
-    import torch
-
-    from st_retrofit.extras import require_module
-
-    merge_utils = require_module("peft.utils.merge_utils", f"merging task vectors ({method})")
-    if method not in TASK_VECTOR_METHODS:
-        raise MergeError(f"unknown task-vector method {method!r}; known: {list(TASK_VECTOR_METHODS)}")
-    if not 0.0 < density <= 1.0:
-        raise MergeError(f"density must be in (0, 1], got {density}")
-    if weights is not None and len(weights) != len(state_dicts):
-        raise MergeError(f"{len(weights)} weights for {len(state_dicts)} models; give one weight per model")
-    scale = torch.tensor(list(weights) if weights is not None else [1.0] * len(state_dicts), dtype=torch.float32)
-    merged = {}
-    for key, tensor in base.items():
-        if not tensor.is_floating_point():
-            merged[key] = _same_buffer(key, [base, *state_dicts])
-            continue
-        vectors = [state[key].float() - tensor.float() for state in state_dicts]
-        if method == "task_arithmetic":
-            delta = merge_utils.task_arithmetic(vectors, scale)
-        else:
-            delta = getattr(merge_utils, method)(vectors, scale, density)
-        merged[key] = (tensor.float() + delta).to(tensor.dtype)
-    return merged
-
-
-def _same_buffer(key: str, state_dicts: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+def same_buffer(key: str, state_dicts: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
     import torch
 
     first = state_dicts[0][key]
@@ -203,78 +144,7 @@ def _same_buffer(key: str, state_dicts: Sequence[dict[str, torch.Tensor]]) -> to
     return first.clone()
 
 
-def merge_models(
-    models: Sequence[SentenceTransformer],
-    method: MergeMethod = "soup",
-    weights: Sequence[float] | None = None,
-    base: SentenceTransformer | None = None,
-    t: float = 0.5,
-    density: float = 0.5,
-    names: Sequence[str] | None = None,
-    parameters: dict[str, Any] | None = None,
-) -> SentenceTransformer:
-    """Merge sentence-transformers models of one architecture into a new one (the first model's modules, config and
-    tokenizer, with merged weights).
-
-    Args:
-        models: the fine-tuned models (two for ``slerp``).
-        method: ``soup``, ``slerp``, ``task_arithmetic``, ``ties`` or ``dare_ties``, or ``mergekit:<method>``
-            (``SentenceTransformer.merge`` with mergekit).
-        weights: one per model; a soup normalizes them (uniform by default), task-vector methods scale each
-            model's task vector by its weight (1 by default).
-        base: the model they were fine-tuned from (task-vector methods only).
-        t: ``slerp``'s position between the first (0) and the second (1) model.
-        density: share of each task vector ``ties`` / ``dare_ties`` keep.
-        names: how errors name the models (their paths or ids); defaults to ``model 0``, ``model 1``...
-        parameters: ``mergekit:`` methods only: mergekit's parameters (``{"lambda": 1.0}``); ``weights``, ``t`` and
-            ``density`` fill ``weight``, ``t`` and ``density`` where the method takes them and they are not given.
-
-    Example::
-
-        from st_retrofit.merge import merge_models
-        from st_retrofit.models import load_model
-
-        runs = [load_model(f"runs/manpages-dev/{name}/train/model") for name in ("recipe", "no-distillation", "scale-20")]
-        soup = merge_models(runs)  # uniform soup
-        soup.save_pretrained("runs/soup")
-
-    References:
-        - Wortsman et al., Model soups, 2022: https://arxiv.org/abs/2203.05482
-        - Ilharco et al., Editing models with task arithmetic, 2023: https://arxiv.org/abs/2212.04089
-        - Yadav et al., TIES-Merging, 2023: https://arxiv.org/abs/2306.01708
-        - Yu et al., Language models are Super Mario (DARE), 2024: https://arxiv.org/abs/2311.03099
-    """
-    import copy
-
-    if not models:
-        raise MergeError("no models to merge")
-    names = list(names) if names is not None else [f"model {i}" for i in range(len(models))]
-    states = [model.state_dict() for model in models]
-    base_state = base.state_dict() if base is not None else None
-    check_same_architecture(states + ([base_state] if base_state is not None else []),
-                            names + (["the base"] if base_state is not None else []))  # fmt: skip
-    if method.startswith(MERGEKIT_PREFIX):
-        return _mergekit(models, method, weights, base, t, density, parameters)
-    if parameters:
-        raise MergeError(f"parameters are for mergekit:<method>; {method} takes weights, t and density")
-    if method == "soup":
-        merged = soup(states, weights)
-    elif method == "slerp":
-        if len(states) != 2:
-            raise MergeError(f"slerp merges exactly 2 models, got {len(states)}")
-        merged = slerp(states[0], states[1], t)
-    elif method in TASK_VECTOR_METHODS:
-        if base_state is None:
-            raise MergeError(f"{method} merges task vectors (model - base) and needs the base model")
-        merged = merge_task_vectors(base_state, states, method, weights, density)
-    else:
-        check_method(method)
-    out = copy.deepcopy(models[0])
-    out.load_state_dict(merged)
-    return out
-
-
-def _mergekit(models, method, weights, base, t, density, parameters) -> SentenceTransformer:
+def merge_with_mergekit(models, method, weights, base, t, density, parameters) -> SentenceTransformer:
     """``SentenceTransformer.merge`` with mergekit's ``method``; our arguments fill the parameters it takes."""
     spec = mergekit_method(method).spec
     accepted = {parameter.name for parameter in spec.parameters}

@@ -10,16 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from st_retrofit.merge.core import (
-    MERGEKIT_PREFIX,
-    TASK_VECTOR_METHODS,
-    MergeError,
-    MergeMethod,
-    check_method,
-    merge_models,
-    soup_weights,
-    uses_base,
-)
+from st_retrofit.merge.core import MergeError
+from st_retrofit.merge.methods import merge_method, merge_models
 from st_retrofit.models.resolve import resolve_run_folder
 from st_retrofit.tables import markdown_table
 
@@ -29,7 +21,7 @@ logger = logging.getLogger(__name__)
 def merge_folders(
     inputs: Sequence[str],
     output: str | Path,
-    method: MergeMethod = "soup",
+    method: str = "soup",
     weights: Sequence[float] | None = None,
     base: str | None = None,
     t: float = 0.5,
@@ -51,10 +43,10 @@ def merge_folders(
     output = Path(output)
     if output.exists():
         raise MergeError(f"{output} exists; merge into a new folder (nothing is overwritten)")
-    check_method(method)
+    kind = merge_method(method)
     if len(inputs) < 2:
         raise MergeError(f"a merge needs two or more models, got {len(inputs)}; name the others to merge it with")
-    if uses_base(method) and base is None:
+    if kind.uses_base and base is None:
         raise MergeError(f"{method} merges task vectors (model - base); name the base model (--base)")
     paths = [resolve_run_folder(name) for name in inputs]
     models = [load_model(path) for path in paths]
@@ -62,25 +54,16 @@ def merge_folders(
     names = list(names or inputs)
     merged = merge_models(models, method, weights, base_model, t, density, names=names, parameters=parameters)
 
-    ingredients = [{"model": name, "path": path} for name, path in zip(names, paths, strict=True)]
-    if method == "soup":
-        for item, weight in zip(ingredients, soup_weights(weights, len(inputs)), strict=True):
-            item["weight"] = round(weight, 6)
-    elif method == "slerp":
-        ingredients[0]["weight"], ingredients[1]["weight"] = round(1 - t, 6), round(t, 6)
-    else:
-        for item, weight in zip(ingredients, weights or [1.0] * len(inputs), strict=True):
-            item["weight"] = weight
+    ingredients = [
+        {"model": name, "path": path, "weight": weight}
+        for name, path, weight in zip(names, paths, kind.record_weights(weights, len(inputs), t), strict=True)
+    ]
     record: dict[str, Any] = {"method": method, "ingredients": ingredients}
-    if method.startswith(MERGEKIT_PREFIX):
+    if kind.uses_base or kind.takes_parameters:  # mergekit's methods record their base (or none) and parameters
         record["base"] = base
+    if kind.takes_parameters:
         record["parameters"] = parameters or {}
-    if method in TASK_VECTOR_METHODS:
-        record["base"] = base
-        if method != "task_arithmetic":
-            record["density"] = density
-    if method == "slerp":
-        record["t"] = t
+    record.update({setting: {"t": t, "density": density}[setting] for setting in kind.settings})
 
     tmp = output.with_name(f".{output.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)

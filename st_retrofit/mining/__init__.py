@@ -10,15 +10,11 @@ if TYPE_CHECKING:
     from st_retrofit.mining.cache import EmbeddingCache, EmbeddingTable, model_fingerprint
     from st_retrofit.mining.config import MiningConfig, SearchConfig
     from st_retrofit.mining.filters import NegativeFilter, normalize_text
-    from st_retrofit.mining.index import ExactSearcher, FaissSearcher, build_searcher
-    from st_retrofit.mining.miner import (
-        HardNegativeMiner,
-        MiningResult,
-        mine_negatives,
-        negative_columns,
-        pool_to_ntuple,
-    )
+    from st_retrofit.mining.index import ExactSearcher, FaissSearcher
+    from st_retrofit.mining.layouts import OUTPUT_LAYOUTS, OutputLayout, negative_columns
+    from st_retrofit.mining.miner import HardNegativeMiner, MiningResult, mine_negatives, pool_to_ntuple
     from st_retrofit.mining.report import plot_score_distributions
+    from st_retrofit.mining.search_backends import SEARCH_BACKENDS, SearchBackend, build_searcher
     from st_retrofit.mining.stage import mine_stage
 
 _EXPORTS = {
@@ -29,11 +25,15 @@ _EXPORTS = {
     "normalize_text": "st_retrofit.mining.filters",
     "ExactSearcher": "st_retrofit.mining.index",
     "FaissSearcher": "st_retrofit.mining.index",
-    "build_searcher": "st_retrofit.mining.index",
+    "build_searcher": "st_retrofit.mining.search_backends",
     "HardNegativeMiner": "st_retrofit.mining.miner",
     "MiningResult": "st_retrofit.mining.miner",
     "mine_negatives": "st_retrofit.mining.miner",
-    "negative_columns": "st_retrofit.mining.miner",
+    "negative_columns": "st_retrofit.mining.layouts",
+    "OUTPUT_LAYOUTS": "st_retrofit.mining.layouts",
+    "OutputLayout": "st_retrofit.mining.layouts",
+    "SEARCH_BACKENDS": "st_retrofit.mining.search_backends",
+    "SearchBackend": "st_retrofit.mining.search_backends",
     "pool_to_ntuple": "st_retrofit.mining.miner",
     "plot_score_distributions": "st_retrofit.mining.report",
     "mine_stage": "st_retrofit.mining.stage",

@@ -6,17 +6,22 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed, require
-from st_retrofit.export.backends import ENCODER_BACKENDS
+from st_retrofit.config import ConfigError, ConfigModel, keyed, require
+from st_retrofit.export.backends import ENCODER_BACKENDS, EncoderBackendName
+from st_retrofit.mining.layouts import OUTPUT_LAYOUTS
+from st_retrofit.mining.search_backends import SEARCH_BACKENDS
+
+SearchBackendName = SEARCH_BACKENDS.field()
+OutputLayoutName = OUTPUT_LAYOUTS.field()
 
 
 class SearchConfig(ConfigModel):
     """Nearest-neighbour search for mining (recipe section ``mining.search``).
 
     Args:
-        backend: ``exact`` streams the corpus through a bounded score block; ``flat``, ``ivf`` and ``hnsw`` are
-            faiss indexes (the ``faiss`` extra); ``auto`` is exact while ``queries x corpus <= exact_max_pairs``,
-            IVF beyond.
+        backend: a registered :data:`~st_retrofit.mining.search_backends.SEARCH_BACKENDS` kind: ``exact`` streams
+            the corpus through a bounded score block; ``flat``, ``ivf`` and ``hnsw`` are faiss indexes (the
+            ``faiss`` extra); ``auto`` is exact while ``queries x corpus <= exact_max_pairs``, IVF beyond.
         memory_mb: exact search: the size of one fp32 score block.
         exact_max_pairs: ``auto``: the largest ``queries x corpus`` searched exactly (100x on GPU).
         nlist: IVF lists; ``null`` takes ``4 * sqrt(corpus)``.
@@ -29,7 +34,7 @@ class SearchConfig(ConfigModel):
 
     not_counts = ConfigModel.not_counts | {"exact_max_pairs"}  # a product of two counts
 
-    backend: Literal["auto", "exact", "flat", "ivf", "hnsw"] = Field("auto", description="Backend.")
+    backend: SearchBackendName = Field("auto", description="Backend.")
     memory_mb: int = Field(512, ge=1, description="Exact search score block, MiB.")
     exact_max_pairs: int = Field(50_000_000_000, ge=1, description="auto: exact up to this many pairs.")
     nlist: int | None = Field(None, ge=1, description="IVF lists; null = 4 * sqrt(n).")
@@ -75,8 +80,9 @@ class MiningConfig(ConfigModel):
         sampling: ``top`` keeps the best candidates; ``random`` samples them (seeded) from the range.
         group_by: draw negatives only from documents sharing this column's value (language, task, source
             dataset); each group becomes its own split. ``null`` = any document.
-        output: ``n-tuple`` (``negative_1..n`` columns) or ``pool`` (a ``negatives`` list of every candidate in
-            range with ``negative_ids``, for samplers that draw fresh negatives each epoch).
+        output: a registered :data:`~st_retrofit.mining.layouts.OUTPUT_LAYOUTS` kind: ``n-tuple``
+            (``negative_1..n`` columns) or ``pool`` (a ``negatives`` list of every candidate in range with
+            ``negative_ids``, for samplers that draw fresh negatives each epoch).
         pool_size: ``pool``: the most candidates kept per row; ``null`` keeps all in range.
         cross_encoder: a CrossEncoder that rescores the candidates and positives; its scores then drive the
             filters, the ranking and the label column.
@@ -98,7 +104,7 @@ class MiningConfig(ConfigModel):
     document_prompt: str | None = Field(None, description="Document prompt; null = the teacher's.")
     max_seq_length: int | None = Field(None, ge=1, description="Teacher's token limit; null = its own.")
     teacher_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Teacher's precision.")
-    backend: str = Field("torch", description="What runs the teacher: torch, onnx, onnx-int8.")
+    backend: EncoderBackendName = Field("torch", description="What runs the teacher: torch, onnx, onnx-int8.")
     num_negatives: int = Field(3, ge=1, description="Negatives per query.")
     range_min: int = Field(0, ge=0, description="Skip this many top candidates.")
     range_max: int | None = Field(None, description="Candidates considered per query.")
@@ -109,7 +115,7 @@ class MiningConfig(ConfigModel):
     min_score: float | None = Field(None, description="Drop candidates below this score.")
     sampling: Literal["top", "random"] = Field("top", description="Best or sampled negatives.")
     group_by: str | None = Field("language", description="Scope negatives to a column's groups.")
-    output: Literal["n-tuple", "pool"] = Field("n-tuple", description="Output layout.")
+    output: OutputLayoutName = Field("n-tuple", description="Output layout.")
     pool_size: int | None = Field(None, ge=1, description="pool: candidates kept per row.")
     cross_encoder: str | None = Field(
         None, json_schema_extra={"local_path": True}, description="CrossEncoder for rescoring."
@@ -122,12 +128,6 @@ class MiningConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> MiningConfig:
-        # A registry, not a Literal: a backend registered by another package is a valid name too.
-        require(
-            self.backend in ENCODER_BACKENDS,
-            "backend",
-            f"unknown encoder backend {self.backend!r}{did_you_mean(self.backend, ENCODER_BACKENDS, 'registered')}",
-        )
         require(
             self.range_max is None or self.range_max >= self.range_min + self.num_negatives,
             "range_max",
@@ -179,13 +179,11 @@ class MiningConfig(ConfigModel):
         return list(self.models().values())
 
     def check_environment(self) -> None:
-        from st_retrofit.extras import require_module
         from st_retrofit.models.resolve import ModelNotFoundError, check_model_name
 
-        if self.enabled and self.search.backend in ("flat", "ivf", "hnsw"):
-            with keyed("search.backend"):
-                require_module("faiss", f"backend {self.search.backend}")
         if self.enabled:
+            with keyed("search.backend"):
+                SEARCH_BACKENDS[self.search.backend].check_environment()
             with keyed("backend"):
                 ENCODER_BACKENDS[self.backend].check_environment()
 

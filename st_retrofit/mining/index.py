@@ -5,6 +5,8 @@
 - :class:`FaissSearcher` builds a faiss index (``flat``, ``ivf``, ``hnsw``) from the corpus in blocks, moves
   flat and IVF indexes to every GPU faiss sees, and can be saved so that a resumed run skips the build.
 
+Which one a recipe gets is :mod:`~st_retrofit.mining.search_backends`' choice (``build_searcher``).
+
 ``sentence_transformers.util.mine_hard_negatives`` holds the corpus as fp32 and, without faiss, materializes a
 ``min(16384, queries) x corpus`` fp32 score matrix (8 GB for 10k queries over 200k texts).
 """
@@ -21,6 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from st_retrofit.mining.cache import EmbeddingTable
     from st_retrofit.mining.config import SearchConfig
+    from st_retrofit.mining.search_backends import FaissSearch
 
 from st_retrofit.extras import require_module
 from st_retrofit.files import atomic_path
@@ -86,62 +89,52 @@ class ExactSearcher:
 
 
 class FaissSearcher:
-    """Approximate (``ivf``, ``hnsw``) or exact (``flat``) inner-product search with faiss.
+    """Approximate (``ivf``, ``hnsw``) or exact (``flat``) inner-product search with faiss; the index each builds
+    is its :class:`~st_retrofit.mining.search_backends.FaissSearch` kind's.
 
     Args:
         corpus: the corpus embeddings, added to the index in blocks.
+        kind: the index kind (``SEARCH_BACKENDS["ivf"]``...): it makes the index and sets its search parameters.
         config: the recipe's ``mining.search`` section.
         seed: seeds the choice of IVF training vectors.
         index_path: where the built index is saved and, on a rerun, loaded from.
     """
 
     def __init__(
-        self, corpus: EmbeddingTable, config: SearchConfig, seed: int = 0, index_path: str | Path | None = None
+        self,
+        corpus: EmbeddingTable,
+        kind: FaissSearch,
+        config: SearchConfig,
+        seed: int = 0,
+        index_path: str | Path | None = None,
     ) -> None:
-        faiss = require_module("faiss", f"mining.search.backend {config.backend}")
+        faiss = require_module("faiss", f"mining.search.backend {kind.name}")
         self.config, self.n = config, len(corpus)
         index_path = Path(index_path) if index_path else None
         index = faiss.read_index(str(index_path)) if index_path is not None and index_path.exists() else None
         if index is not None and index.ntotal == self.n:
-            logger.info("Loaded the %s index from %s", config.backend, index_path)
+            logger.info("Loaded the %s index from %s", kind.name, index_path)
         else:
-            index = self._build(corpus, seed)
+            index = self._build(kind, corpus, seed)
             if index_path is not None:
                 index_path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(index_path) as tmp:
                     faiss.write_index(index, str(tmp))
-        if config.backend == "ivf":
-            index.nprobe = config.nprobe
-        elif config.backend == "hnsw":
-            index.hnsw.efSearch = config.ef_search
+        kind.tune(index, config)
         self.on_gpu = False
         use_gpu = config.use_gpu if config.use_gpu is not None else faiss.get_num_gpus() > 0
-        if use_gpu and config.backend != "hnsw":
+        if use_gpu and kind.on_gpu:
             if faiss.get_num_gpus() == 0:
                 raise RuntimeError("mining.search.use_gpu is true but faiss sees no GPU (install faiss-gpu)")
             index = faiss.index_cpu_to_all_gpus(index)
             self.on_gpu = True
         self.index = index
 
-    def _build(self, corpus: EmbeddingTable, seed: int):
+    def _build(self, kind, corpus: EmbeddingTable, seed: int):
         import faiss
 
-        dim, cfg, block = corpus.dim, self.config, 65536
-        if cfg.backend == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif cfg.backend == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = cfg.ef_construction
-        else:
-            # faiss wants >= 39 training vectors per list; 4 * sqrt(n) lists is its own rule of thumb.
-            nlist = cfg.nlist or int(4 * math.sqrt(self.n))
-            nlist = max(1, min(nlist, self.n // 39))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            n_train = min(self.n, nlist * 64)
-            rng = np.random.default_rng(seed)
-            sample = np.sort(rng.choice(self.n, size=n_train, replace=False))
-            index.train(corpus.take(sample).astype(np.float32))
-        for _, chunk in corpus.blocks(block):
+        index = kind.make_index(faiss, corpus, self.config, seed)
+        for _, chunk in corpus.blocks(65536):
             index.add(chunk.astype(np.float32))
         return index
 
@@ -154,30 +147,3 @@ class FaissSearcher:
         k_eff = min(k, self.n)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k_eff)
         return _finish(np.where(ids < 0, -np.inf, scores).astype(np.float32), ids.astype(np.int64), k)
-
-
-def choose_backend(config: SearchConfig, n_queries: int, n_corpus: int) -> str:
-    """``auto``: exact search while ``queries x corpus`` stays under ``config.exact_max_pairs`` (100x that on GPU),
-    IVF beyond it."""
-    if config.backend != "auto":
-        return config.backend
-    import torch
-
-    limit = config.exact_max_pairs * (100 if torch.cuda.is_available() else 1)
-    return "exact" if n_queries * n_corpus <= limit else "ivf"
-
-
-def build_searcher(
-    corpus: EmbeddingTable,
-    config: SearchConfig,
-    n_queries: int,
-    seed: int = 0,
-    index_path: str | Path | None = None,
-) -> tuple[Searcher, str]:
-    """The searcher the config asks for (resolving ``auto``), and the backend's name."""
-
-    backend = choose_backend(config, n_queries, len(corpus))
-    if backend == "exact":
-        return ExactSearcher(corpus, memory_mb=config.memory_mb), backend
-    resolved = config.model_copy(update={"backend": backend})
-    return FaissSearcher(corpus, resolved, seed=seed, index_path=index_path), backend

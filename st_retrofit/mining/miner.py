@@ -38,21 +38,22 @@ from tqdm.auto import tqdm
 
 from st_retrofit.mining.cache import EmbeddingCache, model_fingerprint
 from st_retrofit.mining.filters import NegativeFilter, duplicate_keys, exclusion_masks
-from st_retrofit.mining.index import build_searcher
+from st_retrofit.mining.layouts import OUTPUT_LAYOUTS, POOL_COLUMN, negative_columns
 from st_retrofit.mining.report import build_report
+from st_retrofit.mining.search_backends import build_searcher
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
     from st_retrofit.mining.config import MiningConfig
+    from st_retrofit.mining.layouts import OutputLayout
 
 from st_retrofit.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 QUERY_COLUMN, DOCUMENT_COLUMN, LABEL_COLUMN = "query", "document", "label"
-POOL_COLUMN, POOL_IDS_COLUMN = "negatives", "negative_ids"
 ROW_COLUMN = "_row"
 # Input columns each output row carries over from its pair: the task (per-task prompts and task ids in training).
 CARRIED_COLUMNS = ("task",)
@@ -72,10 +73,6 @@ def round_trip_report(pairs: Dataset, dropped_rows: list[int], top_k: int) -> di
             str(value): round(float((~dropped[values == value]).mean()), 4) for value in sorted(set(values))
         }
     return report
-
-
-def negative_columns(num_negatives: int) -> list[str]:
-    return [f"negative_{i}" for i in range(1, num_negatives + 1)]
 
 
 @dataclass
@@ -512,18 +509,16 @@ class HardNegativeMiner:
         scores, ids = scores[:, cfg.range_min : range_max], ids[:, cfg.range_min : range_max]
         available = np.isfinite(scores).sum(1)
 
+        layout = OUTPUT_LAYOUTS[cfg.output]
         columns: dict[str, list] = {QUERY_COLUMN: [], DOCUMENT_COLUMN: []}
-        if cfg.output == "n-tuple":
-            columns.update({c: [] for c in negative_columns(cfg.num_negatives)})
-        else:
-            columns.update({POOL_COLUMN: [], POOL_IDS_COLUMN: []})
+        columns.update({c: [] for c in layout.columns(cfg)})
         columns.update({LABEL_COLUMN: [], ROW_COLUMN: []})
         short_rows, round_trip_dropped = 0, []
         for i, u in enumerate(shard_units):
-            chosen = self._select(int(u), int(available[i]))
+            chosen = self._select(layout, int(u), int(available[i]))
             if len(chosen) < cfg.num_negatives:
                 short_rows += len(plan.unit_rows[u])
-                if cfg.output == "n-tuple":  # a pool keeps its short rows; a sampler can top them up in-batch
+                if not layout.keeps_short_rows:
                     continue
             neg_ids, neg_scores = ids[i, chosen].tolist(), scores[i, chosen].tolist()
             neg_texts = [plan.corpus_texts[j] for j in neg_ids]
@@ -538,12 +533,7 @@ class HardNegativeMiner:
                 columns[DOCUMENT_COLUMN].append(plan.corpus_texts[positive])
                 columns[ROW_COLUMN].append(row)
                 columns[LABEL_COLUMN].append([float(pos_scores[i, slot])] + neg_scores)
-                if cfg.output == "n-tuple":
-                    for column, text in zip(negative_columns(cfg.num_negatives), neg_texts, strict=True):
-                        columns[column].append(text)
-                else:
-                    columns[POOL_COLUMN].append(neg_texts)
-                    columns[POOL_IDS_COLUMN].append(neg_ids)
+                layout.add(columns, cfg, neg_texts, neg_ids)
         stats["rows"] = sum(len(plan.unit_rows[u]) for u in shard_units)
         stats["rows_short"] = short_rows
         stats["round_trip_dropped"] = round_trip_dropped
@@ -552,11 +542,12 @@ class HardNegativeMiner:
         ).tolist()
         return columns, stats
 
-    def _select(self, unit: int, available: int) -> list[int]:
+    def _select(self, layout: OutputLayout, unit: int, available: int) -> list[int]:
         """Positions (within the range) of the negatives kept for one query unit."""
         cfg = self.config
-        if cfg.output == "pool":
-            return list(range(min(available, cfg.pool_size or available)))
+        kept = layout.kept(cfg, available)
+        if kept is not None:
+            return list(range(kept))
         if cfg.sampling == "top" or available <= cfg.num_negatives:
             return list(range(min(available, cfg.num_negatives)))
         # One generator per query: the choice does not depend on shard layout, order or what ran before.

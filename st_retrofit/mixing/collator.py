@@ -6,8 +6,8 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from st_retrofit.mixing.settings import (
     sampling_mode,
 )
 from st_retrofit.models.resolve import role_prompt
+
+if TYPE_CHECKING:
+    from st_retrofit.mixing.config import MixingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +149,22 @@ class RetrofitDataCollator(SentenceTransformerDataCollator):
     # What each collated batch added to ``stats``, in order: the dataloader collates ahead of the step that trains
     # on a batch, so MixingCallback counts the batches trained from these.
     batch_stats: list[Counter] = field(default_factory=list, init=False, repr=False)
+
+    @classmethod
+    def from_config(
+        cls, tokenize_fn: Any, config: MixingConfig, loss: Any = None, **settings: Any
+    ) -> RetrofitDataCollator:
+        """The collator with every setting the recipe's ``mixing`` section shares with it, by name
+        (``num_negatives``, ``range_min``, ``range_max``, ``sampling``, ``sampling_temperature``, ``prompts``,
+        ``prompt_side``, ``task_column``, ``labels``). ``labels: auto`` becomes what ``loss`` (a loss or its class)
+        declares in ``collator_labels`` (st-retrofit's losses: ``dict``), else ``teacher_scores``. ``settings``
+        adds or replaces what the section leaves to others: ``num_negatives`` when the section's is ``null`` (the
+        miner's), ``teacher_embeddings``, ``router_mapping``, ``seed``."""
+        shared = {f.name for f in fields(cls) if f.init} & set(type(config).model_fields)
+        values = {name: getattr(config, name) for name in shared}
+        if values.get("labels") == "auto":
+            values["labels"] = getattr(loss, "collator_labels", "teacher_scores")
+        return cls(tokenize_fn, **(values | settings))
 
     def __post_init__(self) -> None:
         self.sampling = sampling_mode(self.sampling)

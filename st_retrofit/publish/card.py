@@ -80,6 +80,8 @@ def data_description(recipe: SectionView) -> str:
 
 def mixing_description(recipe: SectionView) -> str:
     """One line on how batches were drawn and collated."""
+    from st_retrofit.mining.layouts import OUTPUT_LAYOUTS
+
     mixing = recipe.mixing
     # The mined splits are the mining groups (languages in the quickstart), so name those.
     split = recipe.mining.group_by if recipe.mining.enabled and recipe.mining.group_by else "dataset"
@@ -89,7 +91,7 @@ def mixing_description(recipe: SectionView) -> str:
         text += f", weights {mixing.weights}"
     if mixing.caps:
         text += f", caps {mixing.caps}"
-    if recipe.mining.enabled and recipe.mining.output == "pool":
+    if recipe.mining.enabled and OUTPUT_LAYOUTS[recipe.mining.output].draws_per_epoch:
         k = mixing.num_negatives if mixing.num_negatives is not None else recipe.mining.num_negatives
         end = "" if mixing.range_max is None else mixing.range_max
         text += f"; {k} negatives drawn per row and epoch from the mined pool (ranks [{mixing.range_min}, {end}), "

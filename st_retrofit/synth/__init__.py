@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from st_retrofit._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from st_retrofit.synth.backend_kinds import SYNTH_BACKENDS, SynthBackendKind
     from st_retrofit.synth.backends import (
         GenerationRequest,
         GenerationResult,
@@ -26,11 +27,12 @@ if TYPE_CHECKING:
         TransformersBackend,
     )
     from st_retrofit.synth.cache import ResponseCache, request_key
-    from st_retrofit.synth.config import BACKENDS, SOURCES, BackendConfig, SynthConfig
+    from st_retrofit.synth.config import SOURCES, BackendConfig, SynthConfig
     from st_retrofit.synth.corpus import load_corpus
     from st_retrofit.synth.demo import LANGUAGES, TEMPLATES, build_demo_dataset
     from st_retrofit.synth.generator import OUTPUT_COLUMNS, SynthesisReport, SyntheticDataGenerator
     from st_retrofit.synth.languages import identify_language, normalize_language
+    from st_retrofit.synth.source_kinds import SYNTH_SOURCES, SynthSourceKind
     from st_retrofit.synth.stage import select_templates, synthesize, synthesize_corpus, synthesize_demo
     from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary, TemplateLibraryError
     from st_retrofit.synth.validation import PairValidator, parse_json_answer
@@ -64,7 +66,10 @@ _EXPORTS = {
     "SynthConfig": "st_retrofit.synth.config",
     "BackendConfig": "st_retrofit.synth.config",
     "SOURCES": "st_retrofit.synth.config",
-    "BACKENDS": "st_retrofit.synth.config",
+    "SYNTH_SOURCES": "st_retrofit.synth.source_kinds",
+    "SynthSourceKind": "st_retrofit.synth.source_kinds",
+    "SYNTH_BACKENDS": "st_retrofit.synth.backend_kinds",
+    "SynthBackendKind": "st_retrofit.synth.backend_kinds",
     "synthesize_demo": "st_retrofit.synth.stage",
     "synthesize_corpus": "st_retrofit.synth.stage",
 }

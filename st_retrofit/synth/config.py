@@ -1,22 +1,22 @@
 """Recipe section ``synth``: where the training and held-out pairs come from, and its checks.
 
-Two registries replace string switches: :data:`SOURCES` (``demo``, ``corpus``: what each reads, checks, describes
-and how it runs) and :data:`BACKENDS` (``heuristic``, ``openai``, ``transformers``: the backend class each
-``synth.backend.type`` builds). Both name their code by module path, so that a recipe is checked without importing
-an LLM client.
+Two registries replace string switches: :data:`~st_retrofit.synth.source_kinds.SYNTH_SOURCES` (``demo``,
+``corpus``: what each reads, checks, describes and how it runs) and :data:`~st_retrofit.synth.backend_kinds.SYNTH_BACKENDS` (``heuristic``, ``openai``,
+``transformers``: each kind's checks and the backend class ``synth.backend.type`` builds). Both name their code by
+module path, so that a recipe is checked without importing an LLM client.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from st_retrofit.config import ConfigError, ConfigModel, keyed, require
+from st_retrofit.synth.backend_kinds import SYNTH_BACKENDS, SynthBackendKind, SynthBackendName
 from st_retrofit.synth.demo import LANGUAGES, QUERY_KINDS
+from st_retrofit.synth.source_kinds import SYNTH_SOURCES, SynthSourceKind, SynthSourceName
 
 if TYPE_CHECKING:
     from st_retrofit.synth.backends import SynthBackend
@@ -88,19 +88,11 @@ def _rows_at_least(path: Path, wanted: int) -> int:
     return found
 
 
-# Backend type -> "module:Class"; the class builds itself from the section with ``from_config``.
-BACKENDS: dict[str, str] = {
-    "heuristic": "st_retrofit.synth.backends.heuristic:HeuristicBackend",
-    "openai": "st_retrofit.synth.backends.openai_compatible:OpenAICompatibleBackend",
-    "transformers": "st_retrofit.synth.backends.transformers_local:TransformersBackend",
-}
-
-
 class BackendConfig(ConfigModel):
     """What writes the pairs (recipe section ``synth.backend``).
 
     Args:
-        type: a key of :data:`BACKENDS`: ``heuristic`` (no LLM: title to body, inverse cloze, cropping, fact
+        type: a registered :data:`~st_retrofit.synth.backend_kinds.SYNTH_BACKENDS` kind: ``heuristic`` (no LLM: title to body, inverse cloze, cropping, fact
             templates), ``openai`` (any OpenAI-compatible server: OpenAI, vLLM, TGI, llama.cpp, Ollama) or
             ``transformers`` (a local chat model).
         model: the server's model name (``openai``, required) or a local chat model (``transformers``; ``null`` =
@@ -127,7 +119,7 @@ class BackendConfig(ConfigModel):
             (unused with ``response_format: json_schema``, which writes the JSON itself).
     """
 
-    type: Literal["heuristic", "openai", "transformers"] = Field("heuristic", description="Backend.")
+    type: SynthBackendName = Field("heuristic", description="Backend.")
     model: str | None = Field(None, description="Model name or path.")
     base_url: str | None = Field(None, description="openai: server URL ending in /v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: env variable with the key.")
@@ -150,11 +142,7 @@ class BackendConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> BackendConfig:
-        require(
-            self.type != "openai" or bool(self.model),
-            "model",
-            "the openai backend needs the model name the server serves (e.g. gpt-4o-mini)",
-        )
+        self.kind.check(self)
         require(
             not self.api_key_env.startswith(("sk-", "hf_")),
             "api_key_env",
@@ -162,34 +150,21 @@ class BackendConfig(ConfigModel):
         )
         return self
 
+    @property
+    def kind(self) -> SynthBackendKind:
+        return SYNTH_BACKENDS[self.type]
+
     def backend_class(self) -> type[SynthBackend]:
-        module, name = BACKENDS[self.type].split(":")
-        return getattr(importlib.import_module(module), name)
+        return self.kind.backend_class()
 
     def build(self) -> SynthBackend:
         """The backend this section describes (:meth:`SynthBackend.from_config` of the registered class)."""
         return self.backend_class().from_config(self)
 
     def check_environment(self) -> None:
-        if self.type == "openai":
-            from st_retrofit.extras import require_module
-
-            require_module("openai", "type openai")
-        if self.type == "transformers":
-            from st_retrofit.synth.backends.base import SynthBackendError
-            from st_retrofit.synth.backends.transformers_local import resolve_llm
-
-            try:
-                resolve_llm(self.model or "offline:smollm2-135m-instruct", self.gguf_file)
-            except SynthBackendError as exc:
-                raise ConfigError("model", str(exc)) from None
-            if self.response_format == "json_schema":
-                from st_retrofit.extras import MissingExtraError, require_module
-
-                try:
-                    require_module("llguidance", "constrained decoding")
-                except MissingExtraError as exc:
-                    raise ConfigError("response_format", exc.message) from None
+        with keyed("type"):
+            self.kind.check_environment()
+        self.kind.check_config_environment(self)
 
 
 class BrainstormConfig(ConfigModel):
@@ -230,123 +205,8 @@ class ValidationConfig(ConfigModel):
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
 
 
-@dataclass(frozen=True)
-class SynthSource:
-    """One value of ``synth.source``: how it checks, describes and runs a section.
-
-    Args:
-        name: the ``synth.source`` value.
-        runner: ``"module:function"`` called as ``runner(config, seed, output_dir) -> dataset folder``.
-        local_inputs: the local files it reads (their contents count in the stage's fingerprint).
-        languages: the languages of its pairs, when known before it runs (model card metadata).
-        describe: one line on the pairs, for the model card.
-        check: shape checks of the settings it reads.
-        check_environment: checks that need files or models.
-        columns: the columns of the pairs it writes (``mining.group_by`` must name one).
-        heldout: what its held-out split holds, in words for the model card.
-        example: a query and a document for the model card's usage snippet.
-    """
-
-    name: str
-    runner: str
-    columns: tuple[str, ...]
-    heldout: str
-    example: tuple[str, str]
-    local_inputs: Any
-    languages: Any
-    describe: Any
-    check: Any
-    check_environment: Any
-
-    def run(self, config: SynthConfig, seed: int, output_dir: str | Path) -> Path:
-        module, name = self.runner.split(":")
-        return getattr(importlib.import_module(module), name)(config, seed, output_dir)
-
-
-def _check_demo(config: SynthConfig) -> None:
-    unknown = [lang for lang in config.languages if lang not in LANGUAGES]
-    require(not unknown, "languages", f"unknown language(s) {unknown}; the demo source has {list(LANGUAGES)}")
-    require(bool(config.languages), "languages", "expected at least one language")
-
-
-def _check_corpus(config: SynthConfig) -> None:
-    require(
-        config.corpus.path is not None,
-        "corpus.path",
-        "source corpus needs a file, a datasets folder or a Hub dataset name",
-    )
-
-
-def _describe_demo(config: SynthConfig) -> str:
-    return (
-        f"demo pairs in {len(config.languages)} languages ({', '.join(config.languages)}), "
-        f"{config.train_entities} training entities"
-    )
-
-
-def _describe_corpus(config: SynthConfig) -> str:
-    languages = config.corpus.languages
-    scope = f" in {len(languages)} languages ({', '.join(languages)})" if languages else ""
-    cap = f", at most {config.max_per_language} per language" if config.max_per_language else ""
-    writer = config.backend.model if config.backend.type != "heuristic" else "heuristics"
-    return f"pairs written by {writer} from `{config.corpus.path}`{scope} with the templates {', '.join(config.templates)}{cap}"
-
-
-def _check_corpus_environment(config: SynthConfig) -> None:
-    from st_retrofit.extras import require_module
-    from st_retrofit.synth.stage import select_templates
-
-    require_module("jsonschema", "source corpus (its templates)")
-    require_module("py3langid", "source corpus (language identification)")
-    if config.validation.near_duplicate_threshold is not None:
-        require_module("datasketch", "source corpus (validation.near_duplicate_threshold)")
-
-    _, templates = select_templates(config)
-    if any(t.kind == "llm" for t in templates):
-        with keyed("backend"):
-            config.backend.check_environment()
-    with keyed("corpus"):
-        config.corpus.check_environment()
-
-
-SOURCES: dict[str, SynthSource] = {
-    "demo": SynthSource(
-        name="demo",
-        runner="st_retrofit.synth.stage:synthesize_demo",
-        columns=("query", "document", "language", "entity_id", "template"),
-        heldout="queries about entities never seen in training",
-        example=("How many people live in Mikaro?", "Mikaro is a town on the Sadu river with 12,400 inhabitants."),
-        local_inputs=lambda config: [],
-        languages=lambda config: list(config.languages),
-        describe=_describe_demo,
-        check=_check_demo,
-        check_environment=lambda config: None,
-    ),
-    "corpus": SynthSource(
-        name="corpus",
-        runner="st_retrofit.synth.stage:synthesize_corpus",
-        # st_retrofit.synth.generator.OUTPUT_COLUMNS, named here so that a recipe check imports no generator.
-        columns=(
-            "query",
-            "document",
-            "id",
-            "language",
-            "query_language",
-            "task",
-            "template",
-            "backend",
-            "model",
-            "seed",
-        ),
-        heldout="queries written for documents held out of training, chosen by a hash of each document's id",
-        example=("How do I list the files in a folder?", "ls lists information about the files in a directory."),
-        local_inputs=lambda config: [config.corpus.path, *config.template_dirs],
-        languages=lambda config: list(config.corpus.languages or []),
-        describe=_describe_corpus,
-        check=_check_corpus,
-        check_environment=_check_corpus_environment,
-    ),
-}
+# The pre-registry name of SYNTH_SOURCES (0.2.0's first releases).
+SOURCES = SYNTH_SOURCES
 
 
 class SynthConfig(ConfigModel):
@@ -357,7 +217,7 @@ class SynthConfig(ConfigModel):
     them, and holds out ``eval_fraction`` of the documents as the ``eval`` split.
 
     Args:
-        source: a key of :data:`SOURCES`: ``demo`` or ``corpus``.
+        source: a registered :data:`~st_retrofit.synth.source_kinds.SYNTH_SOURCES` kind: ``demo`` or ``corpus``.
         languages: ``demo``: language codes to render.
         train_entities: ``demo``: entities (documents per language) in the train split.
         eval_entities: ``demo``: entities in the held-out split, disjoint from train.
@@ -382,7 +242,7 @@ class SynthConfig(ConfigModel):
         cache_dir: ``corpus``: the answer cache; ``null`` = ``$ST_RETROFIT_CACHE/synth``, shared by all runs.
     """
 
-    source: Literal["demo", "corpus"] = Field("demo", description="Where pairs come from.")
+    source: SynthSourceName = Field("demo", description="Where pairs come from.")
     languages: list[str] = Field(default_factory=lambda: list(LANGUAGES), description="Language codes.")
     train_entities: int = Field(120, ge=2, description="Entities in the train split.")
     eval_entities: int = Field(40, ge=2, description="Entities in the held-out split.")
@@ -410,11 +270,11 @@ class SynthConfig(ConfigModel):
         return self
 
     @property
-    def source_entry(self) -> SynthSource:
-        return SOURCES[self.source]
+    def source_entry(self) -> SynthSourceKind:
+        return SYNTH_SOURCES[self.source]
 
     def check_environment(self) -> None:
-        self.source_entry.check_environment(self)
+        self.source_entry.check_config_environment(self)
 
     def local_inputs(self) -> list[str]:
         return [path for path in self.source_entry.local_inputs(self) if path]

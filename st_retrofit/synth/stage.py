@@ -37,14 +37,13 @@ def select_templates(config: SynthConfig) -> tuple[TemplateLibrary, list[SynthTe
         library = TemplateLibrary(config.template_dirs)
     except TemplateLibraryError as exc:
         raise ConfigError("template_dirs", str(exc)) from None
-    heuristic = config.backend.type == "heuristic"
-    kind = "heuristic" if heuristic else "llm"
+    kind = config.backend.kind.template_kind
     try:
         templates = library.select(config.templates, kind=kind)
     except KeyError as exc:
         raise ConfigError("templates", exc.args[0]) from None
     needs_llm = [t.name for t in templates if t.kind == "llm"]
-    if heuristic and needs_llm:
+    if kind == "heuristic" and needs_llm:
         raise ConfigError(
             "templates", f"{needs_llm} need an LLM; set synth.backend.type to openai or transformers, or pick "
             f"heuristic templates ({', '.join(t.name for t in library if t.kind == 'heuristic')})"

@@ -176,25 +176,15 @@ def build_collator(recipe: SectionView, model: SentenceTransformer, router_mappi
     from st_retrofit.mixing import RetrofitDataCollator
 
     mixing = recipe.mixing
-    labels = mixing.labels
-    if labels == "auto":
-        # A loss declares the labels it reads (st-retrofit's: {"teacher_scores", "task_ids"}); others get the label
-        # column as it is.
-        labels = getattr(recipe.train.loss_class(), "collator_labels", "teacher_scores")
-    return RetrofitDataCollator(
+    return RetrofitDataCollator.from_config(
         model.preprocess,
+        mixing,
+        loss=recipe.train.loss_class(),
         router_mapping=router_mapping or {},
-        prompts=mixing.prompts,
         num_negatives=mixing.num_negatives if mixing.num_negatives is not None else recipe.mining.num_negatives,
-        range_min=mixing.range_min,
-        range_max=mixing.range_max,
-        sampling=mixing.sampling,
-        sampling_temperature=mixing.sampling_temperature,
-        prompt_side=mixing.prompt_side,
-        task_column=mixing.task_column,
-        labels="dict" if teacher is not None else labels,
-        teacher_embeddings=teacher,
         seed=recipe.seed,
+        # The teacher's embeddings travel in the labels dict.
+        **({"labels": "dict", "teacher_embeddings": teacher} if teacher is not None else {}),
     )
 
 
@@ -202,17 +192,7 @@ def batch_sampler(recipe: SectionView, dataset_names: list[str]):
     """The recipe's :class:`~st_retrofit.mixing.TemperatureBatchSampler`, for ``multi_dataset_batch_sampler``."""
     from st_retrofit.mixing import TemperatureBatchSampler
 
-    mixing = recipe.mixing
-    return TemperatureBatchSampler.configure(
-        alpha=mixing.alpha,
-        weights=mixing.weights,
-        caps=mixing.caps,
-        group_by=mixing.group_by,
-        num_batches=mixing.num_batches,
-        no_duplicates=mixing.no_duplicates,
-        length_buckets=mixing.length_buckets,
-        dataset_names=dataset_names,
-    )
+    return TemperatureBatchSampler.from_config(recipe.mixing, dataset_names=dataset_names)
 
 
 def write_dev_curve(state, output_dir: Path) -> dict[str, Any]:
@@ -414,8 +394,8 @@ def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) 
     """Merge ``output_dir/model`` with the ingredients of the recipe's ``merge`` section; the unmerged model moves
     to ``output_dir/unmerged``, the merged one takes its place (with ``merge.json``)."""
     from st_retrofit.merge.config import BASE
-    from st_retrofit.merge.core import uses_base
     from st_retrofit.merge.folders import merge_folders
+    from st_retrofit.merge.methods import MERGE_METHODS
 
     config = recipe.merge
     unmerged = output_dir / "unmerged"
@@ -427,6 +407,6 @@ def merge_trained_model(recipe: SectionView, output_dir: Path, final_step: int) 
     names = ["trained", *(Path(p).name for p in checkpoints), *config.models]
     return merge_folders(
         [str(unmerged), *checkpoints, *others], output_dir / "model", config.method, config.weights,
-        recipe.model.base if uses_base(config.method) else None, config.t, config.density, names=names,
+        recipe.model.base if MERGE_METHODS[config.method].uses_base else None, config.t, config.density, names=names,
         parameters=config.parameters,
     )  # fmt: skip

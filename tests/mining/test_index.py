@@ -6,7 +6,7 @@ import pytest
 from st_retrofit.mining import ExactSearcher, FaissSearcher
 from st_retrofit.mining.cache import EmbeddingTable
 from st_retrofit.mining.config import SearchConfig
-from st_retrofit.mining.index import choose_backend
+from st_retrofit.mining.search_backends import SEARCH_BACKENDS, choose_backend
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_a_table_subset_searches_only_its_rows(table, queries):
 def test_results_are_padded_when_the_corpus_is_smaller_than_k(table, queries):
     corpus, _ = table
     small = corpus.subset(np.arange(4))
-    for searcher in (ExactSearcher(small, device="cpu"), FaissSearcher(small, SearchConfig(backend="flat"))):
+    for searcher in (ExactSearcher(small, device="cpu"), SEARCH_BACKENDS["flat"].build(small, SearchConfig())):
         scores, ids = searcher.search(queries, 6)
         assert (ids[:, 4:] == -1).all() and np.isneginf(scores[:, 4:]).all()
         assert (ids[:, :4] >= 0).all()
@@ -64,14 +64,14 @@ def test_results_are_padded_when_the_corpus_is_smaller_than_k(table, queries):
 
 def test_faiss_flat_equals_exact_search(table, queries):
     corpus, vectors = table
-    _, ids = FaissSearcher(corpus, SearchConfig(backend="flat")).search(queries, 10)
+    _, ids = SEARCH_BACKENDS["flat"].build(corpus, SearchConfig()).search(queries, 10)
     np.testing.assert_array_equal(ids, _brute_force(vectors, queries, 10)[1])
 
 
 def test_ivf_probing_every_list_is_exact_and_is_saved_for_reuse(table, queries, tmp_path, monkeypatch):
     corpus, vectors = table
     config = SearchConfig(backend="ivf", nlist=16, nprobe=16)
-    _, ids = FaissSearcher(corpus, config, index_path=tmp_path / "ivf.faiss").search(queries, 10)
+    _, ids = SEARCH_BACKENDS["ivf"].build(corpus, config, index_path=tmp_path / "ivf.faiss").search(queries, 10)
     np.testing.assert_array_equal(ids, _brute_force(vectors, queries, 10)[1])
     assert (tmp_path / "ivf.faiss").exists()
 
@@ -79,13 +79,13 @@ def test_ivf_probing_every_list_is_exact_and_is_saved_for_reuse(table, queries, 
         raise AssertionError("the saved index should have been loaded")
 
     monkeypatch.setattr(FaissSearcher, "_build", no_rebuild)
-    _, again = FaissSearcher(corpus, config, index_path=tmp_path / "ivf.faiss").search(queries, 10)
+    _, again = SEARCH_BACKENDS["ivf"].build(corpus, config, index_path=tmp_path / "ivf.faiss").search(queries, 10)
     np.testing.assert_array_equal(again, ids)
 
 
 def test_hnsw_finds_nearly_all_true_neighbours(table, queries):
     corpus, vectors = table
-    _, ids = FaissSearcher(corpus, SearchConfig(backend="hnsw", hnsw_m=16, ef_search=128)).search(queries, 10)
+    _, ids = SEARCH_BACKENDS["hnsw"].build(corpus, SearchConfig(hnsw_m=16, ef_search=128)).search(queries, 10)
     truth = _brute_force(vectors, queries, 10)[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)])
     assert recall >= 0.95

@@ -235,3 +235,23 @@ def test_bad_settings_name_the_setting(tiny_model):
         RetrofitDataCollator(tiny_model.preprocess, sampling="hardest")
     with pytest.raises(match=r"prompts\.qa"):
         RetrofitDataCollator(tiny_model.preprocess, prompts={"qa": 3})
+
+
+def test_built_from_the_recipe_section_the_collator_takes_each_shared_setting_by_name(tiny_model):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from st_retrofit.losses import RetrofitInfoNCELoss
+    from st_retrofit.mixing.config import MixingConfig
+
+    config = MixingConfig(num_negatives=2, range_min=1, range_max=5, sampling="top", task_column=None,
+                          prompt_side="both", prompts="search ")  # fmt: skip
+    collator = RetrofitDataCollator.from_config(tiny_model.preprocess, config, loss=RetrofitInfoNCELoss, seed=7)
+    settings = ("num_negatives", "range_min", "range_max", "sampling", "prompt_side", "prompts", "task_column")
+    assert {name: getattr(collator, name) for name in settings} == {name: getattr(config, name) for name in settings}
+    assert (collator.labels, collator.seed) == ("dict", 7)  # auto: what our loss reads
+    # The draw follows the section: top sampling from ranks [1, 5) gives candidates 1 and 2, prompted ("both").
+    batch = collator([pool_row(0)])
+    assert drawn_negatives(tiny_model, batch, 2) == [["search " + POOL[1], "search " + POOL[2]]]
+    stock = RetrofitDataCollator.from_config(tiny_model.preprocess, config, loss=MultipleNegativesRankingLoss)
+    assert stock.labels == "teacher_scores"  # a loss that declares nothing gets the teacher's scores
+    assert RetrofitDataCollator.from_config(tiny_model.preprocess, config, num_negatives=4).num_negatives == 4

@@ -227,3 +227,14 @@ def test_length_buckets_batch_similar_lengths_and_still_visit_every_row_once_per
     again, _ = make_sampler(splits, batch_size=8, alpha=1.0, seed=3, length_buckets=10)
     assert epoch_batches(again, 1) == epoch_batches(bucketed, 1)  # a pure function of seed and epoch
     assert bucketed.get_config_dict()["length_buckets"] == 10
+
+
+def test_built_from_the_recipe_section_the_sampler_takes_each_shared_setting_by_name():
+    from st_retrofit.mixing.config import MixingConfig
+
+    config = MixingConfig(alpha=0.3, weights={"a": 2.0}, caps={"b": 5}, num_batches=7, no_duplicates=False,
+                          length_buckets=2)  # fmt: skip
+    bound = TemperatureBatchSampler.from_config(config, dataset_names=["a", "b"])
+    assert bound.keywords == {"alpha": 0.3, "weights": {"a": 2.0}, "caps": {"b": 5}, "group_by": ["dataset"],
+                              "num_batches": 7, "no_duplicates": False, "length_buckets": 2,
+                              "dataset_names": ["a", "b"]}  # fmt: skip

