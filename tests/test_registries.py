@@ -7,15 +7,18 @@ import json
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import st_retrofit
 from st_retrofit.config import ConfigError
 from st_retrofit.mining.config import MiningConfig, SearchConfig
 from st_retrofit.mining.search_backends import SEARCH_BACKENDS
 from st_retrofit.recipe import recipe_schema
 from st_retrofit.registry import Kind, Registry
-from tests.test_architecture import PACKAGE
+
+PACKAGE = Path(st_retrofit.__file__).parent
 
 # A user's package: a brute-force numpy searcher registered as mining.search.backend "brute".
 USER_PACKAGE = """
