@@ -85,5 +85,5 @@ def test_encoder_backends_are_scored_as_columns_beside_each_model(two_models, tm
     assert row[f"{name} [onnx-int8]"] is not None
     assert main([*args, "-o", str(tmp_path / "other"), "--backends", "onnx-int4"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: --backends: unknown backend 'onnx-int4' (did you mean onnx-int8?)")
+    assert error.startswith("error: --backends: unknown encoder backend 'onnx-int4' (did you mean onnx-int8?)")
     assert not (tmp_path / "other").exists()

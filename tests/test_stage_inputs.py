@@ -19,6 +19,7 @@ from st_retrofit import pipeline
 from st_retrofit.config import ConfigError, SectionView, UndeclaredSectionError
 from st_retrofit.pipeline import STAGES, Stage, run_pipeline
 from st_retrofit.recipe import Recipe, recipe_from_dict
+from st_retrofit.registry import KindFamily, Registry
 
 # Values for fields whose valid values a type alone does not give (only values; which stages read what is not
 # listed anywhere but in the pipeline's declarations).
@@ -60,6 +61,12 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _registry(info: Any) -> Any:
+    """The registry a field's names come from (``Registry.field()``), or ``None``."""
+    inner = [m for arg in typing.get_args(info.annotation) for m in getattr(arg, "__metadata__", ())]
+    return next((m.registry for m in [*info.metadata, *inner] if hasattr(m, "registry")), None)
+
+
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
     fields = []
     for name, info in model.model_fields.items():
@@ -68,7 +75,7 @@ def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             fields += leaf_fields(tp, f"{path}.")
         else:
-            fields.append((path, info.annotation))
+            fields.append((path, _registry(info) or info.annotation))
     return fields
 
 
@@ -77,6 +84,8 @@ def candidates(path: str, annotation: Any, current: Any, tmp_path: Path) -> list
         return EXAMPLES[path]
     if path == "eval.mteb_baselines":
         return [{"other": str(tmp_path)}]
+    if isinstance(annotation, Registry):  # every other registered kind (families need a variant: EXAMPLES)
+        return [name for name, kind in annotation.items() if name != current and not isinstance(kind, KindFamily)]
     tp, _ = _unwrap(annotation)
     origin = typing.get_origin(tp)
     if origin is Literal:
