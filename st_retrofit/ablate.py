@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed, load_yaml, require, validate_section
 from st_retrofit.recipe import Recipe, load_recipe
@@ -116,7 +116,10 @@ class AxisConfig(ConfigModel):
     key: str | None = Field(None, description="Recipe key that plain values set.")
     values: list[Any] = Field(min_length=1, description="Plain values, or {label, set} mappings.")
 
-    def points(self) -> list[AxisValue]:
+    _points: list[AxisValue] = PrivateAttr(default_factory=list)  # the values as parsed, once
+
+    @model_validator(mode="after")
+    def _parse_points(self) -> AxisConfig:
         points = []
         for i, value in enumerate(self.values):
             if isinstance(value, dict):
@@ -130,15 +133,11 @@ class AxisConfig(ConfigModel):
         labels = [p.label for p in points]
         require(len({_slug(label) for label in labels}) == len(labels), "values",
                 f"labels must differ (also as folder names): {labels}")  # fmt: skip
-        return points
-
-    @model_validator(mode="after")
-    def _check(self) -> AxisConfig:
-        self.points()
+        self._points = points
         return self
 
     def axis(self, name: str) -> Axis:
-        return Axis(self.label or self.key or name, self.points())
+        return Axis(self.label or self.key or name, list(self._points))
 
 
 class AblationConfig(ConfigModel):
@@ -172,7 +171,7 @@ class AblationConfig(ConfigModel):
         require(self.tasks is None or self.metric == "ndcg", "metric",
                 "mteb tasks are scored by their main score (nDCG@10 for retrieval): use ndcg")  # fmt: skip
         if self.soup is not None:
-            labels = [value.label for value in self.x.points()]
+            labels = [value.label for value in self.x._points]
             chosen = labels if self.soup == "all" else self.soup
             require(isinstance(chosen, list) and len(chosen) >= 2 and all(label in labels for label in chosen), "soup",
                     f"expected all or a list of two or more x labels among {labels}")  # fmt: skip

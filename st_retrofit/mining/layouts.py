@@ -3,8 +3,8 @@
 - ``n-tuple``: ``negative_1..n`` columns, what sentence-transformers' losses read as they are (and what
   ``mine_hard_negatives`` writes); a row with fewer than ``num_negatives`` candidates left is dropped.
 - ``pool``: a ``negatives`` list of the best candidates in range with their corpus rows (``negative_ids``), for a
-  sampler that draws fresh negatives each epoch (:class:`~st_retrofit.mixing.PoolNegativesCollator`); short rows
-  are kept and topped up in-batch.
+  collator that draws fresh negatives each epoch (:class:`~st_retrofit.mixing.RetrofitDataCollator`); short
+  rows are kept and topped up in-batch.
 
 A new layout subclasses :class:`OutputLayout` and is registered with ``@OUTPUT_LAYOUTS.register``.
 """
