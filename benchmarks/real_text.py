@@ -13,6 +13,10 @@ every system trained on the same generated pairs:
 - ``plain ST + teacher negatives``: the same at scale 100 with the teacher's hardest negative per row (the
   positive-aware 5% margin, top candidate: what ``mine_hard_negatives`` with the same teacher returns), so that a
   gain of ours over it comes from our parts, not only from the teacher's negatives;
+- ``plain ST, every document's pairs``: plain MNRL at scale 100 on the teacher recipe's schedule, on the pairs the
+  same templates make from every training-side corpus document (no per-language cap: 3-4x the pairs). The teacher
+  recipe reads every document too (the teacher's embeddings of them, ``train.corpus_distillation``), so this is
+  the baseline that has seen the same corpus;
 - ``st-retrofit, self-teacher``: ``recipes/manpages.yaml`` (the student mines for itself and is distilled from
   itself);
 - ``st-retrofit, teacher``: ``recipes/manpages-teacher.yaml`` (EmbeddingGemma-300m mines and is distilled).
@@ -44,6 +48,7 @@ PLAIN_SCALES = (20.0, 100.0)
 PLAIN_SCHEDULE = {"learning_rate": 2e-5, "num_train_epochs": 1}
 SELF, TEACHER, BASE, CEILING = "st-retrofit, self-teacher", "st-retrofit, teacher", "base", "teacher"
 TEACHER_NEGATIVES = "plain ST + teacher negatives"
+EVERY_DOCUMENT = "plain ST, every document's pairs"
 
 
 def pairs_digest(recipe) -> str:
@@ -157,6 +162,7 @@ def main() -> None:
 
     from st_retrofit.evaluation.mteb import resolve_tasks, run_mteb
     from st_retrofit.models import load_model
+    from st_retrofit.pipeline import run_pipeline
     from st_retrofit.recipe import load_recipe
 
     started = time.time()
@@ -184,12 +190,14 @@ def main() -> None:
     ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
                    "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
     scores[CEILING] = cached_scores(recipe.run_dir / "baselines" / "teacher", ceiling_key, score_teacher, CEILING)
-    plain = [(f"plain ST, scale {s:g}", s, recipe.run_dir / "baselines" / f"mnrl-scale-{s:g}", None, PLAIN_SCHEDULE)
+    # (label, scale, folder, mined negatives or None, schedule, the recipe whose synthesized pairs it trains on)
+    baselines = recipe.run_dir / "baselines"
+    plain = [(f"plain ST, scale {s:g}", s, baselines / f"mnrl-scale-{s:g}", None, PLAIN_SCHEDULE, recipe)
              for s in PLAIN_SCALES]  # fmt: skip
     # Keyed by the mined data, not the variant: teacher recipes that mine alike share this baseline.
     mined = json.loads((teacher_recipe.run_dir / "mine" / "stage.json").read_text())["fingerprint"]
-    negatives = recipe.run_dir / "baselines" / f"mnrl-scale-100-teacher-negatives-{mined[:8]}"
-    plain.append((TEACHER_NEGATIVES, 100.0, negatives, teacher_recipe.run_dir / "mine", PLAIN_SCHEDULE))
+    negatives = baselines / f"mnrl-scale-100-teacher-negatives-{mined[:8]}"
+    plain.append((TEACHER_NEGATIVES, 100.0, negatives, teacher_recipe.run_dir / "mine", PLAIN_SCHEDULE, recipe))
     # A tuned baseline: when the teacher recipe trains on another schedule (rate, epochs), plain MNRL (with and
     # without the teacher's negatives) gets that schedule too, so that a gain of ours is not the schedule's.
     schedule = {key: teacher_recipe.train.args.get(key, value) for key, value in PLAIN_SCHEDULE.items()}
@@ -198,11 +206,19 @@ def main() -> None:
             f"{'lr' if key == 'learning_rate' else 'epochs'} {value:g}" for key, value in schedule.items()
         )
         slug = "-".join(f"{key}-{value:g}" for key, value in schedule.items())
-        for label, scale, folder, negatives_from, _ in list(plain[1:]):
+        for label, scale, folder, negatives_from, _, pairs_from in list(plain[1:]):
             plain.append((f"{label}, {named}", scale, folder.with_name(f"{folder.name}-{slug}"), negatives_from,
-                          schedule))  # fmt: skip
-    for label, scale, folder, negatives, plain_schedule in plain:
-        folder = train_plain(recipe, scale, folder, negatives, plain_schedule)
+                          schedule, pairs_from))  # fmt: skip
+    # The same corpus, all of it: plain MNRL on the pairs of every training-side document (no per-language cap), at
+    # scale 100 on the teacher recipe's schedule. The teacher recipe distils the teacher on every document
+    # (train.corpus_distillation), so a plain run gets every document's pairs before a gain is counted as ours.
+    every_document = load_recipe(
+        args.teacher_recipe, ["synth.max_per_language=null", f"name={teacher_recipe.name}-every-document"]
+    )
+    run_pipeline(every_document, stages=["synth"])
+    plain.append((EVERY_DOCUMENT, 100.0, baselines / "mnrl-scale-100-every-document", None, schedule, every_document))
+    for label, scale, folder, negatives, plain_schedule, pairs_from in plain:
+        folder = train_plain(pairs_from, scale, folder, negatives, plain_schedule)
 
         def score_plain(folder: Path = folder, label: str = label) -> dict[str, float]:
             model = SentenceTransformer(str(folder), device="cpu")

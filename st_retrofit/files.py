@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -26,3 +27,15 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` through :func:`atomic_path`."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def save_dataset(data: Any, path: str | Path) -> None:
+    """``data.save_to_disk(path)`` (a ``Dataset`` or ``DatasetDict``), one shard for an empty split: datasets 5.2
+    saves a 0-row dataset as 0 shards and then cannot load it back (``IndexError`` in ``concat_tables``)."""
+    from datasets import DatasetDict
+
+    if isinstance(data, DatasetDict):
+        empty = {name: 1 for name, split in data.items() if not len(split)}
+        data.save_to_disk(str(path), num_shards=empty or None)
+    else:
+        data.save_to_disk(str(path), num_shards=1 if not len(data) else None)

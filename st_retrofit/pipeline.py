@@ -75,12 +75,18 @@ def _synth(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
 def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.data.sources import training_pairs
     from st_retrofit.mining.stage import mine_stage
+    from st_retrofit.synth.stage import UNLABELED
 
     with keyed("data"):
         pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
     (output_dir / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
+    unlabeled = None
+    if recipe.mining.unlabeled_per_language != 0 and (run_dir / "synth" / UNLABELED).is_dir():
+        from datasets import load_from_disk
+
+        unlabeled = load_from_disk(str(run_dir / "synth" / UNLABELED))
     with keyed("mining"):
-        return mine_stage(recipe.mining, recipe.seed, pairs, output_dir)
+        return mine_stage(recipe.mining, recipe.seed, pairs, output_dir, unlabeled)
 
 
 def _train(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:

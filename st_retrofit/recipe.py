@@ -111,7 +111,7 @@ class Recipe(ConfigModel):
         for key, folder in (("mining.cache_dir", self.mining.cache_dir), ("synth.cache_dir", self.synth.cache_dir)):
             if folder is not None:
                 check_writable(folder, key)
-        self.train.check_with_sections(mining_enabled=self.mining.enabled, merge=self.merge)
+        self.train.check_with_sections(mining=self.mining, merge=self.merge)
         columns = self.pair_columns()
         if self.mining.enabled and self.mining.group_by and self.mining.group_by not in columns:
             raise ConfigError(

@@ -19,8 +19,9 @@ def _isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ST_RETROFIT_CACHE", str(tmp_path_factory.getbasetemp() / "st_retrofit_cache"))
 
 
-def build_tiny_model(folder: Path) -> Path:
-    """A 2-layer BERT (hidden 32) with a WordPiece vocabulary trained on the demo corpus, saved as an ST folder."""
+def build_tiny_model(folder: Path, hidden_size: int = 32, seed: int = 0) -> Path:
+    """A 2-layer BERT (hidden 32) with a WordPiece vocabulary trained on the demo corpus, saved as an ST folder;
+    ``hidden_size`` and ``seed`` make another model on the same vocabulary (a wider teacher)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
@@ -53,7 +54,7 @@ def build_tiny_model(folder: Path) -> Path:
     BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=128).save_pretrained(hf_dir)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
@@ -61,7 +62,7 @@ def build_tiny_model(folder: Path) -> Path:
     )
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=64)
     model = SentenceTransformer(
@@ -74,6 +75,12 @@ def build_tiny_model(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def wide_teacher_path(tmp_path_factory) -> Path:
+    """Another tiny BERT on the same vocabulary, 48 dimensions wide: a teacher wider than the tiny student."""
+    return build_tiny_model(tmp_path_factory.mktemp("wide_teacher"), hidden_size=48, seed=1)
 
 
 @pytest.fixture

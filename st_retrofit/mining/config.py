@@ -90,6 +90,11 @@ class MiningConfig(ConfigModel):
             best of the group's corpus for its query (round-trip consistency: Promptagator, Dai et al., 2022); it
             drops generated queries that do not single out their document. The kept share per language and
             template is in the report. ``null`` keeps every pair. At most ``range_max``.
+        unlabeled_per_language: how many of the synth stage's unlabeled corpus rows per language the teacher also
+            encodes (each document, and its opening sentence as a query), for ``train.corpus_distillation``: its
+            embeddings of them are what the student learns from texts no template made a pair of. ``0`` (default)
+            encodes none, ``null`` all; a cap draws that many per language with the recipe's seed. A corpus source
+            writes these rows; the demo source writes none.
         search: nearest-neighbour search settings.
         batch_size: encoding (and cross-encoder) batch size.
         shard_size: queries per output shard; a killed run redoes at most one shard.
@@ -121,6 +126,9 @@ class MiningConfig(ConfigModel):
         None, json_schema_extra={"local_path": True}, description="CrossEncoder for rescoring."
     )
     round_trip_top_k: int | None = Field(None, ge=1, description="Keep pairs whose document ranks in the top k.")
+    unlabeled_per_language: int | None = Field(
+        0, ge=0, description="Unlabeled corpus rows per language the teacher encodes; 0 = none, null = all."
+    )
     search: SearchConfig = Field(default_factory=SearchConfig)
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     shard_size: int = Field(10000, ge=1, description="Queries per output shard.")

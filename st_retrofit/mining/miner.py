@@ -20,6 +20,7 @@ parameter names and its ranking rules (retrieve ``range_max + max positives``, m
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from st_retrofit.mining.cache import EmbeddingCache, model_fingerprint
+from st_retrofit.mining.cache import EmbeddingCache, Role, model_fingerprint
 from st_retrofit.mining.filters import NegativeFilter, duplicate_keys, exclusion_masks
 from st_retrofit.mining.layouts import OUTPUT_LAYOUTS, POOL_COLUMN, negative_columns
 from st_retrofit.mining.report import build_report
@@ -202,6 +203,20 @@ class HardNegativeMiner:
             min_score=config.min_score,
         )
 
+    @functools.cached_property
+    def teacher_fingerprint(self) -> str:
+        # A hash of every weight: seconds for a 300M teacher, so once per miner.
+        return model_fingerprint(self.teacher)
+
+    def encode(self, texts: Sequence[str], role: Role) -> EmbeddingCache:
+        """Encode ``texts`` with the teacher in ``role`` (its prompt for it), only those it never encoded before,
+        into the cache namespace mining uses, so that :class:`~st_retrofit.mining.cache.TeacherEmbeddings` finds them
+        from the mining report: texts the student learns from without a pair (``mining.unlabeled_per_language``)."""
+        prompt = self.config.query_prompt if role == "query" else self.config.document_prompt
+        cache = EmbeddingCache(self.cache_root, self.teacher, role, prompt, self.teacher_fingerprint)
+        cache.encode(texts, self.config.batch_size, self.show_progress_bar)
+        return cache
+
     # -- planning ----------------------------------------------------------------------------------------------
     def _plan(self, pairs: Dataset, corpus: Dataset | Sequence[str] | None) -> _Plan:
         cfg = self.config
@@ -330,7 +345,7 @@ class HardNegativeMiner:
         cfg, timings = self.config, {}
         started = time.perf_counter()
         plan = self._plan(pairs, corpus)
-        fingerprint = model_fingerprint(self.teacher)
+        fingerprint = self.teacher_fingerprint
         ce_fingerprint = model_fingerprint(self.cross_encoder) if self.cross_encoder is not None else None
         timings["plan_s"] = time.perf_counter() - started
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from st_retrofit.config import keyed
+from st_retrofit.config import ConfigError, keyed
+from st_retrofit.files import save_dataset
 from st_retrofit.mining.miner import DOCUMENT_COLUMN, QUERY_COLUMN, HardNegativeMiner
 from st_retrofit.mining.report import plot_score_distributions
 
@@ -19,11 +22,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str | Path) -> Path:
+UNLABELED = "unlabeled"  # the folder of the unlabeled rows the teacher encoded, beside the mined dataset
+
+
+def mine_stage(
+    config: MiningConfig, seed: int, pairs: Dataset, output_dir: str | Path, unlabeled: Dataset | None = None
+) -> Path:
     """Mine ``pairs`` (:func:`st_retrofit.data.training_pairs`: the synth stage's train split and the data sources).
 
     Writes ``dataset`` (one split per group), ``corpus`` (the texts ``negative_ids`` index), ``report.json``,
-    ``score_distributions.png``, and ``work/`` (shards and indexes; a rerun after a kill continues from them).
+    ``score_distributions.png``, and ``work/`` (shards and indexes; a rerun after a kill continues from them). With
+    ``unlabeled_per_language`` it also encodes that many of ``unlabeled`` (the synth stage's unlabeled corpus rows)
+    per language with the teacher and writes them to ``unlabeled/``, for ``train.corpus_distillation``.
     """
     from datasets import DatasetDict
 
@@ -31,6 +41,12 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
 
     output_dir = Path(output_dir)
     path = output_dir / "dataset"
+    if config.enabled and config.unlabeled_per_language != 0 and unlabeled is None:
+        raise ConfigError(
+            "unlabeled_per_language",
+            "the synth stage wrote no unlabeled corpus rows: only synth.source corpus writes them (a synth stage run "
+            "before st-retrofit 0.2 did not: st-retrofit run RECIPE --stages synth --force); otherwise set it to 0",
+        )
     if not config.enabled:
         DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])}).save_to_disk(str(path))
         (output_dir / "report.json").write_text(json.dumps({"enabled": False}, indent=2), encoding="utf-8")
@@ -57,6 +73,12 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         cross_encoder_name=config.cross_encoder,
     )
     result = miner.mine(pairs, output_dir=output_dir / "work")
+    if config.unlabeled_per_language != 0:
+        rows = per_language(unlabeled, config.unlabeled_per_language, seed)
+        for role in ("query", "document"):
+            miner.encode(rows[role], role)
+        save_dataset(rows, output_dir / UNLABELED)
+        result.report["unlabeled"] = {"rows": len(rows), "languages": dict(Counter(rows["language"]))}
     # What the student learns from: cards and releases name it, its licence and its verified weights.
     from st_retrofit.models.resolve import model_source
 
@@ -75,3 +97,17 @@ def mine_stage(config: MiningConfig, seed: int, pairs: Dataset, output_dir: str 
         output_dir / "report.json",
     )
     return path
+
+
+def per_language(rows: Dataset, cap: int | None, seed: int) -> Dataset:
+    """At most ``cap`` rows of each ``language`` (all with ``None``), drawn with ``seed``, in their input order."""
+    if cap is None:
+        return rows
+    by_language: dict[str, list[int]] = {}
+    for i, language in enumerate(rows["language"]):
+        by_language.setdefault(language, []).append(i)
+    rng = random.Random(seed)
+    keep = [
+        i for members in by_language.values() for i in (members if len(members) <= cap else rng.sample(members, cap))
+    ]
+    return rows.select(sorted(keep))

@@ -16,13 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from st_retrofit.config import ConfigError, keyed
+from st_retrofit.files import save_dataset
 from st_retrofit.synth.demo import build_demo_dataset
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from st_retrofit.synth.config import SynthConfig
     from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary
 
 logger = logging.getLogger(__name__)
+
+UNLABELED = "unlabeled"  # the folder of the synth stage's unlabeled corpus rows, beside its dataset
 
 
 def select_templates(config: SynthConfig) -> tuple[TemplateLibrary, list[SynthTemplate]]:
@@ -118,12 +123,36 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
     if not len(splits["train"]):
         raise ConfigError("templates", f"no pair passed validation; see the rejections: {reports['train']}")
     path = output_dir / "dataset"
-    DatasetDict(splits).save_to_disk(str(path))
-    summary = {"templates": [t.name for t in templates], "backend": backend.identity() if backend else None}
+    save_dataset(DatasetDict(splits), path)
+    unlabeled = unlabeled_rows(parts["train"])
+    save_dataset(unlabeled, output_dir / UNLABELED)
+    summary = {"templates": [t.name for t in templates], "backend": backend.identity() if backend else None,
+               "unlabeled": len(unlabeled)}  # fmt: skip
     (output_dir / "report.json").write_text(
         json.dumps(summary | {"splits": reports}, indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return path
+
+
+def unlabeled_rows(documents: Dataset) -> Dataset:
+    """Every training-side corpus document as an unlabeled row: its opening sentence as ``query`` (a short text of
+    the kind users search with) and the passage as ``document``, with ``id`` and ``language``. Nothing says the two
+    belong together for a loss; a teacher encodes both (``mining.unlabeled_per_language``) and
+    ``train.corpus_distillation`` distils its embeddings of them, so every document teaches, not only those the
+    templates made pairs of. Documents held out (``eval_fraction``) are never among them."""
+    from datasets import Dataset
+
+    from st_retrofit.synth.backends.heuristic import sentence_spans
+
+    rows: dict[str, list[str]] = {"query": [], "document": [], "id": [], "language": []}
+    for text, doc_id, language in zip(documents["text"], documents["id"], documents["language"], strict=True):
+        spans = sentence_spans(text)
+        if not spans:
+            continue
+        start, end = spans[0]
+        for column, value in zip(rows, (text[start:end], text, doc_id, language), strict=True):
+            rows[column].append(value)
+    return Dataset.from_dict(rows)
 
 
 def _scaled(cap: int | None, scale: float) -> int | None:

@@ -196,6 +196,11 @@ class TrainConfig(ConfigModel):
         matryoshka_weights: the weight of each size in ``matryoshka_dims`` (default: 1 each).
         losses: more losses added to ``loss`` with weights, on the same forward pass (``WeightedLossSum``): the
             library's spread-out regularizer or a hardness-weighted MNRL term beside ``RetrofitInfoNCELoss``.
+        corpus_distillation: a loss that distils the teacher's embeddings (``OrthogonalEmbedDistillLoss``, or the
+            library's ``EmbedDistillLoss`` with ``projection_dim``), trained on the unlabeled corpus rows the teacher
+            encoded (``mining.unlabeled_per_language``) in batches of their own, drawn beside the pairs' batches by
+            the mixing sampler; ``weight`` scales it. It teaches from every document, not only those the templates
+            made a pair of. ``null``: off.
     """
 
     loss: str = Field("MultipleNegativesRankingLoss", description="Loss class name.")
@@ -215,6 +220,9 @@ class TrainConfig(ConfigModel):
     )
 
     losses: list[LossTerm] = Field(default_factory=list, description="More weighted losses added to loss.")
+    corpus_distillation: LossTerm | None = Field(
+        None, description="Teacher-embedding loss on the unlabeled corpus rows, in batches of their own."
+    )
 
     @model_validator(mode="after")
     def _check_matryoshka(self) -> TrainConfig:
@@ -255,6 +263,19 @@ class TrainConfig(ConfigModel):
                     f"losses[{i}].loss", f"{term.loss} cannot share a forward pass (no compute_loss_from_embeddings)"
                 )
             check_loss_kwargs(loss_class, term.kwargs, f"losses[{i}].kwargs")
+        if self.corpus_distillation is not None:
+            from st_retrofit.losses.labels import reads_teacher_embeddings
+
+            term = self.corpus_distillation
+            with keyed("corpus_distillation"):
+                loss_class = term.loss_class()
+            if not reads_teacher_embeddings(loss_class):
+                raise ConfigError(
+                    "corpus_distillation.loss",
+                    f"{term.loss} does not read the teacher's embeddings, and unlabeled rows have nothing else to "
+                    "learn from; use OrthogonalEmbedDistillLoss, or EmbedDistillLoss with projection_dim",
+                )
+            check_loss_kwargs(loss_class, term.kwargs, "corpus_distillation.kwargs")
         self.training_arguments(output_dir="checkpoints", seed=0, validating=True)
         from st_retrofit.evaluation.heldout import beir_folders
 
@@ -262,14 +283,21 @@ class TrainConfig(ConfigModel):
             if not Path(path).expanduser().is_dir() or not beir_folders([path]):
                 raise ConfigError(f"dev_tasks[{i}]", f"{path} is neither a BEIR folder nor a folder of them")
 
-    def check_with_sections(self, mining_enabled: bool, merge: Any) -> None:
+    def check_with_sections(self, mining: Any, merge: Any) -> None:
         """Rules between this section and the others the train stage reads (keys are full paths): distilling the
-        teacher's embeddings needs mining, and merging N checkpoints needs the trainer to keep N + 1."""
+        teacher's embeddings needs mining (and, on the unlabeled corpus, the teacher's encoding of it), and merging
+        N checkpoints needs the trainer to keep N + 1."""
         from st_retrofit.losses.labels import reads_teacher_embeddings
 
-        if not mining_enabled and any(reads_teacher_embeddings(t.loss_class()) for t in self.losses):
+        if not mining.enabled and any(reads_teacher_embeddings(t.loss_class()) for t in self.losses):
             raise ConfigError(
                 "train.losses", "distilling the teacher's embeddings needs the miner's cache of them; turn mining on"
+            )
+        if self.corpus_distillation is not None and (not mining.enabled or mining.unlabeled_per_language == 0):
+            raise ConfigError(
+                "train.corpus_distillation",
+                "the teacher has encoded no unlabeled corpus rows; set mining.unlabeled_per_language (null for all, "
+                "or a count per language) with mining on",
             )
         keep = self.args.get("save_total_limit")
         if merge.enabled and merge.checkpoints and keep is not None and keep < merge.checkpoints + 1:

@@ -114,11 +114,74 @@ def merge_adapter(base: str, adapter_dir: str | Path, max_seq_length: int | None
 
 
 def needs_teacher_embeddings(config: TrainConfig) -> bool:
-    """Whether a loss of the recipe (``train.loss`` or a ``train.losses`` term) reads the teacher's embeddings."""
+    """Whether a loss of the recipe (``train.loss``, a ``train.losses`` term or ``train.corpus_distillation``)
+    reads the teacher's embeddings."""
     from st_retrofit.losses.labels import reads_teacher_embeddings
 
-    classes = [config.loss_class(), *(term.loss_class() for term in config.losses)]
+    terms = [*config.losses, *([config.corpus_distillation] if config.corpus_distillation else [])]
+    classes = [config.loss_class(), *(term.loss_class() for term in terms)]
     return any(reads_teacher_embeddings(cls) for cls in classes)
+
+
+def build_corpus_distillation(config: TrainConfig, model: SentenceTransformer, teacher, rows, seed: int):
+    """The ``train.corpus_distillation`` loss for the unlabeled rows' batches, as a one-term ``WeightedLossSum``
+    (its weight, and its entry of the collator's labels). A loss taking ``teacher_dim`` gets the teacher's size
+    unless the recipe sets it; one with a ``fit`` (``OrthogonalEmbedDistillLoss``) starts from both models'
+    embeddings of up to :data:`FIT_ROWS` of the rows (queries and documents), drawn with the seed."""
+    import numpy as np
+
+    from st_retrofit.losses import WeightedLossSum
+    from st_retrofit.models.resolve import role_prompt
+
+    term = config.corpus_distillation
+    loss_class = term.loss_class()
+    kwargs = dict(term.kwargs)
+    if "teacher_dim" in inspect.signature(loss_class).parameters:
+        kwargs.setdefault("teacher_dim", teacher.dim)
+    try:
+        loss = loss_class(model, **kwargs)
+    except ValueError as exc:
+        raise ConfigError("train.corpus_distillation", str(exc)) from None
+    if hasattr(loss, "fit"):
+        sample = rows.shuffle(seed=seed).select(range(min(FIT_ROWS, len(rows))))
+        student, targets = [], []
+        for role in ("query", "document"):
+            texts = list(sample[role])
+            encode = model.encode_query if role == "query" else model.encode_document
+            student.append(encode(texts, prompt=role_prompt(model, role), normalize_embeddings=True,
+                                  convert_to_numpy=True, batch_size=32))  # fmt: skip
+            targets.append(teacher.lookup(texts, role).astype(np.float32))
+        loss.fit(np.concatenate(student), np.concatenate(targets))
+    return WeightedLossSum(model, [(loss, term.weight)])
+
+
+def unlabeled_rows(mined: Path, groups: list[str]):
+    """The unlabeled corpus rows the teacher encoded (the mine stage's ``unlabeled/``), for
+    ``train.corpus_distillation``.
+
+    Raises:
+        ConfigError: the mine stage encoded none, or a mining group has the split's name.
+    """
+    from datasets import load_from_disk
+
+    from st_retrofit.mining.stage import UNLABELED
+
+    folder = mined.parent / UNLABELED
+    if not folder.is_dir():
+        raise ConfigError(
+            "train.corpus_distillation",
+            f"{folder} is missing: the mine stage encoded no unlabeled rows; set mining.unlabeled_per_language and "
+            "run the mine stage again",
+        )
+    if UNLABELED_SPLIT in groups:
+        raise ConfigError(
+            "mining.group_by", f"a group is called {UNLABELED_SPLIT!r}, the name of the unlabeled rows' split"
+        )
+    return load_from_disk(str(folder))
+
+
+FIT_ROWS = 1024  # rows whose two texts start the projection: 2,048 points fix a 384-d rotation well
+UNLABELED_SPLIT = "unlabeled"  # the training split of the unlabeled rows, beside the mined groups
 
 
 def teacher_embeddings(recipe: SectionView, mined: Path):
@@ -142,28 +205,33 @@ def teacher_embeddings(recipe: SectionView, mined: Path):
 
 
 def check_teacher_dimensions(config: TrainConfig, student_dim: int | None, teacher_dim: int | None) -> None:
-    """An embedding-matching loss (``EmbedDistillLoss``, ``MSELoss``) compares the student's vectors with the
-    teacher's one by one, so their sizes must agree: through a learned projection (``projection_dim``) when the
-    teacher is wider or narrower. ``TeacherEmbeddingLoss`` compares rankings and takes any sizes."""
+    """An embedding-matching loss (``EmbedDistillLoss``, ``MSELoss``; in ``train.losses`` or as
+    ``train.corpus_distillation``) compares the student's vectors with the teacher's one by one, so their sizes must
+    agree: through a learned projection (``projection_dim``) when the teacher is wider or narrower.
+    ``TeacherEmbeddingLoss`` compares rankings and takes any sizes; a loss that takes ``teacher_dim``
+    (``OrthogonalEmbedDistillLoss``) makes its own projection."""
     from st_retrofit.losses.labels import label_key
 
     if student_dim is None or teacher_dim is None or student_dim == teacher_dim:
         return
-    for i, term in enumerate(config.losses):
-        if label_key(term.loss_class()) != "teacher_embeddings":
+    terms = [(f"train.losses[{i}]", term) for i, term in enumerate(config.losses)]
+    if config.corpus_distillation is not None:
+        terms.append(("train.corpus_distillation", config.corpus_distillation))
+    for key, term in terms:
+        parameters = inspect.signature(term.loss_class()).parameters
+        if label_key(term.loss_class()) != "teacher_embeddings" or "teacher_dim" in parameters:
             continue
         projection = term.kwargs.get("projection_dim")
         if projection == teacher_dim:
             continue
         fix = (
-            f"set train.losses[{i}].kwargs.projection_dim: {teacher_dim} (a learned projection into the teacher's "
-            "space)"
-            if "projection_dim" in inspect.signature(term.loss_class()).parameters
+            f"set {key}.kwargs.projection_dim: {teacher_dim} (a learned projection into the teacher's space)"
+            if "projection_dim" in parameters
             else "use EmbedDistillLoss with projection_dim"
         )
         got = f"projection_dim {projection} is not" if projection is not None else "the student has"
         raise ConfigError(
-            f"train.losses[{i}]",
+            key,
             f"{term.loss} matches embeddings one by one: the teacher's have {teacher_dim} dimensions, {got} "
             f"{student_dim if projection is None else teacher_dim}; {fix}, or TeacherEmbeddingLoss (its in-batch "
             "ranking, any dimensions)",
@@ -231,6 +299,12 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
 
     from st_retrofit.mixing import MixingCallback
     from st_retrofit.mixing.report import write_mixture_report
+    from st_retrofit.train.loss_state import (
+        LOSS_PARAMETERS,
+        LossParametersCallback,
+        loss_parameters,
+        restore_loss_parameters,
+    )
 
     # transformers' own deprecation, raised from inside sentence-transformers at every step and save; not ours.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -245,6 +319,10 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     dataset = DatasetDict({name: split for name, split in dataset.items() if len(split)})
     if not dataset:
         raise ValueError(f"{train_dataset}: every split is empty; nothing to train on")
+    unlabeled = None
+    if recipe.train.corpus_distillation is not None:
+        unlabeled = unlabeled_rows(Path(train_dataset), list(dataset))
+        dataset[UNLABELED_SPLIT] = unlabeled.select_columns(["query", "document"])
     rows, per_device = sum(len(split) for split in dataset.values()), args.per_device_train_batch_size
     if per_device * args.world_size > rows:  # no batch could be formed: the trainer would take no step
         processes = f" x {args.world_size} processes" if args.world_size > 1 else ""
@@ -259,8 +337,16 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     teacher = teacher_embeddings(recipe, Path(train_dataset)) if needs_teacher_embeddings(recipe.train) else None
     if teacher is not None:
         check_teacher_dimensions(recipe.train, model.get_embedding_dimension(), teacher.dim)
+    if unlabeled is not None:
+        # The pairs' groups train the recipe's loss; the unlabeled rows' batches the distillation alone.
+        distillation = build_corpus_distillation(recipe.train, model, teacher, unlabeled, recipe.seed)
+        loss = {name: loss for name in dataset if name != UNLABELED_SPLIT} | {UNLABELED_SPLIT: distillation}
     collator = build_collator(recipe, model, args.router_mapping, teacher)
     mixing = MixingCallback()
+    callbacks: list = [mixing]
+    own_parameters = bool(loss_parameters(loss, model))
+    if own_parameters:
+        callbacks.append(LossParametersCallback(loss, model))
 
     evaluator = None
     if recipe.train.dev_tasks:
@@ -268,12 +354,12 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
 
         evaluator = dev_evaluator(recipe.train.dev_tasks, batch_size=args.per_device_eval_batch_size)
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[mixing],
+        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=callbacks,
         evaluator=evaluator,
     )  # fmt: skip
     # A "Writing model shards" bar per checkpoint, nested in the training bar, prints escape codes into log files.
     transformers_logging.disable_progress_bar()
-    last = last_complete_checkpoint(checkpoints)
+    last = last_complete_checkpoint(checkpoints, LOSS_PARAMETERS if own_parameters else None)
     if last and finished_checkpoint(last):
         # The run reached its last step and failed after (the final save): the checkpoint is the trained model.
         # transformers would resume it and take one more step past max_steps.
@@ -286,6 +372,7 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     else:
         if last:
             logger.info("Resuming training from %s", last)
+            restore_loss_parameters(loss, model, last)
         with keyed("mixing"):  # a mixing setting, raised while the first dataloader is built, before any step
             result = trainer.train(resume_from_checkpoint=last)
         if last:  # transformers averages the loss over the resumed steps only
@@ -320,11 +407,12 @@ def train_stage(recipe: SectionView, train_dataset: str | Path, output_dir: str 
     return model_dir
 
 
-def last_complete_checkpoint(checkpoints: Path) -> str | None:
+def last_complete_checkpoint(checkpoints: Path, written_after: str | None = None) -> str | None:
     """The newest checkpoint the trainer finished writing, or ``None``. ``trainer_state.json`` is the last file
     transformers writes into one (after the weights, optimizer and RNG states), so a process killed or interrupted
     while saving leaves a folder without it, or with it cut short; such a folder is removed, so that neither the
-    resume nor the trainer's checkpoint rotation takes it (found by ``tests/test_fault_injection.py``)."""
+    resume nor the trainer's checkpoint rotation takes it (found by ``tests/test_fault_injection.py``).
+    ``written_after``: a file a callback writes after the trainer's own (the loss's parameters), required too."""
     if not checkpoints.is_dir():
         return None
     steps = {int(p.name.removeprefix("checkpoint-")): p for p in checkpoints.glob("checkpoint-*") if p.is_dir()
@@ -332,6 +420,8 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     for step in sorted(steps, reverse=True):
         try:
             json.loads((steps[step] / "trainer_state.json").read_text())
+            if written_after and not (steps[step] / written_after).is_file():
+                raise FileNotFoundError(written_after)
         except (OSError, ValueError):
             logger.warning("Removing %s: the run stopped while saving it", steps[step])
             shutil.rmtree(steps[step])
