@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = add_command("schema", help="print the JSON Schema of a recipe (for editors: yaml-language-server)")
     schema.set_defaults(handler=_schema)
-    schema.add_argument("--ablation", action="store_true", help="the schema of an ablation file instead")
+    of = schema.add_mutually_exclusive_group()
+    of.add_argument("--ablation", action="store_true", help="the schema of an ablation file instead")
+    of.add_argument("--templates", action="store_true", help="the schema of a synthesis template file instead")
 
     benchmark = add_command("benchmark", help="build a real-text retrieval benchmark")
     benchmark.set_defaults(handler=_benchmark)
@@ -347,6 +349,8 @@ def _main(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     if args.ablation:
         from st_retrofit.ablate import ablation_schema as schema
+    elif args.templates:
+        from st_retrofit.synth.templates import template_file_schema as schema
     else:
         from st_retrofit.recipe import recipe_schema as schema
 

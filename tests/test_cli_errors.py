@@ -109,7 +109,7 @@ CASES = [
     ("negative learning rate", lambda f, d, r: ["validate", str(r), "--set", "train.args.learning_rate=-0.1"],
      "train.args.learning_rate: expected >= 0"),
     ("unknown loss", lambda f, d, r: ["validate", str(r), "--set", "train.loss=NoSuchLoss"],
-     "; known losses: CachedRetrofitInfoNCELoss, RetrofitInfoNCELoss, TeacherEmbeddingLoss, AdaptiveLayerLoss, "),
+     "; known losses: CachedRetrofitInfoNCELoss, OrthogonalEmbedDistillLoss, RetrofitInfoNCELoss, TeacherEmbeddingLoss, "),
     ("missing local corpus", lambda f, d, r: _corpus_recipe(f, d, f / "my_docs.jsonl"), "my_docs.jsonl does not exist"),
     ("empty corpus", lambda f, d, r: _corpus_recipe(f, d, _write(f, "empty.jsonl", b"")), "empty.jsonl is empty"),
     ("one-document corpus", lambda f, d, r: _corpus_recipe(f, d, _write(f, "one.jsonl", b'{"text": "a page"}\n\n')),

@@ -123,9 +123,9 @@ def test_every_kind_checks_the_modules_it_needs(monkeypatch):
 
 
 # Kinds chosen by registry lookups, never by comparing their names: a comparison of a search or encoder backend,
-# an output layout, a merge method or a synth backend type with a string literal is a switch that a registered
-# kind could not join.
-COMPARISON = re.compile(r"""(?<!device)\.(backend|output|method|type)\s*(==|!=|\bin\b|\bnot in\b)\s*[\"'(\[{]""")
+# an output layout, a merge method, a synth backend type or a template kind with a string literal is a switch that
+# a registered kind could not join.
+COMPARISON = re.compile(r"""(?<!device)\.(backend|output|method|type|kind)\s*(==|!=|\bin\b|\bnot in\b)\s*[\"'(\[{]""")
 
 
 def test_no_kind_of_these_registries_is_chosen_by_a_string_comparison():
@@ -143,6 +143,7 @@ def test_the_grep_finds_a_switch():
     assert COMPARISON.search("elif config.search.backend in ('flat', 'ivf'):")
     assert COMPARISON.search('heuristic = config.backend.type == "heuristic"')
     assert COMPARISON.search('if self.method == "slerp":')
+    assert COMPARISON.search('return self._heuristic if template.kind == "heuristic" else self.backend')
     assert not COMPARISON.search("layout = OUTPUT_LAYOUTS[cfg.output]")
     assert not COMPARISON.search('if model.device.type != "cpu":')  # a torch device, no kind
 

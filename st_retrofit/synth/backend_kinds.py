@@ -2,8 +2,9 @@
 templates it runs and who wrote the pairs (for the card), and builds its backend.
 
 - ``heuristic``: no LLM; runs ``kind: heuristic`` templates (title to body, inverse cloze, cropping, facts);
-- ``openai``: any OpenAI-compatible server (OpenAI, vLLM, TGI, llama.cpp, Ollama);
-- ``transformers``: a local chat model.
+- ``openai``: any OpenAI-compatible server (OpenAI, vLLM, TGI, llama.cpp, Ollama): chat for ``llm`` templates, the
+  completions endpoint for ``completion`` templates;
+- ``transformers``: a local model: a chat model for ``llm`` templates, any causal LM for ``completion``.
 
 A new backend subclasses :class:`SynthBackendKind` and is registered with ``@SYNTH_BACKENDS.register``; its
 ``backend`` names the :class:`~st_retrofit.synth.backends.base.SynthBackend` class by module path, so a recipe is
@@ -27,7 +28,11 @@ class SynthBackendKind(Kind):
     """One way of writing pairs."""
 
     backend: ClassVar[str]  # "module:Class" of the SynthBackend
-    template_kind: ClassVar[str] = "llm"  # the kind of template it runs
+
+    def template_kinds(self, config: BackendConfig) -> tuple[str, ...]:
+        """The template kinds it runs with these settings: an LLM's chat, or its plain-text completion
+        (``prompt_format``). Heuristic templates need no backend and run beside any."""
+        return ("completion",) if config.prompt_format == "completion" else ("llm",)
 
     def backend_class(self) -> type[SynthBackend]:
         module, name = self.backend.split(":")
@@ -54,7 +59,9 @@ class HeuristicKind(SynthBackendKind):
     name = "heuristic"
     description = "no LLM: pairs from the documents' own structure (heuristic templates)"
     backend = "st_retrofit.synth.backends.heuristic:HeuristicBackend"
-    template_kind = "heuristic"
+
+    def template_kinds(self, config):
+        return ("heuristic",)
 
     def writer(self, config):
         return "heuristics"
@@ -81,13 +88,22 @@ class TransformersKind(SynthBackendKind):
 
     def check_config_environment(self, config):
         from st_retrofit.extras import MissingExtraError, require_module
+        from st_retrofit.models.resolve import OFFLINE_LLMS, OFFLINE_PREFIX
         from st_retrofit.synth.backends.base import SynthBackendError
-        from st_retrofit.synth.backends.transformers_local import resolve_llm
+        from st_retrofit.synth.backends.transformers_local import default_llm, resolve_llm
 
+        model = config.model or default_llm(config.prompt_format)
         try:
-            resolve_llm(config.model or "offline:smollm2-135m-instruct", config.gguf_file)
+            resolve_llm(model, config.gguf_file, build=False)
         except SynthBackendError as exc:
             raise ConfigError("model", str(exc)) from None
+        entry = OFFLINE_LLMS.get(model.removeprefix(OFFLINE_PREFIX)) if model.startswith(OFFLINE_PREFIX) else None
+        if entry is not None and entry.chat != (config.prompt_format == "chat"):
+            wanted = "chat" if entry.chat else "completion"
+            raise ConfigError(
+                "prompt_format",
+                f"{model} is {'a chat' if entry.chat else 'a base (not chat)'} model: set prompt_format: {wanted}",
+            )
         if config.response_format == "json_schema":
             try:
                 require_module("llguidance", "constrained decoding")
@@ -95,4 +111,6 @@ class TransformersKind(SynthBackendKind):
                 raise ConfigError("response_format", exc.message) from None
 
     def writer(self, config):
-        return config.model or "offline:smollm2-135m-instruct"
+        from st_retrofit.synth.backends.transformers_local import default_llm
+
+        return config.model or default_llm(config.prompt_format)

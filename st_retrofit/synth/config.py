@@ -117,6 +117,9 @@ class BackendConfig(ConfigModel):
         batch_size: ``transformers``: prompts per generation batch.
         prefill_json: ``transformers``: start each answer with the schema's first key, stop when the JSON closes
             (unused with ``response_format: json_schema``, which writes the JSON itself).
+        prompt_format: ``chat`` runs ``llm`` templates through the model's chat template (instruction-tuned
+            models); ``completion`` runs ``completion`` templates as plain text to continue (base models, which
+            follow no chat: ``offline:gemma3-270m``), through the server's completions endpoint for ``openai``.
     """
 
     type: SynthBackendName = Field("heuristic", description="Backend.")
@@ -139,6 +142,9 @@ class BackendConfig(ConfigModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="dtype.")
     batch_size: int = Field(8, ge=1, description="transformers: prompts per batch.")
     prefill_json: bool = Field(True, description="transformers: prefill the JSON answer.")
+    prompt_format: Literal["chat", "completion"] = Field(
+        "chat", description="chat: llm templates; completion: completion templates, for base models."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BackendConfig:

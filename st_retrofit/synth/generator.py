@@ -144,7 +144,7 @@ class SyntheticDataGenerator:
         chunk_size: int = 256,
         few_shot: int = 0,
     ) -> None:
-        needs_llm = [t.name for t in templates if t.kind == "llm"]
+        needs_llm = [t.name for t in templates if t.kind_entry.needs_llm]
         if needs_llm and (backend is None or isinstance(backend, HeuristicBackend)):
             raise ValueError(f"templates {needs_llm} need an LLM backend (openai or transformers)")
         self.backend, self.templates, self.library = backend, list(templates), library
@@ -159,14 +159,26 @@ class SyntheticDataGenerator:
     # -- requests ---------------------------------------------------------------------------------------------
 
     def _backend_for(self, template: SynthTemplate) -> SynthBackend:
-        return self._heuristic if template.kind == "heuristic" else self.backend
+        return self.backend if template.kind_entry.needs_llm else self._heuristic
 
     def _request(self, template: SynthTemplate, context: dict[str, Any], seed: int) -> GenerationRequest:
+        kind = template.kind_entry
         backend = self._backend_for(template)
-        messages = template.render(context, self.few_shot, seed) if template.kind != "heuristic" else []
-        identity = backend.identity() | ({"template": template.name} if template.kind == "heuristic" else {})
-        key = request_key(identity, messages or [{"context": json.dumps(context, sort_keys=True)}], seed)
-        return GenerationRequest(key, messages, template.output_schema or None, seed, template, context)
+        messages = kind.messages(template, context, self.few_shot, seed)
+        text = kind.prompt_text(template, context, self.few_shot, seed)
+        # A heuristic's answer depends on its method and the passage only; an LLM's on what it was sent.
+        if not kind.needs_llm:
+            identity, sent = (
+                backend.identity() | {"template": template.name},
+                [{"context": json.dumps(context, sort_keys=True)}],
+            )
+        else:
+            identity, sent = backend.identity(), messages or [{"prompt": text, "stop": template.stop}]
+        key = request_key(identity, sent, seed)
+        return GenerationRequest(
+            key, messages, template.output_schema or None, seed, template, context, prompt=text,
+            stop=tuple(template.stop),
+        )  # fmt: skip
 
     def _run(self, requests: list[GenerationRequest], report: SynthesisReport, desc: str) -> dict[str, str]:
         """Answers by request key: cached ones first, the rest from the backends (cached as they arrive)."""

@@ -112,7 +112,7 @@ class CorpusSource(SynthSourceKind):
         if config.validation.near_duplicate_threshold is not None:
             require_module("datasketch", "source corpus (validation.near_duplicate_threshold)")
         _, templates = select_templates(config)
-        if any(t.kind == "llm" for t in templates):
+        if any(t.kind_entry.needs_llm for t in templates):
             with keyed("backend"):
                 config.backend.check_environment()
         with keyed("corpus"):

@@ -42,16 +42,19 @@ def select_templates(config: SynthConfig) -> tuple[TemplateLibrary, list[SynthTe
         library = TemplateLibrary(config.template_dirs)
     except TemplateLibraryError as exc:
         raise ConfigError("template_dirs", str(exc)) from None
-    kind = config.backend.kind.template_kind
+    runs = config.backend.kind.template_kinds(config.backend)
     try:
-        templates = library.select(config.templates, kind=kind)
+        templates = library.select(config.templates, kinds=runs)
     except KeyError as exc:
         raise ConfigError("templates", exc.args[0]) from None
-    needs_llm = [t.name for t in templates if t.kind == "llm"]
-    if kind == "heuristic" and needs_llm:
+    # Heuristic templates run without a backend, beside any; the others need one that runs their kind.
+    others = [t.name for t in templates if t.kind_entry.needs_llm and t.kind not in runs]
+    if others:
+        runnable = ", ".join(t.name for t in library if t.kind in runs and t.kind_entry.writes_pairs)
         raise ConfigError(
-            "templates", f"{needs_llm} need an LLM; set synth.backend.type to openai or transformers, or pick "
-            f"heuristic templates ({', '.join(t.name for t in library if t.kind == 'heuristic')})"
+            "templates", f"{others} are not {' or '.join(runs)} templates, which the {config.backend.type} backend "
+            f"runs as set ({runnable}); pick those, or set synth.backend.type (openai, transformers) and "
+            "prompt_format (chat: llm templates, completion: completion templates) to run them"
         )  # fmt: skip
     return library, templates
 
@@ -91,7 +94,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
         "eval": corpus.select([i for i, h in enumerate(held_out) if h]),
     }
     share = config.eval_fraction / (1 - config.eval_fraction)
-    backend = config.backend.build() if any(t.kind == "llm" for t in templates) else None
+    backend = config.backend.build() if any(t.kind_entry.needs_llm for t in templates) else None
     cache = ResponseCache(Path(config.cache_dir) if config.cache_dir else cache_dir() / "synth")
     splits, reports = {}, {}
     try:

@@ -25,50 +25,70 @@ answer format and the query style far more often with them (Promptagator prompts
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import random
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import UndefinedError
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from st_retrofit.config import StRetrofitError
+from st_retrofit.config import ConfigError, ConfigModel, StRetrofitError, load_yaml, require, validate_section
 from st_retrofit.synth.languages import language_name, normalize_language
+from st_retrofit.synth.template_kinds import JINJA, TEMPLATE_KINDS, TemplateKind, TemplateKindName
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).parent / "templates"
-KINDS = ("llm", "heuristic", "brainstorm")
 PAIR_COLUMNS = ("query", "document")
 CONTEXT_FIELDS = ("passage", "title")
-_KEYS = {
-    "name", "kind", "task_type", "description", "system", "prompt", "output_schema", "pair", "languages",
-    "lengths", "requires", "cross_lingual", "variables", "brainstorm", "method", "params", "examples",
-}  # fmt: skip
-_EXAMPLE_KEYS = ("passage", "title", "language", "target_language", "variables", "output")
-
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+Column = Literal["query", "document"]
 
 
 class TemplateLibraryError(StRetrofitError, ValueError):
     """A template file problem, reported as ``<file> [<template>].<key>: <what is wrong>``."""
 
 
-@dataclass(frozen=True)
-class SynthTemplate:
-    """One generation template (see the module docstring for the file format).
+class TemplateExample(ConfigModel):
+    """A worked answer for few-shot prompting (an entry of a template's ``examples``).
+
+    Args:
+        passage: the passage the answer was written for.
+        language: its language.
+        title: its title, where the prompt shows one.
+        target_language: the language the answer was asked in (cross-lingual templates).
+        variables: the template's ``variables`` values the answer was written for.
+        output: the answer the model should have given (checked against ``output_schema``).
+    """
+
+    passage: str = Field(description="The example's passage.")
+    language: str = Field(description="Its language code.")
+    title: str | None = Field(None, description="Its title.")
+    target_language: str | None = Field(None, description="The language the answer is in, when another.")
+    variables: dict[str, str] = Field(default_factory=dict, description="Values of the template's variables.")
+    output: dict[str, Any] = Field(description="The answer, as output_schema describes it.")
+
+    @field_validator("language", "target_language")
+    @classmethod
+    def _normalized(cls, code: str | None) -> str | None:
+        # Codes are compared as the corpus's are: normalized (``de-DE`` is ``de``).
+        return normalize_language(code) if code else code
+
+
+class SynthTemplate(ConfigModel):
+    """One generation template, as a template file writes it (``st-retrofit schema --templates`` prints the JSON
+    Schema of a file; see the module docstring for the format). What a template must hold beyond these shapes
+    depends on its ``kind`` (:data:`~st_retrofit.synth.template_kinds.TEMPLATE_KINDS`), which checks it.
 
     Args:
         name: unique name; recorded in each row's ``template`` column.
-        kind: ``llm``, ``heuristic`` or ``brainstorm``.
+        kind: a registered template kind: ``llm``, ``completion``, ``heuristic`` or ``brainstorm``.
         task_type: the kind of pair (``short-long``, ``question-answer``...); becomes the row's ``task``.
         description: one line for ``st-retrofit templates``.
         system: Jinja2 system message (``llm``, ``brainstorm``).
-        prompt: Jinja2 user message (``llm``, ``brainstorm``).
+        prompt: Jinja2 user message (``llm``, ``brainstorm``), or the text to continue (``completion``).
         output_schema: JSON schema the parsed answer must satisfy.
         pair: ``{"query": expr, "document": expr}``; expr is ``output.<key>``, ``passage`` or ``title``.
         languages: ``{column: "source" | "target"}``: the language a column must be in.
@@ -79,59 +99,96 @@ class SynthTemplate:
         brainstorm: the ``brainstorm`` template whose task descriptions fill ``{{ task }}``.
         method: the heuristic method (``heuristic``).
         params: keyword arguments of the heuristic method.
-        examples: worked answers for few-shot prompts (``llm``; see the module docstring).
-        source: the file it came from.
+        examples: worked answers for few-shot prompts (``llm``, ``completion``; see the module docstring).
+        answer_key: the output key a ``completion`` template's continuation fills.
+        stop: where a ``completion`` ends (the first is also written after each example's answer).
     """
 
-    name: str
-    kind: str
-    task_type: str
-    description: str = ""
-    system: str | None = None
-    prompt: str | None = None
-    output_schema: dict[str, Any] = field(default_factory=dict)
-    pair: dict[str, str] = field(default_factory=dict)
-    languages: dict[str, str] = field(default_factory=dict)
-    lengths: dict[str, list[int]] = field(default_factory=dict)
-    requires: tuple[str, ...] = ()
-    cross_lingual: bool = False
-    variables: dict[str, list[str]] = field(default_factory=dict)
-    brainstorm: str | None = None
-    method: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    examples: tuple[dict[str, Any], ...] = ()
-    source: str = ""
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True)
 
-    def _text(self, key: str, text: str, context: dict[str, Any]) -> str:
+    name: str = Field(min_length=1, description="Unique name, recorded in each row.")
+    kind: TemplateKindName = Field(description="Template kind.")
+    task_type: str = Field(min_length=1, description="The kind of pair (short-long, question-answer...).")
+    description: str = Field("", description="One line for st-retrofit templates.")
+    system: str | None = Field(None, description="Jinja2 system message.")
+    prompt: str | None = Field(None, description="Jinja2 user message, or the text to continue.")
+    output_schema: dict[str, Any] = Field(default_factory=dict, description="JSON schema of the answer.")
+    pair: dict[Column, str] = Field(default_factory=dict, description="query/document: output.<key>, passage, title.")
+    languages: dict[Column, Literal["source", "target"]] = Field(
+        default_factory=dict, description="The language each column must be in."
+    )
+    lengths: dict[Column, list[Annotated[int, Field(ge=0)]]] = Field(
+        default_factory=dict, description="[min_chars, max_chars] per column."
+    )
+    requires: list[str] = Field(default_factory=list, description="Corpus fields a passage needs.")
+    cross_lingual: bool = Field(False, description="Draw a target language other than the passage's.")
+    variables: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(
+        default_factory=dict, description="Values drawn per request."
+    )
+    brainstorm: str | None = Field(None, description="The brainstorm template that fills {{ task }}.")
+    method: str | None = Field(None, description="Heuristic method.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Heuristic method arguments.")
+    examples: list[TemplateExample] = Field(default_factory=list, description="Few-shot worked answers.")
+    answer_key: str | None = Field(None, description="completion: the output key the continuation fills.")
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, description="completion: stops.")
+
+    _source: str = PrivateAttr("")
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthTemplate:
+        kind = self.kind_entry
+        require(not self.examples or kind.takes_examples, "examples",
+                f"a {self.kind} template takes no few-shot examples")  # fmt: skip
+        kind.check(self)
+        if kind.writes_pairs:
+            require(sorted(self.pair) == sorted(PAIR_COLUMNS), "pair",
+                    f"expected the keys {list(PAIR_COLUMNS)}, got {sorted(self.pair)}")  # fmt: skip
+            for column, expression in self.pair.items():
+                require(expression.startswith("output.") or expression in CONTEXT_FIELDS, f"pair.{column}",
+                        f"expected output.<key>, passage or title, got {expression!r}")  # fmt: skip
+        for column, bounds in self.lengths.items():
+            require(len(bounds) == 2 and bounds[0] <= bounds[1], f"lengths.{column}",
+                    "expected [min_chars, max_chars]")  # fmt: skip
+        return self
+
+    @property
+    def kind_entry(self) -> TemplateKind:
+        return TEMPLATE_KINDS[self.kind]
+
+    @property
+    def source(self) -> str:
+        """The file the template came from."""
+        return self._source
+
+    def text(self, key: str, context: dict[str, Any]) -> str:
+        """The template's ``system`` or ``prompt`` rendered with ``context``; a variable it uses and the context
+        lacks is an error naming the template and the key."""
         try:
-            return _ENV.from_string(text).render(**context).strip()
+            return JINJA.from_string(getattr(self, key)).render(**context).strip()
         except UndefinedError as exc:
             raise TemplateLibraryError(f"{self.source} [{self.name}].{key}: {exc.message}") from None
 
     def render(self, context: dict[str, Any], shots: int = 0, seed: int = 0) -> list[dict[str, str]]:
-        """The chat messages for ``context``, after ``shots`` of the template's examples as earlier turns (those in
-        the request's language first, the rest drawn with ``seed``); a variable the prompt uses and the context
-        lacks is an error."""
-        messages = [{"role": "system", "content": self._text("system", self.system, context)}] if self.system else []
-        for example in self.pick_examples(context.get("language"), shots, seed):
-            shown = context | {"passage": example["passage"], "title": example.get("title")}
-            shown |= example.get("variables", {})
-            for key in ("language", "target_language"):
-                if key in example:
-                    shown |= {key: example[key], f"{key}_name": language_name(example[key])}
-            messages.append({"role": "user", "content": self._text("prompt", self.prompt, shown)})
-            messages.append({"role": "assistant", "content": json.dumps(example["output"], ensure_ascii=False)})
-        if self.prompt:
-            messages.append({"role": "user", "content": self._text("prompt", self.prompt, context)})
-        return messages
+        """The chat messages for ``context`` (its kind's: after ``shots`` of the template's examples as earlier
+        turns, those in the request's language first, the rest drawn with ``seed``)."""
+        return self.kind_entry.messages(self, context, shots, seed)
 
-    def pick_examples(self, language: str | None, shots: int, seed: int) -> list[dict[str, Any]]:
+    def example_context(self, context: dict[str, Any], example: TemplateExample) -> dict[str, Any]:
+        """``context`` as the example's passage, title, languages and variables would make it."""
+        shown = context | {"passage": example.passage, "title": example.title} | example.variables
+        for key in ("language", "target_language"):
+            code = getattr(example, key)
+            if code:
+                shown |= {key: code, f"{key}_name": language_name(code)}
+        return shown
+
+    def pick_examples(self, language: str | None, shots: int, seed: int) -> list[TemplateExample]:
         """``shots`` examples: those written in ``language`` first, each group in a seeded order."""
         if shots <= 0 or not self.examples:
             return []
         rng = random.Random(seed)
-        same = [e for e in self.examples if e.get("language") == language]
-        other = [e for e in self.examples if e.get("language") != language]
+        same = [e for e in self.examples if e.language == language]
+        other = [e for e in self.examples if e.language != language]
         rng.shuffle(same)
         rng.shuffle(other)
         return (same + other)[:shots]
@@ -146,123 +203,41 @@ class SynthTemplate:
         return all(row.get(name) for name in self.requires)
 
 
-def _fail(source: str, name: str, key: str, message: str) -> None:
-    raise TemplateLibraryError(f"{source} [{name}].{key}: {message}")
-
-
-def _check_template(data: dict[str, Any], source: str) -> SynthTemplate:
-    from st_retrofit.extras import require_module
-
-    jsonschema = require_module("jsonschema", "synthesis templates")
-    Draft202012Validator, SchemaError = jsonschema.Draft202012Validator, jsonschema.SchemaError
-
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise TemplateLibraryError(f"{source}: every template needs a `name`")
-    for key in data:
-        if key not in _KEYS:
-            close = difflib.get_close_matches(key, sorted(_KEYS), n=1)
-            _fail(source, name, key, "unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
-    kind = data.get("kind")
-    if kind not in KINDS:
-        _fail(source, name, "kind", f"expected one of {KINDS}, got {kind!r}")
-    if not isinstance(data.get("task_type"), str):
-        _fail(source, name, "task_type", "expected a string such as short-long or question-answer")
-    if kind in ("llm", "brainstorm"):
-        if not isinstance(data.get("prompt"), str):
-            _fail(source, name, "prompt", "an llm or brainstorm template needs a Jinja2 prompt")
-        for key in ("system", "prompt"):
-            if data.get(key) is not None:
-                try:
-                    _ENV.parse(data[key])
-                except TemplateError as exc:
-                    _fail(source, name, key, f"Jinja2 syntax error: {exc}")
-        schema = data.get("output_schema")
-        if not isinstance(schema, dict):
-            _fail(source, name, "output_schema", "expected a JSON schema mapping")
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            _fail(source, name, "output_schema", f"not a valid JSON schema: {exc.message}")
-    if kind == "heuristic" and not isinstance(data.get("method"), str):
-        _fail(source, name, "method", "a heuristic template names its method")
-    if kind != "brainstorm":
-        pair = data.get("pair") or {}
-        if sorted(pair) != sorted(PAIR_COLUMNS):
-            _fail(source, name, "pair", f"expected the keys {list(PAIR_COLUMNS)}, got {sorted(pair)}")
-        outputs = (data.get("output_schema") or {}).get("properties", {})
-        required = (data.get("output_schema") or {}).get("required", [])
-        for column, expr in pair.items():
-            if expr.startswith("output."):
-                key = expr[len("output.") :]
-                if kind == "llm" and (key not in outputs or key not in required):
-                    _fail(source, name, f"pair.{column}", f"{expr} is not a required property of output_schema")
-            elif expr not in CONTEXT_FIELDS:
-                _fail(source, name, f"pair.{column}", f"expected output.<key>, passage or title, got {expr!r}")
-    for column, side in (data.get("languages") or {}).items():
-        if column not in PAIR_COLUMNS or side not in ("source", "target"):
-            _fail(source, name, f"languages.{column}", "expected query/document mapped to source or target")
-    for column, bounds in (data.get("lengths") or {}).items():
-        if column not in PAIR_COLUMNS or not (
-            isinstance(bounds, list) and len(bounds) == 2 and bounds[0] <= bounds[1]
-        ):
-            _fail(source, name, f"lengths.{column}", "expected query/document mapped to [min_chars, max_chars]")
-    for key, values in (data.get("variables") or {}).items():
-        if not (isinstance(values, list) and values):
-            _fail(source, name, f"variables.{key}", "expected a non-empty list of values")
-    examples = data.get("examples") or []
-    if examples and kind != "llm":
-        _fail(source, name, "examples", "only llm templates take few-shot examples")
-    if not isinstance(examples, list):
-        _fail(source, name, "examples", "expected a list of {passage, language, output} mappings")
-    validator = Draft202012Validator(data.get("output_schema") or {})
-    for i, example in enumerate(examples):
-        where = f"examples[{i}]"
-        if not isinstance(example, dict) or not all(isinstance(example.get(k), str) for k in ("passage", "language")):
-            _fail(source, name, where, "expected a mapping with a passage, its language and an output")
-        for key in example:
-            if key not in _EXAMPLE_KEYS:
-                _fail(source, name, f"{where}.{key}", f"unknown key; an example takes {', '.join(_EXAMPLE_KEYS)}")
-        error = next(iter(validator.iter_errors(example.get("output"))), None)
-        if error is not None:
-            _fail(source, name, f"{where}.output", f"does not satisfy output_schema: {error.message}")
-        for key in example.get("variables") or {}:
-            if key not in (data.get("variables") or {}):
-                _fail(source, name, f"{where}.variables.{key}", "not one of the template's variables")
-    return SynthTemplate(
-        name=name,
-        kind=kind,
-        task_type=data["task_type"],
-        description=data.get("description", ""),
-        system=data.get("system"),
-        prompt=data.get("prompt"),
-        output_schema=data.get("output_schema") or {},
-        pair=dict(data.get("pair") or {}),
-        languages=dict(data.get("languages") or {}),
-        lengths=dict(data.get("lengths") or {}),
-        requires=tuple(data.get("requires") or ()),
-        cross_lingual=bool(data.get("cross_lingual", False)),
-        variables=dict(data.get("variables") or {}),
-        brainstorm=data.get("brainstorm"),
-        method=data.get("method"),
-        params=dict(data.get("params") or {}),
-        # Codes as the corpus's are compared: normalized (``de-DE`` is ``de``).
-        examples=tuple(
-            e | {k: normalize_language(e[k]) for k in ("language", "target_language") if k in e} for e in examples
-        ),  # fmt: skip
-        source=source,
-    )
-
-
 def _read_file(path: Path) -> list[SynthTemplate]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TemplateLibraryError(f"{path}: not valid YAML: {exc}") from None
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except ConfigError as exc:
+        raise TemplateLibraryError(exc.message) from None
     items = data.get("templates") if isinstance(data, dict) and "templates" in data else [data]
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise TemplateLibraryError(f"{path}: expected a template mapping or `templates:` with a list of them")
-    return [_check_template(item, str(path)) for item in items]
+    templates = []
+    for item in items:
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise TemplateLibraryError(f"{path}: every template needs a `name`")
+        try:
+            template = validate_section(SynthTemplate, item)
+        except ConfigError as exc:
+            raise TemplateLibraryError(f"{path} [{name}].{exc.key}: {exc.message}") from None
+        template._source = str(path)
+        templates.append(template)
+    return templates
+
+
+def template_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a template file (``templates:`` and a list of templates), for editors."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "st-retrofit synthesis templates",
+        "type": "object",
+        "properties": {"templates": {"type": "array", "items": {"$ref": "#/$defs/SynthTemplate"}}},
+        "required": ["templates"],
+        "additionalProperties": False,
+    }
+    model = SynthTemplate.model_json_schema(ref_template="#/$defs/{model}")
+    defs = model.pop("$defs", {})
+    return schema | {"$defs": defs | {"SynthTemplate": model}}
 
 
 class TemplateLibrary:
@@ -292,9 +267,10 @@ class TemplateLibrary:
         for template in self.templates.values():
             if template.brainstorm is not None:
                 target = self.templates.get(template.brainstorm)
-                if target is None or target.kind != "brainstorm":
-                    _fail(
-                        template.source, template.name, "brainstorm", f"no brainstorm template {template.brainstorm!r}"
+                if target is None or target.kind_entry.writes_pairs:
+                    raise TemplateLibraryError(
+                        f"{template.source} [{template.name}].brainstorm: no brainstorm template "
+                        f"{template.brainstorm!r}"
                     )
 
     def __getitem__(self, name: str) -> SynthTemplate:
@@ -311,37 +287,41 @@ class TemplateLibrary:
 
     @property
     def task_types(self) -> list[str]:
-        return sorted({t.task_type for t in self if t.kind != "brainstorm"})
+        return sorted({t.task_type for t in self if t.kind_entry.writes_pairs})
 
-    def select(self, selectors: list[str], kind: str | None = None) -> list[SynthTemplate]:
+    def select(
+        self, selectors: list[str], kinds: Collection[str] | None = None, kind: str | None = None
+    ) -> list[SynthTemplate]:
         """Templates matching any selector: a template name (exactly that one), or a task type or ``all`` (those
-        of ``kind``, when given: ``llm`` or ``heuristic``). A selector that is both a name and a task type picks
-        the task type's templates of ``kind`` when the named one is of another kind.
+        of ``kinds``, when given: the kinds a backend runs). A selector that is both a name and a task type picks
+        the task type's templates of ``kinds`` when the named one is of another kind. ``kind``: the one-kind
+        form of earlier releases (deprecated).
 
         Raises:
             KeyError: a selector matches nothing, with the close names.
         """
+        if kind is not None:
+            warnings.warn("select(kind=...) is now select(kinds=[...])", FutureWarning, stacklevel=2)
+            kinds = (kind,)
+
+        def wanted(template: SynthTemplate) -> bool:
+            return kinds is None or template.kind in kinds
+
         chosen: dict[str, SynthTemplate] = {}
+        writers = [t for t in self if t.kind_entry.writes_pairs]
         for selector in selectors:
             named = self.templates.get(selector)
-            # A name is exact, unless it is also a task type with templates of the wanted kind (``short-long`` is
+            # A name is exact, unless it is also a task type with templates of the wanted kinds (``short-long`` is
             # the LLM template's name and the heuristic backend's task type).
-            if (
-                named is not None
-                and named.kind != "brainstorm"
-                and (kind in (None, named.kind) or selector not in self.task_types)
-            ):
+            if named is not None and named in writers and (wanted(named) or selector not in self.task_types):
                 matches = [named]
             else:
-                matches = [
-                    t for t in self
-                    if t.kind != "brainstorm" and selector in ("all", t.task_type) and kind in (None, t.kind)
-                ]  # fmt: skip
+                matches = [t for t in writers if selector in ("all", t.task_type) and wanted(t)]
             if not matches:
-                names = sorted({t.name for t in self if t.kind != "brainstorm"} | set(self.task_types))
+                names = sorted({t.name for t in writers} | set(self.task_types))
                 close = difflib.get_close_matches(selector, names, n=3)
                 hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names)}"
-                of_kind = f" with {kind} templates" if kind else ""
+                of_kind = f" with {' or '.join(sorted(kinds))} templates" if kinds else ""
                 raise KeyError(f"no template or task type{of_kind} named {selector!r}; {hint}")
             chosen.update((t.name, t) for t in matches)
         return list(chosen.values())

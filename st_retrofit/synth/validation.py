@@ -128,12 +128,9 @@ class PairValidator:
         self, template: SynthTemplate, answer: str, context: dict[str, Any]
     ) -> tuple[dict[str, str] | None, str | None]:
         """The accepted pair and ``None``, or ``None`` and the name of the rule that rejected it."""
-        if template.kind == "heuristic":
-            output = json.loads(answer)
-        else:
-            output, rule = parse_json_answer(answer, template.output_schema)
-            if output is None:
-                return None, rule
+        output, rule = template.kind_entry.parse(template, answer)
+        if output is None:
+            return None, rule
         pair = pair_from_output(template, output, context)
         if not pair["query"] or not pair["document"]:
             return None, "empty"
@@ -145,7 +142,7 @@ class PairValidator:
         if query == normalize_text(pair["document"]):
             return None, "copy"
         if (
-            template.kind == "llm"
+            template.kind_entry.quotes_passage
             and template.pair["document"] == "passage"
             and len(query) >= MIN_COPIED_CHARS
             and query in normalize_text(context["passage"])

@@ -26,11 +26,11 @@ def test_few_shot_turns_come_before_the_request_with_the_requests_language_first
     messages = template.render(_context("de", "German"), shots=3, seed=1)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user", "assistant",
                                              "user"]  # fmt: skip
-    german = next(e for e in template.examples if e.get("language") == "de")
-    assert json.loads(messages[2]["content"]) == german["output"]  # the only German example comes first
-    assert german["passage"].split()[0] in messages[1]["content"] and "(German)" in messages[1]["content"]
+    german = next(e for e in template.examples if e.language == "de")
+    assert json.loads(messages[2]["content"]) == german.output  # the only German example comes first
+    assert german.passage.split()[0] in messages[1]["content"] and "(German)" in messages[1]["content"]
     # Each example is shown with the instruction its answer was written for, and the request keeps its own.
-    assert german["variables"]["query_length"] in messages[1]["content"]
+    assert german.variables["query_length"] in messages[1]["content"]
     assert "Der Rhein" in messages[-1]["content"] and "less than 5 words" in messages[-1]["content"]
     # The other two are drawn by the seed: another seed, another pick or order.
     picks = {tuple(m["content"] for m in template.render(_context("de", "German"), 3, seed)[3:7]) for seed in range(8)}
@@ -55,7 +55,7 @@ def test_a_bad_example_is_refused_naming_the_template_and_the_entry(tmp_path):
             "examples[1].variables.tone",
         ),
         ({"passage": "p", "language": "en", "answer": {"query": "ok"}}, "examples[1].answer: unknown key"),
-        ({"passage": "p", "output": {"query": "ok"}}, "examples[1]: expected a mapping with a passage, its language"),
+        ({"passage": "p", "output": {"query": "ok"}}, "examples[1].language: required"),
     ]:
         write(example)
         with pytest.raises(
@@ -71,7 +71,7 @@ def test_every_shipped_example_satisfies_its_templates_schema_and_variables():
     assert with_examples["short-long"] >= 5 and with_examples["cross-lingual"] >= 3
     for name in with_examples:
         for example in library[name].examples:
-            jsonschema.validate(example["output"], library[name].output_schema)
+            jsonschema.validate(example.output, library[name].output_schema)
 
 
 # -- constrained decoding: a randomly initialized chat model, which writes no JSON of its own ---------------

@@ -22,7 +22,7 @@ from st_retrofit.synth.config import ValidationConfig
 def _generate(corpus_file, templates, seed=0, **kwargs):
     library = TemplateLibrary()
     generator = SyntheticDataGenerator(
-        None, library.select(templates, kind="heuristic"), library, ValidationConfig(), seed=seed, **kwargs
+        None, library.select(templates, kinds=["heuristic"]), library, ValidationConfig(), seed=seed, **kwargs
     )
     return generator.generate(load_corpus(corpus_file))
 

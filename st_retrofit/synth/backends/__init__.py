@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from st_retrofit.models.resolve import OFFLINE_LLMS
 from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend, SynthBackendError
 from st_retrofit.synth.backends.heuristic import METHODS, HeuristicBackend
 from st_retrofit.synth.backends.openai_compatible import OpenAICompatibleBackend
-from st_retrofit.synth.backends.transformers_local import OFFLINE_LLMS, TransformersBackend, resolve_llm
+from st_retrofit.synth.backends.transformers_local import TransformersBackend, resolve_llm
 
 __all__ = [
     "METHODS",

