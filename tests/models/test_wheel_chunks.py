@@ -154,3 +154,75 @@ def test_embeddinggemma_from_the_registry(tmp_path, monkeypatch):
     assert query.shape == (1, 768)
     scores = model.similarity(query, documents)[0]
     assert scores[0] > scores[1] + 0.1
+
+
+# -- a file cut into byte pieces, one package each (Gemma 3 270M's GGUF) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_carrier(tmp_path_factory):
+    """Four packages carrying quarters of a made-up GGUF file, and the spec that names them with its sha256."""
+    from st_retrofit.offline.wheel_chunks import SplitFile
+
+    folder = tmp_path_factory.mktemp("split-index")
+    data = b"GGUF" + bytes(range(256)) * 33
+    quarter = -(-len(data) // 4)
+    pieces = []
+    for i in range(4):
+        package, module = f"tiny-gguf-part{i + 1}", f"tiny_gguf_part{i + 1}"
+        member = f"{module}/data/tiny.gguf.part{i:02d}"
+        with zipfile.ZipFile(folder / f"{module}-1.0.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(member, data[i * quarter : (i + 1) * quarter])
+            info = f"{module}-1.0.0.dist-info"
+            wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0.0\n")
+            wheel.writestr(
+                f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+            )
+            wheel.writestr(f"{info}/RECORD", "")
+        pieces.append((package, "1.0.0", member))
+    spec = SplitFile(
+        name="tiny-gguf", file_name="tiny.gguf", pieces=tuple(pieces), sha256=hashlib.sha256(data).hexdigest()
+    )
+    return spec, folder, data
+
+
+def test_a_split_file_is_joined_verified_and_reused(split_carrier, tmp_path, monkeypatch):
+    from st_retrofit.offline.wheel_chunks import assemble_file, is_joined
+
+    spec, index, data = split_carrier
+    target = tmp_path / "models" / "tiny-gguf"
+    assert assemble_file(spec, target, pip_args=_pip_args(index), show_progress_bar=False) == target
+    assert (target / "tiny.gguf").read_bytes() == data and is_joined(spec, target)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-gguf"]  # no pieces or temp left
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("pip ran for a joined file"))
+    assert assemble_file(spec, target, pip_args=_pip_args(index), show_progress_bar=False) == target
+
+
+def test_a_split_file_with_another_sha256_caches_nothing(split_carrier, tmp_path):
+    from st_retrofit.offline.wheel_chunks import assemble_file
+
+    spec, index, _ = split_carrier
+    with pytest.raises(AssemblyError, match=r"tiny\.gguf has sha256 [0-9a-f]{64}, its publisher lists 0{64}"):
+        assemble_file(replace(spec, sha256="0" * 64), tmp_path / "m" / "t", pip_args=_pip_args(index),
+                      show_progress_bar=False)  # fmt: skip
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_gemma3_270m_from_the_registry_writes_a_query_by_completion(tmp_path, monkeypatch):
+    """The real thing: four packages (241 MiB) joined and checked, then the base model continues a few-shot
+    completion prompt (transformers dequantizes the GGUF: a few minutes on two cores)."""
+    monkeypatch.setenv("ST_RETROFIT_CACHE", str(tmp_path))
+    from st_retrofit.offline.wheel_chunks import GEMMA3_270M, is_joined
+    from st_retrofit.synth.backends import GenerationRequest, TransformersBackend
+    from st_retrofit.synth.templates import TemplateLibrary
+
+    template = TemplateLibrary()["short-long-completion"]
+    context = {"passage": "Der Befehl ls listet die Dateien eines Verzeichnisses auf.", "language": "de",
+               "language_name": "German"}  # fmt: skip
+    prompt = template.kind_entry.prompt_text(template, context, shots=3, seed=0)
+    backend = TransformersBackend("offline:gemma3-270m", device="cpu", temperature=0.0, max_new_tokens=24)
+    assert is_joined(GEMMA3_270M, tmp_path / "models" / "gemma3-270m")
+    [result] = backend.generate([GenerationRequest("k", [], None, 0, template, context, prompt=prompt, stop=("\n",))])
+    output, rule = template.kind_entry.parse(template, result.text)
+    assert rule is None and 2 <= len(output["query"]) <= 200, result.text
