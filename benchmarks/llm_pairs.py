@@ -7,7 +7,9 @@ through the synth stage's own generator (validation included):
 - ``free``: the local LLM, zero-shot, free decoding with the JSON prefill (the backend's default);
 - ``constrained``: the same, with decoding constrained to the template's JSON schema (``response_format:
   json_schema``);
-- ``few-shot``: constrained, with ``--shots`` of the template's worked examples before each request.
+- ``few-shot``: constrained, with ``--shots`` of the template's worked examples before each request;
+- ``completion``: a base model (``--base-llm``, Gemma 3 270M by default) continuing ``--shots`` worked answers
+  written out as plain text (``short-long-completion``): the line it writes is the query.
 
 Each kept query is then searched with the teacher over the whole corpus: **round trip** is the share of passages
 whose query finds its own passage in the top ``--top-k`` (the filter of Promptagator, and of Qwen3-Embedding's
@@ -31,11 +33,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    # name: (template, response_format, few-shot examples)
-    "heuristic": ("lead-sentence", None, 0),
-    "free": ("short-long", "json_object", 0),
-    "constrained": ("short-long", "json_schema", 0),
-    "few-shot": ("short-long", "json_schema", None),  # None = --shots
+    # name: (template, response_format, few-shot examples, the model: --llm or --base-llm)
+    "heuristic": ("lead-sentence", None, 0, None),
+    "free": ("short-long", "json_object", 0, "llm"),
+    "constrained": ("short-long", "json_schema", 0, "llm"),
+    "few-shot": ("short-long", "json_schema", None, "llm"),  # None = --shots
+    # A base model through a completion template: worked answers as plain text, the continued line is the query.
+    "completion": ("short-long-completion", "none", None, "base_llm"),
 }
 
 
@@ -57,11 +61,11 @@ def generate(setting: str, passages: list[dict], args: argparse.Namespace) -> tu
     from st_retrofit.synth import SyntheticDataGenerator, TemplateLibrary, TransformersBackend
     from st_retrofit.synth.config import BrainstormConfig, ValidationConfig
 
-    template, response_format, shots = SETTINGS[setting]
+    template, response_format, shots, llm = SETTINGS[setting]
     library = TemplateLibrary()
     backend = None
-    if response_format is not None:
-        backend = TransformersBackend(args.llm, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    if llm is not None:
+        backend = TransformersBackend(getattr(args, llm), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                       response_format=response_format, dtype="float32")  # fmt: skip
     generator = SyntheticDataGenerator(
         backend, library.select([template]), library, ValidationConfig(check_language=True), seed=args.seed,
@@ -105,7 +109,8 @@ def main() -> None:
     parser.add_argument("--languages", default="en,de,fr,es,ru,ja")
     parser.add_argument("--per-language", type=int, default=12)
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--llm", default="offline:smollm2-135m-instruct")
+    parser.add_argument("--llm", default="offline:smollm2-135m-instruct", help="the chat model")
+    parser.add_argument("--base-llm", default="offline:gemma3-270m", help="the base model (completion setting)")
     parser.add_argument("--teacher", default="offline:multilingual-e5-small")
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=10)
@@ -138,7 +143,7 @@ def main() -> None:
         }  # fmt: skip
         print(f"{setting}: kept {len(queries)}/{len(passages)}, round trip {len(found)} ({seconds:.0f} s)",
               file=sys.stderr)  # fmt: skip
-    summary = {"llm": args.llm, "teacher": args.teacher, "top_k": args.top_k, "shots": args.shots,
+    summary = {"llm": args.llm, "base_llm": args.base_llm, "teacher": args.teacher, "top_k": args.top_k, "shots": args.shots,
                "languages": languages, "per_language": args.per_language, "settings": results}  # fmt: skip
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
