@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from st_retrofit.runfolder import PAIRS
+
 PARAMS = {"num_negatives": 5, "range_min": 0, "range_max": 50, "relative_margin": 0.05}
 BATCH = 64
 
@@ -304,8 +306,8 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=2_000_000)
     parser.add_argument("--search-queries", type=int, default=50_000)
     parser.add_argument("--backend-model", default="offline:multilingual-e5-small")
-    parser.add_argument("--backend-pairs", default=str(Path(__file__).resolve().parents[1] / "runs" / "manpages-teacher"
-                                                       / "synth" / "dataset"))  # fmt: skip
+    parser.add_argument("--backend-pairs", default=str(PAIRS.at(Path(__file__).resolve().parents[1] / "runs" /
+                                                                "manpages-teacher")))  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args()

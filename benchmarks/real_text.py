@@ -55,7 +55,9 @@ def pairs_digest(recipe) -> str:
     """A hash of the recipe's synthesized train pairs, row by row: the systems must share them exactly."""
     from datasets import load_from_disk
 
-    pairs = load_from_disk(str(recipe.run_dir / "synth" / "dataset"))["train"]
+    from st_retrofit.runfolder import PAIRS
+
+    pairs = load_from_disk(str(PAIRS.at(recipe.run_dir)))["train"]
     digest = hashlib.blake2b(digest_size=16)
     for query, document in zip(pairs["query"], pairs["document"], strict=True):
         digest.update(f"{query}\0{document}\0".encode())
@@ -73,21 +75,22 @@ def train_plain(
 
     from st_retrofit.mining.miner import pool_to_ntuple
     from st_retrofit.models.resolve import load_model, role_prompt
+    from st_retrofit.runfolder import MINED, PAIRS, read_state
 
     schedule = {**PLAIN_SCHEDULE, **(schedule or {})}
     # A finished baseline is reused only when it was trained on these very pairs with these settings.
     key = {"pairs": pairs_digest(recipe), "base": recipe.model.base, "scale": scale, "seed": recipe.seed,
            "max_seq_length": recipe.model.max_seq_length, "schedule": schedule,
-           "negatives": json.loads((negatives_from / "stage.json").read_text())["fingerprint"]
+           "negatives": read_state(negatives_from)["fingerprint"]
            if negatives_from else None}  # fmt: skip
     stamp = output / "baseline.json"
     if (output / "model.safetensors").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return output
     if negatives_from is None:
-        data = load_from_disk(str(recipe.run_dir / "synth" / "dataset"))["train"].select_columns(["query", "document"])
+        data = load_from_disk(str(PAIRS.at(recipe.run_dir)))["train"].select_columns(["query", "document"])
     else:
         # One table in input order (the miner's splits are its language groups), shuffled by the trainer.
-        mined = load_from_disk(str(negatives_from / "dataset"))
+        mined = load_from_disk(str(MINED.inside(negatives_from)))
         data = concatenate_datasets([pool_to_ntuple(split, 1) for split in mined.values()]).remove_columns("label")
     model = load_model(recipe.model.base)
     model.max_seq_length = recipe.model.max_seq_length
@@ -162,7 +165,7 @@ def main() -> None:
 
     from st_retrofit.evaluation.mteb import resolve_tasks, run_mteb
     from st_retrofit.models import load_model
-    from st_retrofit.pipeline import run_pipeline
+    from st_retrofit.pipeline import run_pipeline, stage_state
     from st_retrofit.recipe import load_recipe
 
     started = time.time()
@@ -195,7 +198,7 @@ def main() -> None:
     plain = [(f"plain ST, scale {s:g}", s, baselines / f"mnrl-scale-{s:g}", None, PLAIN_SCHEDULE, recipe)
              for s in PLAIN_SCALES]  # fmt: skip
     # Keyed by the mined data, not the variant: teacher recipes that mine alike share this baseline.
-    mined = json.loads((teacher_recipe.run_dir / "mine" / "stage.json").read_text())["fingerprint"]
+    mined = stage_state(teacher_recipe.run_dir, "mine")["fingerprint"]
     negatives = baselines / f"mnrl-scale-100-teacher-negatives-{mined[:8]}"
     plain.append((TEACHER_NEGATIVES, 100.0, negatives, teacher_recipe.run_dir / "mine", PLAIN_SCHEDULE, recipe))
     # A tuned baseline: when the teacher recipe trains on another schedule (rate, epochs), plain MNRL (with and

@@ -78,9 +78,10 @@ def main() -> None:
     from st_retrofit.export.backends import exported_file
     from st_retrofit.models import load_model
     from st_retrofit.recipe import load_recipe
+    from st_retrofit.runfolder import PAIRS
 
     recipe = load_recipe(args.recipe)
-    pairs = load_from_disk(str(recipe.run_dir / "synth" / "dataset"))["train"]
+    pairs = load_from_disk(str(PAIRS.at(recipe.run_dir)))["train"]
     gemma = "offline:embeddinggemma-300m"
     started = time.perf_counter()
     exported_file(load_model(gemma, device="cpu"), int8=True)  # once per teacher, cached: not part of a mine run

@@ -46,6 +46,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from st_retrofit.config import ConfigError, ConfigModel, did_you_mean, keyed, load_yaml, require, validate_section
 from st_retrofit.recipe import Recipe, load_recipe
+from st_retrofit.runfolder import EVAL_RESULTS, MTEB_COMPARISON
 from st_retrofit.tables import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ def run_ablation(ablation: Ablation, extra: list[str] | None = None, only: list[
             run_pipeline(recipe, stages=STAGES)
         row = {"variant": name, "series": series.label if series else None, "x": x.label}
         if ablation.tasks is None:
-            results = json.loads((recipe.run_dir / "eval" / "results.json").read_text())
+            results = json.loads(EVAL_RESULTS.at(recipe.run_dir).read_text())
             row |= {side: {m: results[side]["mean"][m] for m in METRICS} for side in ("retrofitted", "base")}
         else:
             row |= mteb_scores(recipe, ablation.tasks)
@@ -340,7 +341,7 @@ def soup_row(ablation: Ablation, variants: list, folder: Path) -> dict[str, Any]
 
 def mteb_scores(recipe: Recipe, pattern: str) -> dict[str, Any]:
     """The eval stage's mteb main scores on the tasks matching ``pattern``: the mean (as ``ndcg``) and per task."""
-    comparison = json.loads((recipe.run_dir / "eval" / "mteb_comparison.json").read_text())
+    comparison = json.loads(MTEB_COMPARISON.at(recipe.run_dir).read_text())
     rows = [row for row in comparison["rows"] if fnmatch.fnmatchcase(row["task"], pattern)]
     if not rows:
         tasks = [row["task"] for row in comparison["rows"]]

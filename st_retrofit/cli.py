@@ -30,7 +30,7 @@ from st_retrofit.config import ConfigError, StRetrofitError, did_you_mean
 from st_retrofit.distributed import is_main_process
 from st_retrofit.pipeline import STAGES, interrupted_stage, run_pipeline, run_stage, write_manifest
 from st_retrofit.recipe import load_recipe
-from st_retrofit.runfolder import locked
+from st_retrofit.runfolder import EVAL_TABLE, locked
 
 STAGE_HELP = {
     "synth": "generate the training and held-out pairs (demo data, or a corpus with templates and a backend)",
@@ -433,7 +433,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         folder = write_mteb_submission(recipe, outputs["publish"], args.mteb_submission)
         print(f"MTEB submission: {folder} (README.md says where each part goes)")
 
-    table = recipe.run_dir / "eval" / "results.md"
+    table = EVAL_TABLE.at(recipe.run_dir)
     if "eval" in outputs and table.is_file():
         print(f"\nHeld-out retrieval (k={recipe.eval.k}):\n")
         print(table.read_text())

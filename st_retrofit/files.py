@@ -39,3 +39,10 @@ def save_dataset(data: Any, path: str | Path) -> None:
         data.save_to_disk(str(path), num_shards=empty or None)
     else:
         data.save_to_disk(str(path), num_shards=1 if not len(data) else None)
+
+
+def cache_dir() -> Path:
+    """Where st-retrofit keeps rebuilt models, embedding caches and answer caches (``$ST_RETROFIT_CACHE``, default
+    ``$XDG_CACHE_HOME/st-retrofit`` or ``~/.cache/st-retrofit``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "st-retrofit"
+    return Path(os.environ.get("ST_RETROFIT_CACHE", default))

@@ -24,7 +24,20 @@ from pathlib import Path
 
 from st_retrofit.config import SectionView, StRetrofitError, keyed
 from st_retrofit.recipe import SECTIONS, Recipe, save_recipe
-from st_retrofit.runfolder import commit, describe_error, locked, partial_folder, read_state, recover_swap, write_state
+from st_retrofit.runfolder import (
+    MINED,
+    MINING_SOURCES,
+    PAIRS,
+    TRAINED_MODEL,
+    UNLABELED,
+    commit,
+    describe_error,
+    locked,
+    partial_folder,
+    read_state,
+    recover_swap,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +69,7 @@ class Stage:
     def local_inputs(self, recipe: Recipe) -> list[str]:
         """The local files and folders its sections name (corpus, data sources, template folders, models given
         as folders); their contents count in the fingerprint."""
-        from st_retrofit.data.sources import is_local
+        from st_retrofit.dataio import is_local
 
         paths = [path for section in self.sections for path in getattr(recipe, section).local_inputs()]
         return [path for path in dict.fromkeys(paths) if path and not path.startswith("offline:") and is_local(path)]
@@ -75,16 +88,15 @@ def _synth(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
 def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.data.sources import training_pairs
     from st_retrofit.mining.stage import mine_stage
-    from st_retrofit.synth.stage import UNLABELED
 
     with keyed("data"):
-        pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
-    (output_dir / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
+        pairs, sources = training_pairs(recipe.data, PAIRS.at(run_dir), recipe.seed)
+    MINING_SOURCES.inside(output_dir).write_text(json.dumps(sources, indent=2), encoding="utf-8")
     unlabeled = None
-    if recipe.mining.unlabeled_per_language != 0 and (run_dir / "synth" / UNLABELED).is_dir():
+    if recipe.mining.unlabeled_per_language != 0 and UNLABELED.at(run_dir).is_dir():
         from datasets import load_from_disk
 
-        unlabeled = load_from_disk(str(run_dir / "synth" / UNLABELED))
+        unlabeled = load_from_disk(str(UNLABELED.at(run_dir)))
     with keyed("mining"):
         return mine_stage(recipe.mining, recipe.seed, pairs, output_dir, unlabeled)
 
@@ -92,13 +104,13 @@ def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
 def _train(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.train.stage import train_stage
 
-    return train_stage(recipe, run_dir / "mine" / "dataset", output_dir)
+    return train_stage(recipe, MINED.at(run_dir), output_dir)
 
 
 def _eval(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
     from st_retrofit.evaluation.stage import eval_stage
 
-    return eval_stage(recipe, run_dir / "synth" / "dataset", run_dir / "train" / "model", output_dir)
+    return eval_stage(recipe, PAIRS.at(run_dir), TRAINED_MODEL.at(run_dir), output_dir)
 
 
 def _publish(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
@@ -106,7 +118,7 @@ def _publish(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
 
     eval_dir = run_dir / "eval" if is_up_to_date(recipe._recipe, "eval") else None
     write_manifest(recipe._recipe)  # the release carries the manifest of the run it comes from
-    return publish_stage(recipe, run_dir / "train" / "model", eval_dir, output_dir)
+    return publish_stage(recipe, TRAINED_MODEL.at(run_dir), eval_dir, output_dir)
 
 
 STAGES: dict[str, Stage] = {
@@ -126,7 +138,7 @@ STAGES: dict[str, Stage] = {
 
 def inputs_hash(recipe: Recipe, name: str) -> str:
     """A content hash of the stage's local inputs (each file read once while its size and mtime stay the same)."""
-    from st_retrofit.data.sources import cached_content_hash
+    from st_retrofit.dataio import cached_content_hash
 
     parts = [cached_content_hash(path) for path in STAGES[name].local_inputs(recipe)]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16] if parts else "-"
@@ -331,7 +343,7 @@ def write_manifest(recipe: Recipe) -> Path:
             packages[package] = version(package)
         except PackageNotFoundError:
             packages[package] = None
-    sources = recipe.run_dir / "mine" / "sources.json"
+    sources = MINING_SOURCES.at(recipe.run_dir)
     manifest = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.section_hash(*SECTIONS),

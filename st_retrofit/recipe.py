@@ -104,7 +104,7 @@ class Recipe(ConfigModel):
         for section in SECTIONS:
             with keyed(section):
                 getattr(self, section).check_environment()
-        from st_retrofit.models.resolve import cache_dir
+        from st_retrofit.files import cache_dir
 
         check_writable(self.output_dir, "output_dir")
         check_writable(cache_dir(), "ST_RETROFIT_CACHE")

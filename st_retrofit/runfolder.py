@@ -2,6 +2,7 @@
 
 - **Lock**: a run holds an OS file lock on ``<run>/.lock`` (``filelock``, released by the kernel when the process
   dies, however it dies); a second run of the same folder stops at once, naming the holder from ``.lock.owner``.
+- **Layout**: what one stage writes and another reads is named once, as an :class:`Output` (``PAIRS.at(run)``).
 - **Staging**: a stage writes into ``<run>/<stage>.partial/``. Only when it completes is that folder swapped in for
   ``<run>/<stage>/`` (two renames; :func:`recover_swap` finishes or undoes a swap a crash cut short). A stage that
   fails records ``failed`` and its error in ``<stage>.partial/stage.json``; one that is interrupted records
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from st_retrofit.config import StRetrofitError
@@ -27,6 +29,36 @@ from st_retrofit.files import atomic_write_text
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "stage.json"
+
+
+@dataclass(frozen=True)
+class Output:
+    """One thing a stage writes that another reads: its place in a run folder, spelled here only.
+
+    A stage writes it into its own folder (``<stage>.partial/`` while it runs: :meth:`inside`); the stages after
+    it, the benchmarks and the CLI find it in the run folder (:meth:`at`)."""
+
+    stage: str
+    name: str
+
+    def at(self, run_dir: str | Path) -> Path:
+        return Path(run_dir) / self.stage / self.name
+
+    def inside(self, stage_dir: str | Path) -> Path:
+        return Path(stage_dir) / self.name
+
+
+PAIRS = Output("synth", "dataset")  # the train and eval pairs (DatasetDict)
+UNLABELED = Output("synth", "unlabeled")  # every training-side corpus document and its opening sentence
+MINED = Output("mine", "dataset")  # the mined splits, one per group
+MINED_UNLABELED = Output("mine", "unlabeled")  # the unlabeled rows the teacher encoded
+MINING_REPORT = Output("mine", "report.json")  # the teacher, its cache namespaces, the filters' counts
+MINING_SOURCES = Output("mine", "sources.json")  # what each data source added
+TRAINED_MODEL = Output("train", "model")  # the retrofitted model (merged, when the recipe merges)
+EVAL_RESULTS = Output("eval", "results.json")
+EVAL_TABLE = Output("eval", "results.md")
+MTEB_COMPARISON = Output("eval", "mteb_comparison.json")
+PUSHED = Output("publish", "pushed.json")  # the Hub commit of a pushed release
 
 
 class RunFolderBusy(StRetrofitError, RuntimeError):

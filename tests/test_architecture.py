@@ -77,6 +77,53 @@ def test_the_package_has_no_import_cycles():
     assert "st_retrofit.recipe" in order and "st_retrofit.config" in order
 
 
+# The layering, lowest first: a package imports only packages of lower layers (the foundation's modules and the
+# entry points at the top excepted, which import within their own layer). Shared helpers live in the foundation:
+# text (languages, normalization) and files (atomic writes, the cache folder); dataio reads data for every stage.
+LAYERS = [
+    {"config", "registry", "files", "text", "extras", "_lazy", "tables", "distributed", "runfolder", "offline"},
+    {"models", "losses"},
+    {"dataio"},
+    {"export"},
+    {"synth", "data"},
+    {"mining"},
+    {"mixing"},
+    {"merge", "evaluation"},
+    {"train"},
+    {"publish"},
+    {"recipe", "pipeline", "ablate", "cli", "__main__"},
+]
+
+
+def _layer(module: str) -> tuple[int, str]:
+    top = module.split(".")[1] if "." in module else "__init__"
+    found = [i for i, layer in enumerate(LAYERS) if top in layer]
+    assert found or top == "__init__", f"{module}: {top} is in no layer of LAYERS; add it"
+    return (found[0] if found else len(LAYERS), top)
+
+
+def _against_the_layering(graph: dict[str, set[str]]) -> list[str]:
+    against = []
+    for module, deps in graph.items():
+        level, package = _layer(module)
+        for dep in deps:
+            dep_level, dep_package = _layer(dep)
+            if dep_package != package and dep_level >= level and level not in (0, len(LAYERS) - 1, len(LAYERS)):
+                against.append(f"{module} -> {dep}")
+    return against
+
+
+def test_every_package_imports_only_packages_below_it():
+    against = _against_the_layering(import_graph())
+    assert not against, "\n".join(against)
+
+
+def test_the_layer_check_finds_an_import_against_the_layering():
+    graph = import_graph()
+    graph["st_retrofit.synth.validation"] = graph["st_retrofit.synth.validation"] | {"st_retrofit.mining.filters"}
+    assert _against_the_layering(graph) == ["st_retrofit.synth.validation -> st_retrofit.mining.filters"]
+
+
 def test_the_cycle_check_finds_a_cycle(monkeypatch):
     graph = import_graph()
     graph["st_retrofit.config"] = graph["st_retrofit.config"] | {"st_retrofit.recipe"}
@@ -325,3 +372,19 @@ def test_plots_are_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypat
     assert plot_score_distributions(report, tmp_path / "s.png") is None
     assert "st-retrofit[plots]" in caplog.text
     assert not (tmp_path / "s.png").exists()
+
+
+def test_the_run_folder_layout_is_spelled_in_one_place():
+    """What one stage writes and another reads is a runfolder.Output; no other module joins a stage's folder name
+    and a file name of it by hand."""
+    import re
+
+    stage_path = re.compile(r"""/\s*["'](synth|mine|train|eval|publish)["']\s*/""")
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted([*PACKAGE.rglob("*.py"), *(REPO / "benchmarks").glob("*.py")])
+        if path.name != "runfolder.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if stage_path.search(line)
+    ]
+    assert not found, "\n".join(found)

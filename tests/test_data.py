@@ -214,7 +214,7 @@ def test_git_state_reads_the_commit_of_a_checkout(tmp_path):
 
 
 def test_local_columns_are_read_from_headers_alone(tmp_path):
-    from st_retrofit.data.sources import local_columns
+    from st_retrofit.dataio import local_columns
 
     rows = [{"question": "q", "answer": "a"}]
     Dataset.from_list(rows).to_parquet(str(tmp_path / "f.parquet"))

@@ -58,7 +58,8 @@ class DataSourceConfig(ConfigModel):
 
     def check_environment(self) -> None:
         """A local path exists and its header has the mapped columns."""
-        from st_retrofit.data.sources import check_hub_dataset, check_source_columns, is_local
+        from st_retrofit.data.sources import check_source_columns
+        from st_retrofit.dataio import check_hub_dataset, is_local
 
         if is_local(self.path) and not Path(self.path).expanduser().exists():
             raise ConfigError("path", f"{self.path} does not exist")
@@ -95,6 +96,6 @@ class DataConfig(ConfigModel):
                 source.check_environment()
 
     def local_inputs(self) -> list[str]:
-        from st_retrofit.data.sources import is_local
+        from st_retrofit.dataio import is_local
 
         return [source.path for source in self.sources if is_local(source.path)]

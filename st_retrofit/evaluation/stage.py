@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_retrofit.evaluation.heldout import comparison_table, evaluate_retrieval
+from st_retrofit.runfolder import EVAL_RESULTS, EVAL_TABLE, MTEB_COMPARISON
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -60,14 +61,14 @@ def eval_stage(recipe: SectionView, synth_dataset: str | Path, model_dir: str | 
             queries,
             MIN_HELDOUT_QUERIES,
         )
-    path = output_dir / "results.json"
+    path = EVAL_RESULTS.inside(output_dir)
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     table = comparison_table(results, recipe.eval.k)
     if sizes:
         table += "\n\n" + dimensions_table(results, recipe.eval.k)
     if recipe.eval.backends:
         table += "\n\n" + backends_table(results, recipe.eval.k)
-    (output_dir / "results.md").write_text(table + "\n", encoding="utf-8")
+    EVAL_TABLE.inside(output_dir).write_text(table + "\n", encoding="utf-8")
     return path
 
 
@@ -195,6 +196,6 @@ def mteb_stage(
             }
     data["main_scores"] = {task.metadata.name: task.metadata.main_score for task in tasks}
     data["task_types"] = {task.metadata.name: task.metadata.type for task in tasks}
-    (output_dir / "mteb_comparison.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    MTEB_COMPARISON.inside(output_dir).write_text(json.dumps(data, indent=2), encoding="utf-8")
     (output_dir / "mteb_comparison.md").write_text(table + "\n", encoding="utf-8")
     return data

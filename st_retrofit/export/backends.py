@@ -76,8 +76,8 @@ def exported_file(model: SentenceTransformer, int8: bool) -> Path:
     import logging
 
     from st_retrofit.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
-    from st_retrofit.mining.cache import model_fingerprint
-    from st_retrofit.models.resolve import cache_dir
+    from st_retrofit.files import cache_dir
+    from st_retrofit.models.fingerprint import model_fingerprint
 
     folder = cache_dir() / "onnx" / model_fingerprint(model)[:20]
     fp32, quantized = folder / ONNX_FILE, folder / INT8_FILE

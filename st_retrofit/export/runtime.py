@@ -100,7 +100,7 @@ def load_onnx(model: SentenceTransformer, file: str | Path, threads: int | None 
     """
     from sentence_transformers import SentenceTransformer
 
-    from st_retrofit.mining.cache import model_fingerprint
+    from st_retrofit.models.fingerprint import model_fingerprint
 
     encoder = OnnxEncoder(model[0], file, model_fingerprint(model), threads)
     onnx_model = SentenceTransformer(

@@ -12,22 +12,12 @@ Two kinds of rules:
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """NFKC, case-folded, without punctuation or symbols, whitespace collapsed: ``"Paris, France."`` and
-    ``"paris  france"`` are one text."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PSZC" else ch for ch in text)
-    return _SPACE.sub(" ", text).strip()
+from st_retrofit.text import normalize_text
 
 
 def duplicate_keys(texts: Sequence[str]) -> np.ndarray:

@@ -13,6 +13,7 @@ from st_retrofit.config import ConfigError, keyed
 from st_retrofit.files import save_dataset
 from st_retrofit.mining.miner import DOCUMENT_COLUMN, QUERY_COLUMN, HardNegativeMiner
 from st_retrofit.mining.report import plot_score_distributions
+from st_retrofit.runfolder import MINED, MINED_UNLABELED, MINING_REPORT
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     from st_retrofit.mining.config import MiningConfig
 
 logger = logging.getLogger(__name__)
-
-
-UNLABELED = "unlabeled"  # the folder of the unlabeled rows the teacher encoded, beside the mined dataset
 
 
 def mine_stage(
@@ -40,7 +38,7 @@ def mine_stage(
     from st_retrofit.models.resolve import load_model
 
     output_dir = Path(output_dir)
-    path = output_dir / "dataset"
+    path = MINED.inside(output_dir)
     if config.enabled and config.unlabeled_per_language != 0 and unlabeled is None:
         raise ConfigError(
             "unlabeled_per_language",
@@ -49,7 +47,7 @@ def mine_stage(
         )
     if not config.enabled:
         DatasetDict({"all": pairs.select_columns([QUERY_COLUMN, DOCUMENT_COLUMN])}).save_to_disk(str(path))
-        (output_dir / "report.json").write_text(json.dumps({"enabled": False}, indent=2), encoding="utf-8")
+        MINING_REPORT.inside(output_dir).write_text(json.dumps({"enabled": False}, indent=2), encoding="utf-8")
         return path
 
     with keyed("teacher"):
@@ -77,7 +75,7 @@ def mine_stage(
         rows = per_language(unlabeled, config.unlabeled_per_language, seed)
         for role in ("query", "document"):
             miner.encode(rows[role], role)
-        save_dataset(rows, output_dir / UNLABELED)
+        save_dataset(rows, MINED_UNLABELED.inside(output_dir))
         result.report["unlabeled"] = {"rows": len(rows), "languages": dict(Counter(rows["language"]))}
     # What the student learns from: cards and releases name it, its licence and its verified weights.
     from st_retrofit.models.resolve import model_source
@@ -85,7 +83,9 @@ def mine_stage(
     result.report["teacher"]["source"] = model_source(config.teacher)
     result.dataset.save_to_disk(str(path))
     result.corpus.save_to_disk(str(output_dir / "corpus"))
-    (output_dir / "report.json").write_text(json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8")
+    MINING_REPORT.inside(output_dir).write_text(
+        json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     plot_score_distributions(result.report, output_dir / "score_distributions.png")
     report = result.report
     logger.info(
@@ -94,7 +94,7 @@ def mine_stage(
         report["rows_in"],
         report["rows_short_of_negatives"],
         report["removed"] or "none",
-        output_dir / "report.json",
+        MINING_REPORT.inside(output_dir),
     )
     return path
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from st_retrofit.config import ConfigError
+from st_retrofit.files import cache_dir
+from st_retrofit.runfolder import TRAINED_MODEL
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -35,12 +37,6 @@ class ModelNotFoundError(ConfigError):
 
     def __init__(self, message: str) -> None:
         super().__init__("", message)
-
-
-def cache_dir() -> Path:
-    """Where st-retrofit keeps rebuilt models and embedding caches (``$ST_RETROFIT_CACHE``)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "st-retrofit"
-    return Path(os.environ.get("ST_RETROFIT_CACHE", default))
 
 
 @dataclass(frozen=True)
@@ -399,7 +395,7 @@ def resolve_run_folder(name: str) -> str:
         ModelNotFoundError: ``name`` is a run folder whose training has not finished.
     """
     folder = Path(name).expanduser()
-    trained = folder / "train" / "model"
+    trained = TRAINED_MODEL.at(folder)
     if trained.is_dir():
         return str(trained)
     if (folder / "recipe.yaml").is_file() and not (folder / "modules.json").is_file():

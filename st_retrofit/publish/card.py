@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from st_retrofit.runfolder import MINING_REPORT
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -110,7 +112,7 @@ DERIVATIVE_TERMS = {
 
 def teacher_source(recipe: SectionView) -> dict[str, Any] | None:
     """The mining report's record of the teacher (name, Hub id, licence, verified sha256), when it mined."""
-    report = recipe.run_dir / "mine" / "report.json"
+    report = MINING_REPORT.at(recipe.run_dir)
     if not recipe.mining.enabled or not report.is_file():
         return None
     teacher = json.loads(report.read_text(encoding="utf-8")).get("teacher") or {}

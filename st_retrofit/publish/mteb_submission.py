@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_retrofit.extras import require_module
 from st_retrofit.publish.errors import PublishError
+from st_retrofit.runfolder import PUSHED
 
 if TYPE_CHECKING:
     from st_retrofit.config import SectionView
@@ -79,7 +80,7 @@ def write_hub_eval_results(results: dict[str, Path], folder: Path, user: str | N
 
 def pushed_revision(run_dir: Path) -> str | None:
     """The commit the publish stage pushed (``pushed.json``), or None for a dry run."""
-    pushed = run_dir / "publish" / "pushed.json"
+    pushed = PUSHED.at(run_dir)
     if not pushed.is_file():
         return None
     match = re.search(r"([0-9a-f]{40})", json.loads(pushed.read_text()).get("commit", ""))

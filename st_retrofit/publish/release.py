@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from st_retrofit.publish.errors import PublishError
+from st_retrofit.runfolder import EVAL_RESULTS, EVAL_TABLE, PUSHED
 
 if TYPE_CHECKING:
     from st_retrofit.config import SectionView
@@ -34,7 +35,7 @@ def build_release_folder(
 
     from st_retrofit.publish.card import DERIVATIVE_TERMS, render_model_card, teacher_source
 
-    results_path = Path(eval_dir) / "results.json" if eval_dir else None
+    results_path = EVAL_RESULTS.inside(eval_dir) if eval_dir else None
     results = json.loads(results_path.read_text()) if results_path and results_path.is_file() else None
     if results is None and recipe.publish.require_eval:
         raise PublishError(
@@ -49,7 +50,7 @@ def build_release_folder(
             f"{f' by more than {gate_tolerance}' if gate_tolerance else ''}); improve the run, or set "
             "publish.allow_regression: true to publish it anyway"
         )
-    table_path = Path(eval_dir) / "results.md" if eval_dir else None
+    table_path = EVAL_TABLE.inside(eval_dir) if eval_dir else None
     table = table_path.read_text() if table_path and table_path.is_file() else None
     mteb_table = Path(eval_dir) / "mteb_comparison.md" if eval_dir else None
     if table and mteb_table and mteb_table.is_file():
@@ -282,5 +283,5 @@ def publish_stage(
         logger.info("Dry run: the release folder is written, not pushed (publish.dry_run)")
     else:
         url = push_release(folder, recipe.publish.repo_id, private=recipe.publish.private)
-        (Path(output_dir) / "pushed.json").write_text(json.dumps({"repo_id": recipe.publish.repo_id, "commit": url}))
+        PUSHED.inside(output_dir).write_text(json.dumps({"repo_id": recipe.publish.repo_id, "commit": url}))
     return folder

@@ -31,11 +31,11 @@ if TYPE_CHECKING:
     from st_retrofit.synth.corpus import load_corpus
     from st_retrofit.synth.demo import LANGUAGES, TEMPLATES, build_demo_dataset
     from st_retrofit.synth.generator import OUTPUT_COLUMNS, SynthesisReport, SyntheticDataGenerator
-    from st_retrofit.synth.languages import identify_language, normalize_language
     from st_retrofit.synth.source_kinds import SYNTH_SOURCES, SynthSourceKind
     from st_retrofit.synth.stage import select_templates, synthesize, synthesize_corpus, synthesize_demo
     from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary, TemplateLibraryError
     from st_retrofit.synth.validation import PairValidator, parse_json_answer
+    from st_retrofit.text import identify_language, normalize_language
 
 _EXPORTS = {
     "GenerationRequest": "st_retrofit.synth.backends",
@@ -54,8 +54,8 @@ _EXPORTS = {
     "OUTPUT_COLUMNS": "st_retrofit.synth.generator",
     "SynthesisReport": "st_retrofit.synth.generator",
     "SyntheticDataGenerator": "st_retrofit.synth.generator",
-    "identify_language": "st_retrofit.synth.languages",
-    "normalize_language": "st_retrofit.synth.languages",
+    "identify_language": "st_retrofit.text",
+    "normalize_language": "st_retrofit.text",
     "select_templates": "st_retrofit.synth.stage",
     "synthesize": "st_retrofit.synth.stage",
     "SynthTemplate": "st_retrofit.synth.templates",

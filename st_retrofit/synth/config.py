@@ -57,7 +57,7 @@ class CorpusConfig(ConfigModel):
     def check_environment(self) -> None:
         """The path exists when it is local, and a local file's header has ``text_column`` (and
         ``parallel_column``, when set)."""
-        from st_retrofit.data.sources import check_hub_dataset, is_local, local_columns
+        from st_retrofit.dataio import check_hub_dataset, is_local, local_columns
 
         path = self.path or ""
         if is_local(path) and not Path(path).expanduser().exists():

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from st_retrofit.synth.languages import identify_language, normalize_language
+from st_retrofit.text import identify_language, normalize_language
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -26,7 +26,7 @@ OPTIONAL_DEFAULTS = {
 
 
 def _read(source: str | Path, split: str, config_name: str | None) -> Dataset:
-    from st_retrofit.data.sources import read_dataset
+    from st_retrofit.dataio import read_dataset
 
     return read_dataset(source, split, config_name)
 
@@ -36,7 +36,7 @@ def _read_per_language(source: str, split: str, config_name: str, languages: lis
     its language; with ``limit``, only the first ``limit`` rows of each are streamed instead of downloading it."""
     import datasets
 
-    from st_retrofit.data.sources import check_hub_dataset
+    from st_retrofit.dataio import check_hub_dataset
 
     check_hub_dataset(source, reading=True)
     parts = []

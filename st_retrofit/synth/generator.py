@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from st_retrofit.synth.backends import GenerationRequest, HeuristicBackend, SynthBackend, SynthBackendError
 from st_retrofit.synth.cache import ResponseCache, request_key
-from st_retrofit.synth.languages import language_name, normalize_language
 from st_retrofit.synth.validation import RULES, PairValidator, parse_json_answer
+from st_retrofit.text import language_name, normalize_language
 
 if TYPE_CHECKING:
     from datasets import Dataset

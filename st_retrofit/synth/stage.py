@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from st_retrofit.config import ConfigError, keyed
 from st_retrofit.files import save_dataset
+from st_retrofit.runfolder import PAIRS, UNLABELED
 from st_retrofit.synth.demo import build_demo_dataset
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from st_retrofit.synth.templates import SynthTemplate, TemplateLibrary
 
 logger = logging.getLogger(__name__)
-
-UNLABELED = "unlabeled"  # the folder of the synth stage's unlabeled corpus rows, beside its dataset
 
 
 def select_templates(config: SynthConfig) -> tuple[TemplateLibrary, list[SynthTemplate]]:
@@ -69,7 +68,7 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
     """``source: corpus``: generate, validate and save the ``train`` and ``eval`` splits and ``report.json``."""
     from datasets import DatasetDict
 
-    from st_retrofit.models.resolve import cache_dir
+    from st_retrofit.files import cache_dir
     from st_retrofit.synth.cache import ResponseCache
     from st_retrofit.synth.corpus import load_corpus
     from st_retrofit.synth.generator import SyntheticDataGenerator
@@ -125,10 +124,10 @@ def synthesize_corpus(config: SynthConfig, seed: int, output_dir: str | Path) ->
             backend.close()
     if not len(splits["train"]):
         raise ConfigError("templates", f"no pair passed validation; see the rejections: {reports['train']}")
-    path = output_dir / "dataset"
+    path = PAIRS.inside(output_dir)
     save_dataset(DatasetDict(splits), path)
     unlabeled = unlabeled_rows(parts["train"])
-    save_dataset(unlabeled, output_dir / UNLABELED)
+    save_dataset(unlabeled, UNLABELED.inside(output_dir))
     summary = {"templates": [t.name for t in templates], "backend": backend.identity() if backend else None,
                "unlabeled": len(unlabeled)}  # fmt: skip
     (output_dir / "report.json").write_text(
@@ -171,7 +170,7 @@ def synthesize_demo(config: SynthConfig, seed: int, output_dir: str | Path) -> P
         queries_per_document=config.queries_per_document,
         seed=seed,
     )
-    path = Path(output_dir) / "dataset"
+    path = PAIRS.inside(output_dir)
     data.save_to_disk(str(path))
     logger.info(
         "Synthesized %d train and %d held-out pairs in %d languages",

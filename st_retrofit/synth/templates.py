@@ -36,8 +36,8 @@ from jinja2 import UndefinedError
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from st_retrofit.config import ConfigError, ConfigModel, StRetrofitError, load_yaml, require, validate_section
-from st_retrofit.synth.languages import language_name, normalize_language
 from st_retrofit.synth.template_kinds import JINJA, TEMPLATE_KINDS, TemplateKind, TemplateKindName
+from st_retrofit.text import language_name, normalize_language
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from st_retrofit.mining.filters import normalize_text
-from st_retrofit.synth.languages import identify_language, same_language
+from st_retrofit.text import identify_language, normalize_text, same_language
 
 if TYPE_CHECKING:
     from st_retrofit.synth.config import ValidationConfig

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_retrofit.config import ConfigError, keyed
+from st_retrofit.runfolder import MINED_UNLABELED, MINING_REPORT
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -164,9 +165,7 @@ def unlabeled_rows(mined: Path, groups: list[str]):
     """
     from datasets import load_from_disk
 
-    from st_retrofit.mining.stage import UNLABELED
-
-    folder = mined.parent / UNLABELED
+    folder = MINED_UNLABELED.inside(mined.parent)
     if not folder.is_dir():
         raise ConfigError(
             "train.corpus_distillation",
@@ -193,7 +192,7 @@ def teacher_embeddings(recipe: SectionView, mined: Path):
     """
     from st_retrofit.mining.cache import TeacherEmbeddings
 
-    report = mined.parent / "report.json"
+    report = MINING_REPORT.inside(mined.parent)
     if not recipe.mining.enabled or not report.is_file():
         raise ConfigError(
             "train.losses", "distilling the teacher's embeddings needs the miner's cache of them; turn mining on"

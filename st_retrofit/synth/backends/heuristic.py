@@ -19,7 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from st_retrofit.config import StRetrofitError
 from st_retrofit.synth.backends.base import GenerationRequest, GenerationResult, SynthBackend
-from st_retrofit.synth.languages import normalize_language
+from st_retrofit.text import normalize_language
 
 # A sentence ends at . ! ? (Latin, Greek, Cyrillic...), ؟ (Arabic), । (Devanagari), or 。！？ (CJK, no space after).
 _SENTENCE = re.compile(r"[^.!?؟।。！？]*(?:[.!?؟।]+(?=\s|$)|[。！？]+|$)", re.S)

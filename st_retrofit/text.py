@@ -1,4 +1,5 @@
-"""Language codes: normalization to the shortest standard code, English names for prompts, and language ID.
+"""What st-retrofit knows about text, for every stage: language codes (normalization to the shortest standard code,
+English names for prompts, language ID) and the normalization that decides when two texts are one.
 
 Corpora name languages in many ways (``de``, ``de-DE``, ``deu``, ``deu-Latn`` and ``cmn-Hans`` as mteb does).
 Everything in st-retrofit compares codes normalized by ``langcodes`` (BCP 47, macrolanguages folded: ``cmn`` is
@@ -9,6 +10,8 @@ languages, bundled with the package, so it works offline).
 from __future__ import annotations
 
 import functools
+import re
+import unicodedata
 
 # Languages langid cannot tell apart reliably from a sentence; a prediction inside the group counts as a match.
 # (langid's regional labels such as ext, an, vec, wuu are rarely what a corpus means.)
@@ -64,3 +67,14 @@ def identify_language(text: str) -> tuple[str, float]:
     """``(code, probability)`` of the most likely language of ``text``, by py3langid."""
     code, probability = _identifier().classify(text)
     return code, float(probability)
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, case-folded, without punctuation or symbols, whitespace collapsed: ``"Paris, France."`` and
+    ``"paris  france"`` are one text."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PSZC" else ch for ch in text)
+    return _SPACE.sub(" ", text).strip()
