@@ -81,7 +81,8 @@ def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
         pairs, sources = training_pairs(recipe.data, run_dir / "synth" / "dataset", recipe.seed)
     (output_dir / "sources.json").write_text(json.dumps(sources, indent=2), encoding="utf-8")
     unlabeled = None
-    if recipe.mining.unlabeled_per_language != 0 and (run_dir / "synth" / UNLABELED).is_dir():
+    wanted = recipe.mining.unlabeled_per_language != 0 or recipe.mining.corpus_candidates
+    if wanted and (run_dir / "synth" / UNLABELED).is_dir():
         from datasets import load_from_disk
 
         unlabeled = load_from_disk(str(run_dir / "synth" / UNLABELED))
