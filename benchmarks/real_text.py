@@ -14,9 +14,9 @@ every system trained on the same generated pairs:
   positive-aware 5% margin, top candidate: what ``mine_hard_negatives`` with the same teacher returns), so that a
   gain of ours over it comes from our parts, not only from the teacher's negatives;
 - ``plain ST, every document's pairs``: plain MNRL at scale 100 on the teacher recipe's schedule, on the pairs the
-  same templates make from every training-side corpus document (no per-language cap: 3-4x the pairs). The teacher
-  recipe reads every document too (the teacher's embeddings of them, ``train.corpus_distillation``), so this is
-  the baseline that has seen the same corpus;
+  same templates make from every training-side corpus document (no per-language cap: 3-4x the pairs): a plain run
+  that has read the whole corpus, as the teacher recipe's corpus-wide parts do (``mining.corpus_candidates``,
+  ``train.corpus_distillation``);
 - ``st-retrofit, self-teacher``: ``recipes/manpages.yaml`` (the student mines for itself and is distilled from
   itself);
 - ``st-retrofit, teacher``: ``recipes/manpages-teacher.yaml`` (EmbeddingGemma-300m mines and is distilled).
@@ -30,7 +30,10 @@ with a new teacher recipe trains and scores only that recipe.
 
 Goals (issue "A teacher stronger than the student"): the teacher recipe >= base + 9.0 and >= the best plain variant
 + 2.0 on the test mean, no task below base, its monolingual mean above every plain variant. The table, the share of
-the teacher-student gap closed and ``benchmarks/results/real_text.json`` say which are met.
+the teacher-student gap closed and ``benchmarks/results/real_text.json`` say which are met. Every system is scored
+by the same function, which keeps each query's ranking, so the teacher recipe's difference to each plain variant
+comes with its 95% paired-bootstrap interval over the test queries (:mod:`st_retrofit.evaluation.significance`):
+tasks of 21-297 queries move by points when one query does.
 """
 
 from __future__ import annotations
@@ -116,29 +119,50 @@ def train_plain(
 
 
 REUSED: list[str] = []  # the systems whose scores a rerun read back (reported)
+PREDICTIONS: dict[str, Path] = {}  # each system's saved rankings, for the paired bootstrap
 
 
-def cached_scores(folder: Path, key: dict, score, label: str) -> dict[str, float]:
-    """``score()`` (a model's test scores), or what it returned before in ``folder`` for the same ``key`` (the model
-    and the tasks): a rerun after one recipe changed scores only that recipe again."""
-    stamp = folder / "scores.json"
-    if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
+def scored(label: str, folder: Path, key: dict, load, tasks: list) -> dict[str, float]:
+    """The test scores of the model ``load()`` returns, with its rankings saved in ``folder/predictions``; read back
+    instead when ``folder`` holds both for the same ``key`` (the model and the tasks), so a rerun after one recipe
+    changed scores only that recipe again."""
+    from st_retrofit.evaluation.mteb import run_mteb
+
+    stamp, predictions = folder / "scores.json", folder / "predictions"
+    PREDICTIONS[label] = predictions
+    if stamp.is_file() and predictions.is_dir() and json.loads(stamp.read_text())["key"] == key:
         REUSED.append(label)
         return json.loads(stamp.read_text())["scores"]
-    scores = score()
     folder.mkdir(parents=True, exist_ok=True)
+    slug = label.replace(" ", "-").replace(",", "")
+    scores = run_mteb(load(), slug, tasks, folder / "mteb", 32, prediction_folder=predictions)
     stamp.write_text(json.dumps({"key": key, "scores": scores}, indent=2))
     return scores
 
 
-def recipe_scores(recipe) -> tuple[dict[str, float], dict[str, float]]:
-    """Run the recipe (stages already done are skipped) and read its base and retrofitted test scores."""
+def trained_model(recipe) -> Path:
+    """Run the recipe up to its trained model (stages already done are skipped)."""
     from st_retrofit.pipeline import run_pipeline
+    from st_retrofit.runfolder import TRAINED_MODEL
 
-    outputs = run_pipeline(recipe, stages=["synth", "mine", "train", "eval"])
-    comparison = json.loads((Path(outputs["eval"]).parent / "mteb_comparison.json").read_text())
-    test = [row for row in comparison["rows"] if row["task"].endswith("-test")]
-    return {row["task"]: row["base"] for row in test}, {row["task"]: row["retrofitted"] for row in test}
+    run_pipeline(recipe, stages=["synth", "mine", "train"])
+    return TRAINED_MODEL.at(recipe.run_dir)
+
+
+def folder_loader(folder: Path, max_seq_length: int | None):
+    def load():
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(folder), device="cpu")
+        model.max_seq_length = max_seq_length
+        return model
+
+    return load
+
+
+def model_key(folder: Path, tasks: list[str]) -> dict:
+    return {"folder": str(folder.resolve()), "weights": (folder / "model.safetensors").stat().st_mtime_ns,
+            "tasks": tasks}  # fmt: skip
 
 
 def main() -> None:
@@ -148,7 +172,7 @@ def main() -> None:
         "--teacher-recipe",
         default=str(REPO / "recipes" / "manpages-teacher.yaml"),
         help="the teacher recipe, or a finished ablation variant's runs/<ablation>/<variant>/recipe.yaml (its "
-        "trained model is reused; only its eval stage runs again, with the test tasks added)",
+        "trained model is reused and scored on the test tasks)",
     )
     parser.add_argument("--data", default=str(REPO / "data" / "manpages"), help="the built benchmark")
     parser.add_argument(
@@ -161,40 +185,41 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("st_retrofit").setLevel(logging.INFO)
 
-    from sentence_transformers import SentenceTransformer
-
-    from st_retrofit.evaluation.mteb import resolve_tasks, run_mteb
+    from st_retrofit.evaluation.mteb import resolve_tasks
     from st_retrofit.models import load_model
     from st_retrofit.pipeline import run_pipeline, stage_state
     from st_retrofit.recipe import load_recipe
 
     started = time.time()
     recipe, teacher_recipe = load_recipe(args.recipe), load_recipe(args.teacher_recipe)
-    test_tasks = str(Path(args.data).resolve() / "test")
-    if not any(Path(t).name == "test" for t in teacher_recipe.eval.mteb_tasks):  # a dev-only ablation variant
-        teacher_recipe = load_recipe(args.teacher_recipe, [f"eval.mteb_tasks=[{test_tasks}]"])
-    base_scores, self_scores = recipe_scores(recipe)
-    _, teacher_scores = recipe_scores(teacher_recipe)
+    self_model, teacher_model = trained_model(recipe), trained_model(teacher_recipe)
     if pairs_digest(recipe) != pairs_digest(teacher_recipe):
         raise SystemExit("the two recipes synthesized different pairs; their synth sections must be the same")
-    scores = {BASE: base_scores}
     tasks = resolve_tasks([str(Path(args.data) / "test")])
     task_names = sorted(task.metadata.name for task in tasks)
+    length = recipe.model.max_seq_length
+    baselines = recipe.run_dir / "baselines"
+
+    def load_base():
+        model = load_model(recipe.model.base, device="cpu")
+        model.max_seq_length = length
+        return model
+
+    base_key = {"model": recipe.model.base, "max_seq_length": length, "tasks": task_names}
+    scores = {BASE: scored(BASE, baselines / "base", base_key, load_base, tasks)}
     mining = teacher_recipe.mining
 
-    def score_teacher() -> dict[str, float]:
+    def load_teacher():
         from st_retrofit.export.backends import ENCODER_BACKENDS
 
         teacher = load_model(mining.teacher, device="cpu")
         teacher.max_seq_length = mining.max_seq_length
-        teacher = ENCODER_BACKENDS[mining.backend].prepare(teacher, mining.teacher_dtype)  # scored as it mined
-        return run_mteb(teacher, "teacher", tasks, recipe.run_dir / "baselines" / "teacher" / "mteb", 32)
+        return ENCODER_BACKENDS[mining.backend].prepare(teacher, mining.teacher_dtype)  # scored as it mined
 
     ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
                    "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
-    scores[CEILING] = cached_scores(recipe.run_dir / "baselines" / "teacher", ceiling_key, score_teacher, CEILING)
+    scores[CEILING] = scored(CEILING, baselines / "teacher", ceiling_key, load_teacher, tasks)
     # (label, scale, folder, mined negatives or None, schedule, the recipe whose synthesized pairs it trains on)
-    baselines = recipe.run_dir / "baselines"
     plain = [(f"plain ST, scale {s:g}", s, baselines / f"mnrl-scale-{s:g}", None, PLAIN_SCHEDULE, recipe)
              for s in PLAIN_SCALES]  # fmt: skip
     # Keyed by the mined data, not the variant: teacher recipes that mine alike share this baseline.
@@ -222,29 +247,20 @@ def main() -> None:
     plain.append((EVERY_DOCUMENT, 100.0, baselines / "mnrl-scale-100-every-document", None, schedule, every_document))
     for label, scale, folder, negatives, plain_schedule, pairs_from in plain:
         folder = train_plain(pairs_from, scale, folder, negatives, plain_schedule)
-
-        def score_plain(folder: Path = folder, label: str = label) -> dict[str, float]:
-            model = SentenceTransformer(str(folder), device="cpu")
-            model.max_seq_length = recipe.model.max_seq_length
-            return run_mteb(model, label.replace(" ", "-").replace(",", ""), tasks, folder / "mteb", 32)
-
         key = {"model": json.loads((folder / "baseline.json").read_text()), "tasks": task_names}
-        scores[label] = cached_scores(folder, key, score_plain, label)
-    scores[SELF], scores[TEACHER] = self_scores, teacher_scores
+        scores[label] = scored(label, folder, key, folder_loader(folder, length), tasks)
+    for label, model in ((SELF, self_model), (TEACHER, teacher_model)):
+        scores[label] = scored(label, model.parent.parent / "benchmark", model_key(model, task_names),
+                               folder_loader(model, length), tasks)  # fmt: skip
     for extra in args.extra:
         label, _, folder = extra.partition("=")
         folder = Path(folder)
-
-        def score_extra(folder: Path = folder, label: str = label) -> dict[str, float]:
-            model = SentenceTransformer(str(folder), device="cpu")
-            model.max_seq_length = recipe.model.max_seq_length
-            return run_mteb(model, label.replace(" ", "-").replace(",", ""), tasks, folder / "mteb-test", 32)
-
-        weights = folder / "model.safetensors"
-        key = {"folder": str(folder.resolve()), "weights": weights.stat().st_mtime_ns, "tasks": task_names}
-        scores[label] = cached_scores(folder, key, score_extra, label)
+        scores[label] = scored(label, folder.parent / f"benchmark-{folder.name}", model_key(folder, task_names),
+                               folder_loader(folder, length), tasks)  # fmt: skip
 
     report = summarize(scores)
+    report["significance"] = significance(tasks, [label for label in scores if label.startswith("plain")] + [BASE])
+    report["goals"] += report["significance"]["lines"]
     report["pairs"] = pairs_digest(recipe)
     report["seconds"] = round(time.time() - started)
     report["scores_reused"] = REUSED  # same model, same tasks: scored by an earlier run
@@ -254,6 +270,24 @@ def main() -> None:
     for line in report["goals"]:
         print(line)
     print(f"\n{report['seconds']} s; results in {args.output}")
+
+
+def significance(tasks: list, others: list[str]) -> dict:
+    """The teacher recipe against each of ``others``: the mean-over-tasks difference with its 95% paired-bootstrap
+    interval over test queries (each task's queries resampled, the same draw for both systems)."""
+    from st_retrofit.evaluation.significance import paired_bootstrap, per_query_scores
+
+    ours = per_query_scores(PREDICTIONS[TEACHER], tasks)
+    results, lines = {}, []
+    for other in others:
+        result = paired_bootstrap(ours, per_query_scores(PREDICTIONS[other], tasks))
+        results[other] = result
+        lines.append(
+            f"teacher recipe - {other}: {100 * result['difference']:+.2f} [{100 * result['low']:+.2f}, "
+            f"{100 * result['high']:+.2f}] (95% over {result['queries']} test queries; ahead in "
+            f"{100 * result['share_above']:.0f}% of samples)"
+        )
+    return {"results": results, "lines": lines}
 
 
 def summarize(scores: dict[str, dict[str, float]]) -> dict:

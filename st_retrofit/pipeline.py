@@ -93,7 +93,8 @@ def _mine(recipe: SectionView, run_dir: Path, output_dir: Path) -> Path:
         pairs, sources = training_pairs(recipe.data, PAIRS.at(run_dir), recipe.seed)
     MINING_SOURCES.inside(output_dir).write_text(json.dumps(sources, indent=2), encoding="utf-8")
     unlabeled = None
-    if recipe.mining.unlabeled_per_language != 0 and UNLABELED.at(run_dir).is_dir():
+    wanted = recipe.mining.unlabeled_per_language != 0 or recipe.mining.corpus_candidates
+    if wanted and UNLABELED.at(run_dir).is_dir():
         from datasets import load_from_disk
 
         unlabeled = load_from_disk(str(UNLABELED.at(run_dir)))

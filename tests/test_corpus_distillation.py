@@ -215,3 +215,45 @@ def test_a_saved_projection_loads_into_a_new_loss(tiny_model, tmp_path):
     assert torch.allclose(first.projection.weight, second.projection.weight, atol=1e-6)
     with pytest.raises(ValueError, match=r"shape \(48, 32\), expected \(64, 32\)"):
         OrthogonalEmbedDistillLoss(tiny_model, teacher_dim=64).load_projection(tmp_path / "projection.safetensors")
+
+
+def test_corpus_candidates_draw_negatives_from_documents_no_pair_was_made_of(
+    tiny_recipe_data, wide_teacher_path, tmp_path
+):
+    from datasets import load_from_disk
+
+    from st_retrofit.pipeline import run_pipeline
+
+    data = _corpus_recipe(tiny_recipe_data, wide_teacher_path, tmp_path)
+    # One pair per language: every other document of the language can only be a negative through the corpus.
+    data["synth"]["max_per_language"] = 1
+    data["mining"] |= {"unlabeled_per_language": 0, "range_max": 5, "num_negatives": 2, "output": "pool"}
+    data["train"] = {}
+    pairs_only = recipe_from_dict(data | {"name": "pairs-only"})
+    data["mining"]["corpus_candidates"] = True
+    with_corpus = recipe_from_dict(data | {"name": "with-corpus"})
+    for recipe in (pairs_only, with_corpus):
+        run_pipeline(recipe, stages=["synth", "mine"])
+
+    def negatives(recipe) -> set[str]:
+        mined = load_from_disk(str(recipe.run_dir / "mine" / "dataset"))
+        return {text for split in mined.values() for row in split["negatives"] for text in row}
+
+    assert negatives(pairs_only) == set()  # one document per language: nothing else to draw from
+    drawn = negatives(with_corpus)
+    assert drawn and drawn <= {t for texts in DOCUMENTS.values() for t in texts}
+    # Negatives stay in their pair's language (mining.group_by: language).
+    mined = load_from_disk(str(with_corpus.run_dir / "mine" / "dataset"))
+    for language, split in mined.items():
+        assert all(text in DOCUMENTS[language] for row in split["negatives"] for text in row)
+
+
+def test_corpus_candidates_need_the_corpus_rows(tiny_recipe_data):
+    from st_retrofit.pipeline import run_pipeline
+
+    data = {**tiny_recipe_data, "mining": {**tiny_recipe_data["mining"], "corpus_candidates": True}}
+    recipe = recipe_from_dict(data)
+    run_pipeline(recipe, stages=["synth"])
+    with pytest.raises(ConfigError) as info:
+        run_pipeline(recipe, stages=["mine"])
+    assert info.value.key == "mining.corpus_candidates" and "synth.source corpus" in info.value.message

@@ -109,3 +109,51 @@ def test_benchmarks_tasks_and_task_types_resolve_without_data(tmp_path):
     assert [t.metadata.name for t in resolve_tasks(["MIRACLRetrieval"])] == ["MIRACLRetrieval"]
     with pytest.raises(ConfigError, match="has no STS task"):
         resolve_tasks(["NanoBEIR-multilingual:STS"])
+
+
+def test_per_query_scores_from_saved_rankings_average_to_mtebs_score_and_a_model_equals_itself(
+    tiny_model_path, tmp_path
+):
+    from st_retrofit.evaluation.significance import paired_bootstrap, per_query_scores
+
+    tasks = [beir_task(write_beir(tmp_path / "towns-en"), name="towns-en"),
+             beir_task(write_beir(tmp_path / "towns-de", language="de"), name="towns-de")]  # fmt: skip
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    scores = run_mteb(model, "tiny", tasks, tmp_path / "out", 16, prediction_folder=tmp_path / "predictions")
+    per_query = per_query_scores(tmp_path / "predictions", tasks)
+    for task, queries in per_query.items():
+        assert len(queries) == 8 and sum(queries.values()) / 8 == pytest.approx(scores[task], abs=1e-4)
+    same = paired_bootstrap(per_query, per_query, samples=200)
+    assert same["difference"] == same["low"] == same["high"] == 0.0 and same["share_above"] == 0.0
+    # A model one query better on one task: ahead on average, by 1/8 of that query's gain over two tasks.
+    better = {task: dict(queries) for task, queries in per_query.items()}
+    worst = min(better["towns-en"], key=better["towns-en"].get)
+    gain = 1.0 - better["towns-en"][worst]
+    better["towns-en"][worst] = 1.0
+    result = paired_bootstrap(better, per_query, samples=2000)
+    assert result["difference"] == pytest.approx(gain / 8 / 2)
+    assert result["low"] == 0.0 and result["high"] > result["difference"] and 0 < result["share_above"] < 1
+    with pytest.raises(ValueError, match="same tasks and queries"):
+        paired_bootstrap(better, {"towns-en": per_query["towns-en"]})
+
+
+def test_the_real_text_benchmark_scores_keep_rankings_and_compare_by_paired_bootstrap(tiny_model_path, tmp_path):
+    """benchmarks/real_text.py's scoring path on tiny tasks: scores with rankings kept, read back on a rerun, and
+    the teacher recipe's line against another system."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "real_text", Path(__file__).resolve().parents[1] / "benchmarks" / "real_text.py"
+    )
+    real_text = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_text)
+    tasks = [beir_task(write_beir(tmp_path / "towns-en"), name="towns-en")]
+    load = real_text.folder_loader(tiny_model_path, 48)
+    first = real_text.scored(real_text.TEACHER, tmp_path / "ours", {"k": 1}, load, tasks)
+    again = real_text.scored(real_text.TEACHER, tmp_path / "ours", {"k": 1}, lambda: pytest.fail("rescored"), tasks)
+    assert first == again and real_text.REUSED == [real_text.TEACHER]
+    real_text.scored("plain ST, scale 100", tmp_path / "plain", {"k": 1}, load, tasks)
+    report = real_text.significance(tasks, ["plain ST, scale 100"])
+    assert report["results"]["plain ST, scale 100"]["difference"] == 0.0  # the same model twice
+    assert report["lines"][0].startswith("teacher recipe - plain ST, scale 100: +0.00 [+0.00, +0.00]")

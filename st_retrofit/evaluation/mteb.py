@@ -174,9 +174,16 @@ def mteb_prompts(model: SentenceTransformer) -> dict[str, str]:
 
 
 def run_mteb(
-    model: SentenceTransformer, label: str, tasks: list[Any], output_dir: str | Path, batch_size: int = 64
+    model: SentenceTransformer,
+    label: str,
+    tasks: list[Any],
+    output_dir: str | Path,
+    batch_size: int = 64,
+    prediction_folder: str | Path | None = None,
 ) -> dict[str, float]:
-    """Evaluate ``model`` on ``tasks`` and write mteb's results under ``output_dir`` as model ``label``.
+    """Evaluate ``model`` on ``tasks`` and write mteb's results under ``output_dir`` as model ``label``; with
+    ``prediction_folder``, mteb also saves each query's ranking there (``<task>_predictions.json``), which
+    :mod:`st_retrofit.evaluation.significance` scores per query.
 
     Returns:
         ``{task name: main score}`` (averaged over the task's splits and subsets, as mteb does).
@@ -194,6 +201,7 @@ def run_mteb(
         overwrite_strategy="always",
         encode_kwargs={"batch_size": batch_size},
         show_progress_bar=False,
+        prediction_folder=str(prediction_folder) if prediction_folder is not None else None,
     )
     return {task.task_name: float(task.get_score()) for task in result.task_results}
 

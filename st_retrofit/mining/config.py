@@ -95,6 +95,9 @@ class MiningConfig(ConfigModel):
             embeddings of them are what the student learns from texts no template made a pair of. ``0`` (default)
             encodes none, ``null`` all; a cap draws that many per language with the recipe's seed. A corpus source
             writes these rows; the demo source writes none.
+        corpus_candidates: draw negatives from every training-side corpus document (the synth stage's unlabeled
+            rows), not only from the pairs' documents: harder negatives, and the teacher's scores of them, where the
+            templates made pairs of a few documents of each language (the man-page recipe: 80 of ~300-1,000).
         search: nearest-neighbour search settings.
         batch_size: encoding (and cross-encoder) batch size.
         shard_size: queries per output shard; a killed run redoes at most one shard.
@@ -129,6 +132,7 @@ class MiningConfig(ConfigModel):
     unlabeled_per_language: int | None = Field(
         0, ge=0, description="Unlabeled corpus rows per language the teacher encodes; 0 = none, null = all."
     )
+    corpus_candidates: bool = Field(False, description="Negatives from every corpus document, not only the pairs'.")
     search: SearchConfig = Field(default_factory=SearchConfig)
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     shard_size: int = Field(10000, ge=1, description="Queries per output shard.")

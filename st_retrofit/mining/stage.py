@@ -39,6 +39,12 @@ def mine_stage(
 
     output_dir = Path(output_dir)
     path = MINED.inside(output_dir)
+    if config.enabled and config.corpus_candidates and unlabeled is None:
+        raise ConfigError(
+            "corpus_candidates",
+            "the synth stage wrote no corpus rows to draw negatives from: only synth.source corpus writes them; set "
+            "it to false",
+        )
     if config.enabled and config.unlabeled_per_language != 0 and unlabeled is None:
         raise ConfigError(
             "unlabeled_per_language",
@@ -70,7 +76,14 @@ def mine_stage(
         teacher_name=config.teacher,
         cross_encoder_name=config.cross_encoder,
     )
-    result = miner.mine(pairs, output_dir=output_dir / "work")
+    corpus = None
+    if config.corpus_candidates:  # every corpus document a candidate (the pairs' documents always are)
+        corpus = unlabeled.select_columns(["document", "language"]).rename_column("document", "text")
+        if config.group_by and config.group_by not in corpus.column_names:
+            raise ConfigError(
+                "corpus_candidates", f"the corpus rows have no {config.group_by!r} column to group negatives by"
+            )
+    result = miner.mine(pairs, corpus=corpus, output_dir=output_dir / "work")
     if config.unlabeled_per_language != 0:
         rows = per_language(unlabeled, config.unlabeled_per_language, seed)
         for role in ("query", "document"):
