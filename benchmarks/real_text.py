@@ -26,7 +26,10 @@ every system trained on the same generated pairs:
 
 Trained baselines are reused when their pairs and settings are the same (``baseline.json``), and so are the test
 scores of an unchanged model (``scores.json`` beside it; the report lists them under ``scores_reused``): a rerun
-with a new teacher recipe trains and scores only that recipe.
+with a new teacher recipe trains and scores only that recipe. Systems run in the order that decides the goals
+first (base, the teacher recipe, plain MNRL on the teacher recipe's schedule, then the rest), and the report is
+written after each one (``not_yet_scored`` lists what is left), so a run cut short keeps what it measured and a
+rerun goes on from there.
 
 Goals (issue "A teacher stronger than the student"): the teacher recipe >= base + 9.0 and >= the best plain variant
 + 2.0 on the test mean, no task below base, its monolingual mean above every plain variant. The table, the share of
@@ -192,22 +195,19 @@ def main() -> None:
 
     started = time.time()
     recipe, teacher_recipe = load_recipe(args.recipe), load_recipe(args.teacher_recipe)
-    self_model, teacher_model = trained_model(recipe), trained_model(teacher_recipe)
+    run_pipeline(recipe, stages=["synth"])
     if pairs_digest(recipe) != pairs_digest(teacher_recipe):
         raise SystemExit("the two recipes synthesized different pairs; their synth sections must be the same")
     tasks = resolve_tasks([str(Path(args.data) / "test")])
     task_names = sorted(task.metadata.name for task in tasks)
     length = recipe.model.max_seq_length
     baselines = recipe.run_dir / "baselines"
+    mining = teacher_recipe.mining
 
     def load_base():
         model = load_model(recipe.model.base, device="cpu")
         model.max_seq_length = length
         return model
-
-    base_key = {"model": recipe.model.base, "max_seq_length": length, "tasks": task_names}
-    scores = {BASE: scored(BASE, baselines / "base", base_key, load_base, tasks)}
-    mining = teacher_recipe.mining
 
     def load_teacher():
         from st_retrofit.export.backends import ENCODER_BACKENDS
@@ -216,56 +216,88 @@ def main() -> None:
         teacher.max_seq_length = mining.max_seq_length
         return ENCODER_BACKENDS[mining.backend].prepare(teacher, mining.teacher_dtype)  # scored as it mined
 
-    ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
-                   "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
-    scores[CEILING] = scored(CEILING, baselines / "teacher", ceiling_key, load_teacher, tasks)
-    # (label, scale, folder, mined negatives or None, schedule, the recipe whose synthesized pairs it trains on)
-    plain = [(f"plain ST, scale {s:g}", s, baselines / f"mnrl-scale-{s:g}", None, PLAIN_SCHEDULE, recipe)
-             for s in PLAIN_SCALES]  # fmt: skip
-    # Keyed by the mined data, not the variant: teacher recipes that mine alike share this baseline.
-    mined = stage_state(teacher_recipe.run_dir, "mine")["fingerprint"]
-    negatives = baselines / f"mnrl-scale-100-teacher-negatives-{mined[:8]}"
-    plain.append((TEACHER_NEGATIVES, 100.0, negatives, teacher_recipe.run_dir / "mine", PLAIN_SCHEDULE, recipe))
-    # A tuned baseline: when the teacher recipe trains on another schedule (rate, epochs), plain MNRL (with and
-    # without the teacher's negatives) gets that schedule too, so that a gain of ours is not the schedule's.
+    def recipe_system(run_recipe):
+        def score(label: str) -> dict[str, float]:
+            model = trained_model(run_recipe)
+            return scored(label, model.parent.parent / "benchmark", model_key(model, task_names),
+                          folder_loader(model, length), tasks)  # fmt: skip
+
+        return score
+
+    def plain_system(scale, folder, negatives_from, schedule, pairs_from):
+        def score(label: str) -> dict[str, float]:
+            trained = train_plain(pairs_from, scale, folder, negatives_from, schedule)
+            key = {"model": json.loads((trained / "baseline.json").read_text()), "tasks": task_names}
+            return scored(label, trained, key, folder_loader(trained, length), tasks)
+
+        return score
+
+    def fixed_system(folder, key, load):
+        return lambda label: scored(label, folder, key, load, tasks)
+
+    # label -> how to train (when not done) and score it; run in this order, which puts the comparisons that decide
+    # the goals first, so that a run cut short has them, and a rerun picks up where it stopped.
+    systems = {
+        BASE: fixed_system(baselines / "base", {"model": recipe.model.base, "max_seq_length": length,
+                                                "tasks": task_names}, load_base),
+        TEACHER: recipe_system(teacher_recipe),
+    }  # fmt: skip
+    # A tuned baseline: plain MNRL (with and without the teacher's negatives) on the teacher recipe's schedule (rate,
+    # epochs), so that a gain of ours is not the schedule's; and on the usual one, as a user would write it.
+    # Keyed by the mined data, not the variant: teacher recipes that mine alike share the negatives baseline.
+    run_pipeline(teacher_recipe, stages=["synth", "mine"])
+    mined, fingerprint = teacher_recipe.run_dir / "mine", stage_state(teacher_recipe.run_dir, "mine")["fingerprint"]
+    negatives = baselines / f"mnrl-scale-100-teacher-negatives-{fingerprint[:8]}"
     schedule = {key: teacher_recipe.train.args.get(key, value) for key, value in PLAIN_SCHEDULE.items()}
+    usual = {
+        f"plain ST, scale {s:g}": (s, baselines / f"mnrl-scale-{s:g}", None) for s in PLAIN_SCALES
+    } | {TEACHER_NEGATIVES: (100.0, negatives, mined)}  # fmt: skip
     if schedule != PLAIN_SCHEDULE:
-        named = ", ".join(
-            f"{'lr' if key == 'learning_rate' else 'epochs'} {value:g}" for key, value in schedule.items()
-        )
-        slug = "-".join(f"{key}-{value:g}" for key, value in schedule.items())
-        for label, scale, folder, negatives_from, _, pairs_from in list(plain[1:]):
-            plain.append((f"{label}, {named}", scale, folder.with_name(f"{folder.name}-{slug}"), negatives_from,
-                          schedule, pairs_from))  # fmt: skip
+        named = ", ".join(f"{'lr' if k == 'learning_rate' else 'epochs'} {v:g}" for k, v in schedule.items())
+        slug = "-".join(f"{k}-{v:g}" for k, v in schedule.items())
+        for label in (f"plain ST, scale {PLAIN_SCALES[-1]:g}", TEACHER_NEGATIVES):
+            scale, folder, negatives_from = usual[label]
+            systems[f"{label}, {named}"] = plain_system(
+                scale, folder.with_name(f"{folder.name}-{slug}"), negatives_from, schedule, recipe
+            )
     # The same corpus, all of it: plain MNRL on the pairs of every training-side document (no per-language cap), at
-    # scale 100 on the teacher recipe's schedule. The teacher recipe distils the teacher on every document
-    # (train.corpus_distillation), so a plain run gets every document's pairs before a gain is counted as ours.
+    # scale 100 on the teacher recipe's schedule, for the recipe's corpus-wide parts (mining.corpus_candidates,
+    # train.corpus_distillation) to be measured against a plain run that has read the whole corpus too.
     every_document = load_recipe(
         args.teacher_recipe, ["synth.max_per_language=null", f"name={teacher_recipe.name}-every-document"]
     )
-    run_pipeline(every_document, stages=["synth"])
-    plain.append((EVERY_DOCUMENT, 100.0, baselines / "mnrl-scale-100-every-document", None, schedule, every_document))
-    for label, scale, folder, negatives, plain_schedule, pairs_from in plain:
-        folder = train_plain(pairs_from, scale, folder, negatives, plain_schedule)
-        key = {"model": json.loads((folder / "baseline.json").read_text()), "tasks": task_names}
-        scores[label] = scored(label, folder, key, folder_loader(folder, length), tasks)
-    for label, model in ((SELF, self_model), (TEACHER, teacher_model)):
-        scores[label] = scored(label, model.parent.parent / "benchmark", model_key(model, task_names),
-                               folder_loader(model, length), tasks)  # fmt: skip
+
+    def score_every_document(label: str) -> dict[str, float]:
+        run_pipeline(every_document, stages=["synth"])
+        folder = baselines / "mnrl-scale-100-every-document"
+        return plain_system(100.0, folder, None, schedule, every_document)(label)
+
+    systems[EVERY_DOCUMENT] = score_every_document
+    ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
+                   "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
+    systems[CEILING] = fixed_system(baselines / "teacher", ceiling_key, load_teacher)
+    systems[SELF] = recipe_system(recipe)
+    for label, (scale, folder, negatives_from) in usual.items():
+        systems[label] = plain_system(scale, folder, negatives_from, PLAIN_SCHEDULE, recipe)
     for extra in args.extra:
         label, _, folder = extra.partition("=")
         folder = Path(folder)
-        scores[label] = scored(label, folder.parent / f"benchmark-{folder.name}", model_key(folder, task_names),
-                               folder_loader(folder, length), tasks)  # fmt: skip
+        systems[label] = fixed_system(folder.parent / f"benchmark-{folder.name}", model_key(folder, task_names),
+                                      folder_loader(folder, length))  # fmt: skip
 
-    report = summarize(scores)
-    report["significance"] = significance(tasks, [label for label in scores if label.startswith("plain")] + [BASE])
-    report["goals"] += report["significance"]["lines"]
-    report["pairs"] = pairs_digest(recipe)
-    report["seconds"] = round(time.time() - started)
-    report["scores_reused"] = REUSED  # same model, same tasks: scored by an earlier run
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    scores: dict[str, dict[str, float]] = {}
+    for label, score in systems.items():
+        logging.getLogger(__name__).warning("system %d of %d: %s", len(scores) + 1, len(systems), label)
+        scores[label] = score(label)
+        report = summarize(scores)
+        report["significance"] = significance(tasks, [s for s in scores if s.startswith("plain") or s == BASE])
+        report["goals"] += report["significance"]["lines"]
+        report["pairs"] = pairs_digest(recipe)
+        report["seconds"] = round(time.time() - started)
+        report["scores_reused"] = REUSED  # same model, same tasks: scored by an earlier run
+        report["not_yet_scored"] = [s for s in systems if s not in scores]
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2))  # after each system: a cut-short run keeps it
     print(report["table"])
     for line in report["goals"]:
         print(line)
@@ -277,6 +309,8 @@ def significance(tasks: list, others: list[str]) -> dict:
     interval over test queries (each task's queries resampled, the same draw for both systems)."""
     from st_retrofit.evaluation.significance import paired_bootstrap, per_query_scores
 
+    if TEACHER not in PREDICTIONS:
+        return {"results": {}, "lines": []}
     ours = per_query_scores(PREDICTIONS[TEACHER], tasks)
     results, lines = {}, []
     for other in others:
@@ -306,36 +340,45 @@ def summarize(scores: dict[str, dict[str, float]]) -> dict:
     for label, subset in (("mean", tasks), ("monolingual mean", mono), ("into-English mean", cross)):
         rows.append([f"**{label}** ({len(subset)})", *(f"**{mean(s, subset):.1f}**" for s in systems)])
     table = markdown_table(["task (nDCG@10 x100)", *systems], rows)
-    plain = [s for s in systems if s.startswith("plain")]
-    best = max(plain, key=lambda s: mean(s, tasks))
+    return {"scores": scores, "tasks": tasks, "monolingual": mono, "into_english": cross, "table": table,
+            "goals": goals(scores, tasks, mono)}  # fmt: skip
+
+
+def goals(scores: dict[str, dict[str, float]], tasks: list[str], mono: list[str]) -> list[str]:
+    """The issue's goals for the teacher recipe, each judged once the systems it compares have been scored."""
+    if TEACHER not in scores or BASE not in scores:
+        return ["goals: not judged before the base and the teacher recipe are scored"]
+
+    def mean(system: str, subset: list[str]) -> float:
+        return 100 * sum(scores[system][t] for t in subset) / len(subset)
+
     ours = TEACHER
     worst = min(tasks, key=lambda t: scores[ours][t] - scores[BASE][t])
-    best_mono = max(plain, key=lambda s: mean(s, mono))
-    gap = mean(CEILING, tasks) - mean(BASE, tasks)
-    closed = (mean(ours, tasks) - mean(BASE, tasks)) / gap if gap > 0 else float("nan")
-    goals = [
+    lines = [
         _goal(f"teacher recipe >= base + 9.0 on the mean ({mean(ours, tasks):.1f} vs {mean(BASE, tasks):.1f})",
               mean(ours, tasks) >= mean(BASE, tasks) + 9.0),
-        _goal(f"teacher recipe >= best plain ({best}) + 2.0 on the mean ({mean(ours, tasks):.1f} vs "
-              f"{mean(best, tasks):.1f})", mean(ours, tasks) >= mean(best, tasks) + 2.0),
         _goal(f"no task below base (worst: {worst.removesuffix('-test')} "
               f"{100 * (scores[ours][worst] - scores[BASE][worst]):+.1f})",
               scores[ours][worst] >= scores[BASE][worst]),
-        _goal(f"monolingual mean above every plain variant ({mean(ours, mono):.1f} vs {mean(best_mono, mono):.1f} "
-              f"for {best_mono})", mean(ours, mono) > mean(best_mono, mono)),
-        f"teacher-student gap closed: {100 * closed:.0f}% ({mean(BASE, tasks):.1f} -> {mean(ours, tasks):.1f} of "
-        f"{mean(CEILING, tasks):.1f})",
-        f"tasks where the teacher recipe beats the best plain variant: "
-        f"{sum(scores[ours][t] > scores[best][t] for t in tasks)} of {len(tasks)}",
     ]  # fmt: skip
-    return {
-        "scores": scores,
-        "tasks": tasks,
-        "monolingual": mono,
-        "into_english": cross,
-        "table": table,
-        "goals": goals,
-    }
+    plain = [s for s in scores if s.startswith("plain")]
+    if plain:
+        best = max(plain, key=lambda s: mean(s, tasks))
+        best_mono = max(plain, key=lambda s: mean(s, mono))
+        lines += [
+            _goal(f"teacher recipe >= best plain ({best}) + 2.0 on the mean ({mean(ours, tasks):.1f} vs "
+                  f"{mean(best, tasks):.1f})", mean(ours, tasks) >= mean(best, tasks) + 2.0),
+            _goal(f"monolingual mean above every plain variant ({mean(ours, mono):.1f} vs "
+                  f"{mean(best_mono, mono):.1f} for {best_mono})", mean(ours, mono) > mean(best_mono, mono)),
+            f"tasks where the teacher recipe beats the best plain variant: "
+            f"{sum(scores[ours][t] > scores[best][t] for t in tasks)} of {len(tasks)}",
+        ]  # fmt: skip
+    if CEILING in scores:
+        gap = mean(CEILING, tasks) - mean(BASE, tasks)
+        closed = (mean(ours, tasks) - mean(BASE, tasks)) / gap if gap > 0 else float("nan")
+        lines.append(f"teacher-student gap closed: {100 * closed:.0f}% ({mean(BASE, tasks):.1f} -> "
+                     f"{mean(ours, tasks):.1f} of {mean(CEILING, tasks):.1f})")  # fmt: skip
+    return lines
 
 
 def _goal(text: str, met: bool) -> str:

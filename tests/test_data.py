@@ -228,14 +228,14 @@ def test_local_columns_are_read_from_headers_alone(tmp_path):
 
 
 def test_content_hashes_are_read_once_and_follow_edits(tmp_path, monkeypatch):
-    import st_retrofit.data.sources as data
+    import st_retrofit.dataio as dataio
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "a"}\n')
     reads = []
-    real = data.content_hash
-    monkeypatch.setattr(data, "content_hash", lambda paths: reads.append(paths) or real(paths))
-    first = data.cached_content_hash(corpus)
-    assert data.cached_content_hash(corpus) == first and len(reads) == 1  # remembered across calls (and runs)
+    real = dataio.content_hash
+    monkeypatch.setattr(dataio, "content_hash", lambda paths: reads.append(paths) or real(paths))
+    first = dataio.cached_content_hash(corpus)
+    assert dataio.cached_content_hash(corpus) == first and len(reads) == 1  # remembered across calls (and runs)
     corpus.write_text('{"text": "b"}\n')
-    assert data.cached_content_hash(corpus) != first and len(reads) == 2
+    assert dataio.cached_content_hash(corpus) != first and len(reads) == 2

@@ -41,6 +41,7 @@ EXAMPLES: dict[str, list[Any]] = {
     "mining.backend": ["onnx"],
     "merge.parameters": [{"lambda": 1.0}],
     "publish.int8": [True],
+    "train.corpus_distillation": [{"loss": "OrthogonalEmbedDistillLoss"}],
 }
 # Values that are valid only together with another value of the same section.
 COMPANIONS: dict[str, list[str]] = {
@@ -51,6 +52,7 @@ COMPANIONS: dict[str, list[str]] = {
     "merge.weights": ["merge.method=soup", "merge.models=[base]"],
     "merge.parameters": ["merge.method=mergekit:linear", "merge.models=[base]"],
     "publish.int8": ["eval.backends=[onnx-int8]"],
+    "train.corpus_distillation": ["mining.unlabeled_per_language=10"],
 }
 
 
@@ -71,9 +73,9 @@ def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any
     fields = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
-        tp, _ = _unwrap(info.annotation)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            fields += leaf_fields(tp, f"{path}.")
+        tp, optional = _unwrap(info.annotation)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and not (optional and info.default is None):
+            fields += leaf_fields(tp, f"{path}.")  # a section always present: each of its fields in turn
         else:
             fields.append((path, _registry(info) or info.annotation))
     return fields
