@@ -1,4 +1,5 @@
-"""An OpenAI-compatible chat-completions server on 127.0.0.1 with scripted failures, and a multilingual corpus."""
+"""An OpenAI-compatible chat-completions server on 127.0.0.1 with scripted failures, a multilingual corpus, and
+random local LLMs."""
 
 from __future__ import annotations
 
@@ -160,3 +161,35 @@ class FakeOpenAIServer:
 def fake_server():
     """A factory: ``with fake_server(plan=...) as server: ...``."""
     return FakeOpenAIServer
+
+
+@pytest.fixture(scope="session")
+def save_random_llama():
+    """``save_random_llama(folder, chat_template=None)``: see :func:`_save_random_llama`."""
+    return _save_random_llama
+
+
+def _save_random_llama(folder: Path, chat_template: str | None = None) -> str:
+    """A 2-layer Llama with random weights and a byte-level tokenizer (no download) saved in ``folder``: a base
+    model, or a chat model when given a chat template.
+
+    The vocabulary is the 256 byte symbols and no merges, in a fixed order: BpeTrainer breaks ties in Rust hash
+    order, so a trained vocabulary (and with it what the random model writes) differed from process to process."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<eos>": 0} | {symbol: i + 1 for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.add_special_tokens(["<eos>"])
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, eos_token_id=0, pad_token_id=0)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)

@@ -19,24 +19,9 @@ CONTEXT = {"passage": "Der Befehl ls listet Dateien auf.", "language": "de", "la
 
 
 @pytest.fixture(scope="module")
-def random_base_model(tmp_path_factory):
-    """A 2-layer Llama with random weights, a byte-level tokenizer and no chat template: a base model."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("random-base")
-    vocab = {"<eos>": 0} | {symbol: i + 1 for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    bpe.add_special_tokens(["<eos>"])
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, eos_token_id=0, pad_token_id=0)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return str(folder)
+def random_base_model(tmp_path_factory, save_random_llama):
+    """A random 2-layer Llama with no chat template: a base model."""
+    return save_random_llama(tmp_path_factory.mktemp("random-base"))
 
 
 def test_the_prompt_shows_worked_answers_in_the_requests_language_first_then_the_passage():

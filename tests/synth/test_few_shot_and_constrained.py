@@ -78,32 +78,13 @@ def test_every_shipped_example_satisfies_its_templates_schema_and_variables():
 
 
 @pytest.fixture(scope="module")
-def random_chat_model(tmp_path_factory):
-    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained here (no download)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("random-chat")
-    # The 256 byte symbols and no merges, in a fixed order: BpeTrainer breaks ties in Rust hash order, so a trained
-    # vocabulary (and with it what the random model writes) differed from process to process, and so did the test.
-    vocab = {"<eos>": 0} | {symbol: i + 1 for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    bpe.add_special_tokens(["<eos>"])
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
-    tokenizer.chat_template = (
+def random_chat_model(tmp_path_factory, save_random_llama):
+    """A random 2-layer Llama with a chat template (no download)."""
+    template = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}"
     )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.eos_token_id)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return str(folder)
+    return save_random_llama(tmp_path_factory.mktemp("random-chat"), chat_template=template)
 
 
 # maxLength counts characters and the tokenizer is byte-level: a random model that picks Hangul or Cyrillic spends up
