@@ -6,6 +6,8 @@ queries), so a mean over tasks can differ by a point between two models that are
 sample draws every task's queries with replacement (the same draw for both models: the comparison is paired), takes
 each task's mean and then the mean over tasks, as the benchmark's headline does; the spread of the difference over
 the samples is its confidence interval. Per-query nDCG@10 is scored by ``pytrec_eval``, the scorer mteb uses.
+``scipy.stats.bootstrap(..., paired=True)`` resamples one pool of queries; this resamples within each task, so a
+sample keeps the benchmark's tasks and their sizes (mteb reports means only).
 
 Example::
 
