@@ -19,7 +19,9 @@ every system trained on the same generated pairs:
   ``train.corpus_distillation``);
 - ``st-retrofit, self-teacher``: ``recipes/manpages.yaml`` (the student mines for itself and is distilled from
   itself);
-- ``st-retrofit, teacher``: ``recipes/manpages-teacher.yaml`` (EmbeddingGemma-300m mines and is distilled).
+- ``st-retrofit, teacher``: ``recipes/manpages-teacher.yaml`` (EmbeddingGemma-300m mines and is distilled);
+- ``st-retrofit, teacher, every document's pairs``: the same recipe on the every-document pairs, compared (with its
+  own paired interval) with plain MNRL on those pairs.
 
     st-retrofit benchmark build manpages data/manpages     # once
     python benchmarks/real_text.py [--data data/manpages]
@@ -55,6 +57,7 @@ PLAIN_SCHEDULE = {"learning_rate": 2e-5, "num_train_epochs": 1}
 SELF, TEACHER, BASE, CEILING = "st-retrofit, self-teacher", "st-retrofit, teacher", "base", "teacher"
 TEACHER_NEGATIVES = "plain ST + teacher negatives"
 EVERY_DOCUMENT = "plain ST, every document's pairs"
+TEACHER_EVERY_DOCUMENT = "st-retrofit, teacher, every document's pairs"
 
 
 def pairs_digest(recipe) -> str:
@@ -273,6 +276,8 @@ def main() -> None:
         return plain_system(100.0, folder, None, schedule, every_document)(label)
 
     systems[EVERY_DOCUMENT] = score_every_document
+    # ... and the teacher recipe on those same pairs: whether its parts add to more data, not only replace it.
+    systems[TEACHER_EVERY_DOCUMENT] = recipe_system(every_document)
     ceiling_key = {"teacher": mining.teacher, "dtype": mining.teacher_dtype, "backend": mining.backend,
                    "max_seq_length": mining.max_seq_length, "tasks": task_names}  # fmt: skip
     systems[CEILING] = fixed_system(baselines / "teacher", ceiling_key, load_teacher)
@@ -305,19 +310,25 @@ def main() -> None:
 
 
 def significance(tasks: list, others: list[str]) -> dict:
-    """The teacher recipe against each of ``others``: the mean-over-tasks difference with its 95% paired-bootstrap
-    interval over test queries (each task's queries resampled, the same draw for both systems)."""
+    """The teacher recipe against each of ``others`` (and, once both are scored, its every-document run against plain
+    MNRL on those pairs): the mean-over-tasks difference with its 95% paired-bootstrap interval over test queries
+    (each task's queries resampled, the same draw for both systems); ``results[ours][other]``."""
     from st_retrofit.evaluation.significance import paired_bootstrap, per_query_scores
 
-    if TEACHER not in PREDICTIONS:
-        return {"results": {}, "lines": []}
-    ours = per_query_scores(PREDICTIONS[TEACHER], tasks)
-    results, lines = {}, []
-    for other in others:
-        result = paired_bootstrap(ours, per_query_scores(PREDICTIONS[other], tasks))
-        results[other] = result
+    pairings = [(TEACHER, other) for other in others]
+    pairings.append((TEACHER_EVERY_DOCUMENT, EVERY_DOCUMENT))  # on the same every-document pairs
+    names = {TEACHER: "teacher recipe", TEACHER_EVERY_DOCUMENT: "teacher recipe, every document's pairs"}
+    results: dict[str, dict[str, dict]] = {}
+    lines = []
+    for ours, other in pairings:
+        if ours not in PREDICTIONS or other not in PREDICTIONS:
+            continue
+        result = paired_bootstrap(
+            per_query_scores(PREDICTIONS[ours], tasks), per_query_scores(PREDICTIONS[other], tasks)
+        )
+        results.setdefault(ours, {})[other] = result
         lines.append(
-            f"teacher recipe - {other}: {100 * result['difference']:+.2f} [{100 * result['low']:+.2f}, "
+            f"{names[ours]} - {other}: {100 * result['difference']:+.2f} [{100 * result['low']:+.2f}, "
             f"{100 * result['high']:+.2f}] (95% over {result['queries']} test queries; ahead in "
             f"{100 * result['share_above']:.0f}% of samples)"
         )

@@ -8,10 +8,13 @@ documents, 13 language groups) with the recipe's mining section, each time on an
 3. ``teacher bf16``: the same in bfloat16 (``mining.teacher_dtype: bfloat16``);
 4. ``teacher rerun``: the bf16 run again on its filled cache (encode-once: nothing is encoded);
 5. ``teacher onnx-int8``: the teacher's ONNX graph with int8 weights (``mining.backend: onnx-int8``), exported and
-   quantized once before the timed run (the export's own time is printed apart: it is paid once per teacher).
+   quantized once before the timed run (the export's own time is printed apart: it is paid once per teacher);
+6. ``teacher openvino`` and ``teacher openvino-int8`` (when the ``openvino`` extra is installed): the same graph
+   converted to OpenVINO, in fp32 and with int8 weights (``mining.backend: openvino`` / ``openvino-int8``),
+   converted once before the timed runs too.
 
 It prints the wall time of each against ``self`` (the issue's bound: the teacher within 3x), the agreement of the
-bf16 and int8 embeddings with the fp32 ones (cosine, mean and min, over every encoded text) and the share of mined
+bf16, int8 and OpenVINO embeddings with the fp32 ones (cosine, mean and min, over every encoded text) and the share of mined
 negatives each agrees on with fp32, and writes ``benchmarks/results/teacher_mining.json``. The ratio against
 sentence-transformers' own miner is ``benchmarks/mining.py``'s (same encoder path, MiniLM).
 
@@ -75,7 +78,8 @@ def main() -> None:
 
     from datasets import load_from_disk
 
-    from st_retrofit.export.backends import exported_file
+    from st_retrofit.export.backends import ENCODER_BACKENDS, exported_file, openvino_file
+    from st_retrofit.extras import has_module
     from st_retrofit.models import load_model
     from st_retrofit.recipe import load_recipe
     from st_retrofit.runfolder import PAIRS
@@ -84,9 +88,17 @@ def main() -> None:
     pairs = load_from_disk(str(PAIRS.at(recipe.run_dir)))["train"]
     gemma = "offline:embeddinggemma-300m"
     started = time.perf_counter()
-    exported_file(load_model(gemma, device="cpu"), int8=True)  # once per teacher, cached: not part of a mine run
+    teacher_model = load_model(gemma, device="cpu")
+    exported_file(teacher_model, int8=True)  # once per teacher, cached: not part of a mine run
     export_seconds = round(time.perf_counter() - started, 1)
     print(f"onnx export + int8 quantization of the teacher: {export_seconds} s (once; cached)")
+    backends = ["onnx-int8"]
+    if all(has_module(m) for m in ENCODER_BACKENDS["openvino-int8"].modules):
+        started = time.perf_counter()
+        openvino_file(teacher_model, int8=True)
+        print(f"OpenVINO conversion + int8 weights: {time.perf_counter() - started:.1f} s (once; cached)")
+        backends += ["openvino", "openvino-int8"]
+    del teacher_model
     runs, results = {}, {}
     with tempfile.TemporaryDirectory() as root:
         for label, teacher, dtype, backend, cache in (
@@ -94,14 +106,15 @@ def main() -> None:
             ("teacher fp32", gemma, "float32", "torch", "fp32"),
             ("teacher bf16", gemma, "bfloat16", "torch", "bf16"),
             ("teacher rerun", gemma, "bfloat16", "torch", "bf16"),
-            ("teacher onnx-int8", gemma, "float32", "onnx-int8", "int8"),
+            *((f"teacher {backend}", gemma, "float32", backend, backend) for backend in backends),
         ):
             seconds, result, caches = mine(recipe, pairs, teacher, dtype, backend, Path(root) / cache)
             runs[label] = {"seconds": round(seconds, 1), "encoded": caches["encoded"], "reused": caches["reused"]}
             results[label] = (result, caches)
             print(f"{label:14s} {seconds:7.1f} s  encoded {caches['encoded']:5d}  reused {caches['reused']:5d}")
         agreement = {}
-        for label in ("teacher bf16", "teacher onnx-int8"):
+        compared = ["teacher bf16", *(f"teacher {backend}" for backend in backends)]
+        for label in compared:
             agreement[label] = {}
             for role in ("query", "document"):
                 fp32 = embeddings(results["teacher fp32"][1][f"{role}_namespace"])
@@ -110,7 +123,7 @@ def main() -> None:
                 agreement[label][role] = {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
     fp32_pools = negatives(results["teacher fp32"][0])
     overlaps = {}
-    for label in ("teacher bf16", "teacher onnx-int8"):
+    for label in compared:
         pools = negatives(results[label][0])
         shared = [k for k in fp32_pools if k in pools]
         kept = sum(len(fp32_pools[k] & pools[k]) for k in shared)

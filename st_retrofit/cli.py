@@ -5,7 +5,7 @@
     st-retrofit publish runs/quickstart --repo my-org/retrofit-e5-small [--private] [--dry-run]
     st-retrofit validate recipes/quickstart.yaml
     st-retrofit ablate recipes/ablations/hard-negatives.yaml [--set ...] [--dry-run]
-    st-retrofit export runs/quickstart exported/ [--int8]
+    st-retrofit export runs/quickstart exported/ [--int8] [--openvino]
     st-retrofit templates [--dir my_templates/]
     st-retrofit schema > recipe.schema.json
     st-retrofit benchmark build manpages data/manpages [--debs DIR]
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="a run folder, model folder, Hub id or offline: name")
     export.add_argument("output", help="the new folder (must not exist): the model, onnx/model.onnx, agreement.json")
     export.add_argument("--int8", action="store_true", help="also onnx/model_qint8.onnx (dynamic int8, per channel)")
+    export.add_argument(
+        "--openvino", action="store_true",
+        help="also openvino/openvino_model.xml (and, with --int8, openvino_model_int8_weights.xml: int8 weights)",
+    )  # fmt: skip
 
     templates = add_command("templates", help="list the synthesis templates (shipped and --dir)")
     templates.set_defaults(handler=lambda args: _list_templates(args.dirs))
@@ -384,7 +388,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from st_retrofit.export import export_model_folder
 
-    report = export_model_folder(args.model, args.output, int8=args.int8)
+    report = export_model_folder(args.model, args.output, int8=args.int8, openvino=args.openvino)
     for file, agreement in report["agreement"].items():
         print(f"{file}: cosine to the torch model, mean {agreement['mean']:.4f}, min {agreement['min']:.4f}")
     print(f"exported: {args.output}")

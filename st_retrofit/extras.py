@@ -27,6 +27,8 @@ EXTRAS = {
     "onnx": "onnx",
     "mergekit": "merge",
     "onnxruntime": "onnx",
+    "openvino": "openvino",
+    "nncf": "openvino",
 }
 
 

@@ -1,10 +1,11 @@
 """What runs a model that only encodes (the miner's teacher): a registry of encoder backends.
 
 ``torch`` runs the model as loaded (``teacher_dtype`` casts it); ``onnx`` and ``onnx-int8`` run the graph
-:func:`~st_retrofit.export.onnx.export_onnx` traced from it, exported once into
+:func:`~st_retrofit.export.onnx.export_onnx` traced from it on onnxruntime, ``openvino`` and ``openvino-int8`` the
+same graph converted to OpenVINO (:mod:`st_retrofit.export.openvino`); each file is made once into
 ``$ST_RETROFIT_CACHE/onnx/<model fingerprint>/`` and reused. Each backend names itself in the embedding cache's
-namespace (onnxruntime's int8 vectors differ from fp32's, and with the batch they were computed in), so vectors of
-two backends are never mixed.
+namespace (int8 vectors differ from fp32's, onnxruntime's int8 ones with the batch they were computed in too), so
+vectors of two backends are never mixed.
 
 A new backend is a subclass registered with ``@ENCODER_BACKENDS.register`` (or its older name
 :func:`register_encoder_backend`); the recipe keys ``mining.backend`` and ``eval.backends`` accept every registered
@@ -71,15 +72,43 @@ class OnnxInt8Backend(OnnxBackend):
     int8 = True
 
 
+@register_encoder_backend
+class OpenVinoBackend(EncoderBackend):
+    name = "openvino"
+    description = "the model's ONNX graph converted to OpenVINO (fp32) and run by OpenVINO's CPU plugin"
+    modules = ("onnx", "openvino")
+    int8: ClassVar[bool] = False
+
+    def prepare(self, model: SentenceTransformer, dtype: str = "float32") -> SentenceTransformer:
+        from st_retrofit.export.runtime import load_openvino
+
+        return load_openvino(model, openvino_file(model, self.int8))
+
+
+@register_encoder_backend
+class OpenVinoInt8Backend(OpenVinoBackend):
+    name = "openvino-int8"
+    description = "the OpenVINO model with int8 weights (nncf weight compression; activations in fp32)"
+    modules = ("onnx", "openvino", "nncf")
+    int8 = True
+
+
+def export_cache_folder(model: SentenceTransformer) -> Path:
+    """Where the graphs of ``model`` are kept: one folder per model fingerprint, in the sentence-transformers layout
+    (``onnx/``, ``openvino/``)."""
+    from st_retrofit.files import cache_dir
+    from st_retrofit.models.fingerprint import model_fingerprint
+
+    return cache_dir() / "onnx" / model_fingerprint(model)[:20]
+
+
 def exported_file(model: SentenceTransformer, int8: bool) -> Path:
     """The cached ONNX file of ``model`` (exported, and quantized with ``int8``, on first use)."""
     import logging
 
     from st_retrofit.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
-    from st_retrofit.files import cache_dir
-    from st_retrofit.models.fingerprint import model_fingerprint
 
-    folder = cache_dir() / "onnx" / model_fingerprint(model)[:20]
+    folder = export_cache_folder(model)
     fp32, quantized = folder / ONNX_FILE, folder / INT8_FILE
     if not fp32.is_file():
         logging.getLogger(__name__).info("Exporting the teacher to ONNX (once) into %s", folder)
@@ -87,3 +116,17 @@ def exported_file(model: SentenceTransformer, int8: bool) -> Path:
     if int8 and not quantized.is_file():
         quantize_int8(fp32, quantized)
     return quantized if int8 else fp32
+
+
+def openvino_file(model: SentenceTransformer, int8: bool) -> Path:
+    """The cached OpenVINO IR of ``model`` (converted from its ONNX graph, and its weights compressed with ``int8``,
+    on first use)."""
+    from st_retrofit.export.openvino import OPENVINO_FILE, OPENVINO_INT8_FILE, compress_int8_weights, convert_openvino
+
+    folder = export_cache_folder(model)
+    fp32, compressed = folder / OPENVINO_FILE, folder / OPENVINO_INT8_FILE
+    if not fp32.is_file():
+        convert_openvino(exported_file(model, int8=False), fp32)
+    if int8 and not compressed.is_file():
+        compress_int8_weights(fp32, compressed)
+    return compressed if int8 else fp32

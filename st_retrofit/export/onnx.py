@@ -177,11 +177,13 @@ def quantize_int8(source: str | Path, path: str | Path) -> Path:
 
 
 def export_model_folder(
-    model: str, output: str | Path, int8: bool = False, texts: Sequence[str] | None = None
+    model: str, output: str | Path, int8: bool = False, texts: Sequence[str] | None = None, openvino: bool = False
 ) -> dict[str, Any]:
     """``st-retrofit export``: ``model`` (a folder, Hub id or ``offline:`` name) saved into the new folder
-    ``output`` with ``onnx/model.onnx`` (and ``onnx/model_qint8.onnx`` with ``int8``), each checked against the
-    torch model by the cosine of their embeddings of ``texts`` (:data:`~st_retrofit.export.agreement.SAMPLE_TEXTS`).
+    ``output`` with ``onnx/model.onnx`` (and ``onnx/model_qint8.onnx`` with ``int8``), with ``openvino`` also
+    ``openvino/openvino_model.xml`` (and ``openvino/openvino_model_int8_weights.xml`` with ``int8``), each checked
+    against the torch model by the cosine of their embeddings of ``texts``
+    (:data:`~st_retrofit.export.agreement.SAMPLE_TEXTS`).
 
     The folder is built beside ``output`` and renamed into place at the end: it appears whole or not at all.
 
@@ -194,7 +196,8 @@ def export_model_folder(
     from tqdm.auto import tqdm
 
     from st_retrofit.export.agreement import SAMPLE_TEXTS, cosine_agreement
-    from st_retrofit.export.runtime import load_onnx
+    from st_retrofit.export.openvino import OPENVINO_FILE, OPENVINO_INT8_FILE, compress_int8_weights, convert_openvino
+    from st_retrofit.export.runtime import load_onnx, load_openvino
     from st_retrofit.models.resolve import load_model, resolve_run_folder
 
     output = Path(output)
@@ -204,7 +207,8 @@ def export_model_folder(
     check_exportable(torch_model)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    steps = ["save", "export", *(["int8"] if int8 else []), "check"]
+    steps = ["save", "export", *(["int8"] if int8 else []), *(["openvino"] if openvino else []),
+             *(["openvino int8"] if openvino and int8 else []), "check"]  # fmt: skip
     try:
         with tqdm(total=len(steps), desc=f"Exporting {model}", unit="step") as bar:
             torch_model.save_pretrained(str(work))
@@ -214,8 +218,16 @@ def export_model_folder(
             if int8:
                 files.append(quantize_int8(files[0], work / INT8_FILE))
                 bar.update()
+            if openvino:
+                files.append(convert_openvino(files[0], work / OPENVINO_FILE))
+                bar.update()
+                if int8:
+                    files.append(compress_int8_weights(files[-1], work / OPENVINO_INT8_FILE))
+                    bar.update()
+            loaders = {".onnx": load_onnx, ".xml": load_openvino}
             agreement = {
-                file.relative_to(work).as_posix(): cosine_agreement(torch_model, load_onnx(torch_model, file),
+                file.relative_to(work).as_posix(): cosine_agreement(torch_model,
+                                                                    loaders[file.suffix](torch_model, file),
                                                                     texts or SAMPLE_TEXTS)
                 for file in files
             }  # fmt: skip
