@@ -54,12 +54,11 @@ def main() -> None:
 
     from st_retrofit.export import SAMPLE_TEXTS, cosine_agreement
     from st_retrofit.export.backends import ENCODER_BACKENDS, exported_file, openvino_file
-    from st_retrofit.extras import has_module
     from st_retrofit.models import load_model
 
     graph_files = {"onnx": lambda model: exported_file(model, int8=False),
                    "onnx-int8": lambda model: exported_file(model, int8=True)}  # fmt: skip
-    if all(has_module(m) for m in ENCODER_BACKENDS["openvino-int8"].modules):
+    if ENCODER_BACKENDS["openvino-int8"].installed():
         graph_files |= {"openvino": lambda model: openvino_file(model, int8=False),
                         "openvino-int8": lambda model: openvino_file(model, int8=True)}  # fmt: skip
 

@@ -176,7 +176,6 @@ def backends(args) -> dict:
 
     from st_retrofit.export.agreement import cosine_agreement
     from st_retrofit.export.backends import ENCODER_BACKENDS
-    from st_retrofit.extras import has_module
     from st_retrofit.models import load_model
 
     if not Path(args.backend_pairs).is_dir():
@@ -187,7 +186,7 @@ def backends(args) -> dict:
     corpus = list(dict.fromkeys(pairs["document"]))
     model = load_model(args.backend_model, device="cpu")
     model.max_seq_length = 128
-    names = [name for name in ENCODER_BACKENDS if all(has_module(m) for m in ENCODER_BACKENDS[name].modules)]
+    names = [name for name, backend in ENCODER_BACKENDS.items() if backend.installed()]
     # The export, quantization and conversion are paid once per model (cached), not per mine: before the clock.
     encoders = {name: ENCODER_BACKENDS[name].prepare(model) for name in names}
     runs = {}

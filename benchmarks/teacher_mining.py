@@ -79,7 +79,6 @@ def main() -> None:
     from datasets import load_from_disk
 
     from st_retrofit.export.backends import ENCODER_BACKENDS, exported_file, openvino_file
-    from st_retrofit.extras import has_module
     from st_retrofit.models import load_model
     from st_retrofit.recipe import load_recipe
     from st_retrofit.runfolder import PAIRS
@@ -93,7 +92,7 @@ def main() -> None:
     export_seconds = round(time.perf_counter() - started, 1)
     print(f"onnx export + int8 quantization of the teacher: {export_seconds} s (once; cached)")
     backends = ["onnx-int8"]
-    if all(has_module(m) for m in ENCODER_BACKENDS["openvino-int8"].modules):
+    if ENCODER_BACKENDS["openvino-int8"].installed():
         started = time.perf_counter()
         openvino_file(teacher_model, int8=True)
         print(f"OpenVINO conversion + int8 weights: {time.perf_counter() - started:.1f} s (once; cached)")

@@ -29,6 +29,12 @@ class Kind:
     description: ClassVar[str]
     modules: ClassVar[tuple[str, ...]] = ()
 
+    def installed(self) -> bool:
+        """Whether every module of :attr:`modules` can be imported (what :meth:`check_environment` would raise on)."""
+        from st_retrofit.extras import has_module
+
+        return all(has_module(module) for module in self.modules)
+
     def check_environment(self) -> None:
         """Raise :class:`~st_retrofit.extras.MissingExtraError` (a :class:`ConfigError`) when a module is missing."""
         from st_retrofit.extras import require_module

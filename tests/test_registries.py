@@ -122,6 +122,16 @@ def test_every_kind_checks_the_modules_it_needs(monkeypatch):
         SEARCH_BACKENDS[name].check_environment()
 
 
+def test_installed_says_whether_a_kinds_modules_import(monkeypatch):
+    from st_retrofit import extras
+
+    real = extras.importlib.util.find_spec
+    monkeypatch.setattr(
+        extras.importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a)
+    )
+    assert [name for name, kind in SEARCH_BACKENDS.items() if not kind.installed()] == ["flat", "ivf", "hnsw"]
+
+
 # Kinds chosen by registry lookups, never by comparing their names: a comparison of a search or encoder backend,
 # an output layout, a merge method, a synth backend type or a template kind with a string literal is a switch that
 # a registered kind could not join.
